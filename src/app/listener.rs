@@ -1,0 +1,92 @@
+//! A Pingora listening service whose socket the gateway binds itself, so that the bound
+//! address is known (port 0 works) and logged as `listening on ADDR (label)`.
+//!
+//! Pingora binds inside `start_service` and never reports the address. It does, however,
+//! adopt an already-listening fd that sits in its fd table under the address string — that is
+//! how a SIGQUIT upgrade hands sockets over. So we bind, register the fd under the concrete
+//! address, and let Pingora adopt it. An fd already in the table under the configured address
+//! (an upgrade in progress) is used as is.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::IntoRawFd;
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::server::{ListenFds, ShutdownWatch};
+use pingora_core::services::listening::Service as ListeningService;
+use pingora_core::services::Service;
+
+/// Wraps a listening service that has no listeners yet.
+pub struct BoundService<A> {
+    inner: ListeningService<A>,
+    addr: SocketAddr,
+    label: &'static str,
+    threads: Option<usize>,
+}
+
+impl<A> BoundService<A> {
+    pub fn new(inner: ListeningService<A>, addr: SocketAddr, label: &'static str) -> Self {
+        Self {
+            inner,
+            addr,
+            label,
+            threads: None,
+        }
+    }
+
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+}
+
+/// Binds `addr` and registers the fd in Pingora's table; returns the key Pingora will look up.
+fn bind_into(fds: &ListenFds, addr: SocketAddr) -> std::io::Result<String> {
+    let configured = addr.to_string();
+    if addr.port() != 0 && fds.lock().get(&configured).is_some() {
+        return Ok(configured);
+    }
+    let listener = TcpListener::bind(addr)?;
+    // Tokio adopts the fd as is and needs it non-blocking.
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?.to_string();
+    fds.lock().add(bound.clone(), listener.into_raw_fd());
+    Ok(bound)
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> Service for BoundService<A> {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        let key = match &fds {
+            Some(fds) => bind_into(fds, self.addr),
+            None => Ok(self.addr.to_string()),
+        };
+        match key {
+            Ok(key) => {
+                tracing::info!("listening on {key} ({})", self.label);
+                self.inner.add_tcp(&key);
+                self.inner
+                    .start_service(fds, shutdown, listeners_per_fd)
+                    .await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen on {} ({}): {e}", self.addr, self.label);
+                // Without its listener the gateway is useless; exit rather than run half-up.
+                std::process::exit(1);
+            }
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.threads
+    }
+}

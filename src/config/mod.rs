@@ -1,0 +1,350 @@
+//! Configuration: `file` mirrors the YAML, `validate` turns it into the typed [`Config`] below.
+//! Loading is parse → validate; building the runtime from a `Config` is `state::Runtime::build`.
+
+pub mod file;
+pub mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::balance::Policy;
+
+/// A validated configuration. Every field has its final type and default applied.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub server: ServerSettings,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    /// In the file's (sorted) order; `Model::pool` indexes into it.
+    pub pools: Vec<Pool>,
+    pub models: Vec<Model>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Worker threads of the proxy service (one per core by default).
+    pub threads: usize,
+    /// How long SIGTERM lets in-flight requests finish.
+    pub grace_period: Duration,
+    /// Idle upstream connections kept for reuse.
+    pub upstream_keepalive_pool: usize,
+    pub access_log: AccessLog,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    /// One JSON line per request on stdout.
+    Stdout,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted request body in bytes (413 above it). Default 8 MiB.
+    pub max_body_size: usize,
+    /// Requests per client connection before it is closed. Default 1000.
+    pub max_requests_per_connection: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// Reading the whole request body (408 past it). Default 30 s.
+    pub request_body: Duration,
+    /// Idle client keep-alive connection. Default 75 s.
+    pub keepalive_idle: Duration,
+    /// TCP connect to an upstream. Default 3 s.
+    pub connect: Duration,
+    /// Longest gap between two upstream reads, including the wait for the first token.
+    /// Default 60 s.
+    pub upstream_idle: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: String,
+    /// The model name its servers serve; replaces the public name in forwarded requests.
+    pub served_model: String,
+    pub engine: Engine,
+    pub balance: Policy,
+    pub servers: Vec<ServerSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// `host:port`, the server's identity across reloads and in the admin API.
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    pub weight: NonZeroU32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// Public name clients send.
+    pub name: String,
+    pub aliases: Vec<String>,
+    /// Index into `Config::pools`.
+    pub pool: usize,
+}
+
+/// The inference engine behind a pool: decides health and metrics paths later on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Vllm,
+    Sglang,
+    Tgi,
+    Llamacpp,
+    Ollama,
+    Openai,
+}
+
+impl Engine {
+    pub const NAMES: [&'static str; 6] = ["vllm", "sglang", "tgi", "llamacpp", "ollama", "openai"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "vllm" => Self::Vllm,
+            "sglang" => Self::Sglang,
+            "tgi" => Self::Tgi,
+            "llamacpp" => Self::Llamacpp,
+            "ollama" => Self::Ollama,
+            "openai" => Self::Openai,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vllm => "vllm",
+            Self::Sglang => "sglang",
+            Self::Tgi => "tgi",
+            Self::Llamacpp => "llamacpp",
+            Self::Ollama => "ollama",
+            Self::Openai => "openai",
+        }
+    }
+}
+
+/// One problem in a config file, at a YAML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// e.g. `pools.llama-8b.servers[1].weight`; empty for the document as a whole.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{}", join(.0))]
+    Invalid(Vec<ConfigError>),
+}
+
+impl LoadError {
+    /// Every error, one per entry (the `Io` case yields one without a path).
+    pub fn errors(&self) -> Vec<ConfigError> {
+        match self {
+            Self::Io { .. } => vec![ConfigError {
+                path: String::new(),
+                message: self.to_string(),
+            }],
+            Self::Invalid(errs) => errs.clone(),
+        }
+    }
+}
+
+fn join(errs: &[ConfigError]) -> String {
+    errs.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text).map_err(LoadError::Invalid)
+}
+
+/// Parses and validates YAML text.
+pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    let file: file::FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        vec![ConfigError {
+            path: if path == "." { String::new() } else { path },
+            message: e.into_inner().to_string(),
+        }]
+    })?;
+    validate::validate(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample from the gateway-core issue, which must be accepted as written.
+    const SAMPLE: &str = r#"
+listen: 127.0.0.1:8080
+admin: 127.0.0.1:9090
+pools:
+  llama-8b:
+    model: meta-llama/Llama-3.1-8B-Instruct
+    engine: vllm
+    balance: weighted_round_robin
+    servers:
+      - url: http://127.0.0.1:8001
+        weight: 2
+      - url: http://127.0.0.1:8002
+  qwen-72b:
+    model: Qwen/Qwen2.5-72B-Instruct
+    engine: vllm
+    servers:
+      - url: http://127.0.0.1:8003
+models:
+  llama-3.1-8b:
+    pool: llama-8b
+    aliases: [fast, default]
+  qwen-2.5-72b:
+    pool: qwen-72b
+    aliases: [smart]
+"#;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match parse(yaml) {
+            Ok(_) => vec![],
+            Err(errs) => errs.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn sample_from_the_issue_is_accepted_with_defaults() {
+        let c = parse(SAMPLE).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.pools.len(), 2);
+        let llama = &c.pools[c.models[0].pool];
+        assert_eq!(llama.served_model, "meta-llama/Llama-3.1-8B-Instruct");
+        assert_eq!(llama.servers[0].weight.get(), 2);
+        assert_eq!(llama.servers[1].weight.get(), 1);
+        assert_eq!(c.limits.max_body_size, 8 << 20);
+        assert_eq!(c.timeouts.connect, Duration::from_secs(3));
+        assert_eq!(c.server.grace_period, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn zero_weight_names_its_path() {
+        let yaml = SAMPLE.replace(
+            "- url: http://127.0.0.1:8002",
+            "- url: http://127.0.0.1:8002\n        weight: 0",
+        );
+        assert_eq!(
+            errors(&yaml),
+            ["pools.llama-8b.servers[1].weight: must be greater than 0"]
+        );
+    }
+
+    #[test]
+    fn dangling_pool_reference_names_the_missing_pool() {
+        let yaml = SAMPLE.replace("pool: qwen-72b", "pool: qwen");
+        assert_eq!(
+            errors(&yaml),
+            [r#"models.qwen-2.5-72b.pool: no pool named "qwen""#]
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_not_just_the_first() {
+        let yaml = SAMPLE
+            .replace("weight: 2", "weight: -1")
+            .replace("pool: qwen-72b", "pool: nope")
+            .replace("[smart]", "[fast]")
+            .replace("engine: vllm\n    servers", "engine: cuda\n    servers");
+        let errs = errors(&yaml);
+        assert_eq!(
+            errs,
+            [
+                "pools.llama-8b.servers[0].weight: must be greater than 0",
+                r#"pools.qwen-72b.engine: "cuda" is not one of: vllm, sglang, tgi, llamacpp, ollama, openai"#,
+                r#"models.qwen-2.5-72b.aliases[0]: "fast" is already the name or an alias of model "llama-3.1-8b""#,
+                r#"models.qwen-2.5-72b.pool: no pool named "nope""#,
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_at_its_parent_path() {
+        let yaml = SAMPLE.replace("weight: 2", "weight: 2\n        wieght: 3");
+        let errs = errors(&yaml);
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("pools.llama-8b.servers[0]: unknown field `wieght`"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let yaml = SAMPLE.replace("weight: 2", "weight: heavy");
+        let errs = errors(&yaml);
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("pools.llama-8b.servers[0].weight: invalid type"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn bad_durations_sizes_and_addresses_are_reported() {
+        let yaml = format!("{SAMPLE}timeouts:\n  connect: soon\nlimits:\n  max_body_size: 0\n")
+            .replace("admin: 127.0.0.1:9090", "admin: localhost");
+        let errs = errors(&yaml);
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].starts_with("admin: \"localhost\" is not an IP address"));
+        assert!(errs[1].starts_with("limits.max_body_size: \"0\" is not a size"));
+        assert!(errs[2].starts_with("timeouts.connect: \"soon\" is not a duration"));
+    }
+
+    #[test]
+    fn duplicate_server_in_a_pool_is_refused() {
+        let yaml = SAMPLE.replace("http://127.0.0.1:8002", "http://127.0.0.1:8001");
+        assert_eq!(
+            errors(&yaml),
+            ["pools.llama-8b.servers[1].url: 127.0.0.1:8001 is already servers[0] of this pool"]
+        );
+    }
+
+    #[test]
+    fn pool_without_servers_is_refused() {
+        let yaml = SAMPLE.replace(
+            "    servers:\n      - url: http://127.0.0.1:8003\n",
+            "    servers: []\n",
+        );
+        assert_eq!(
+            errors(&yaml),
+            ["pools.qwen-72b.servers: at least one server is required"]
+        );
+    }
+}

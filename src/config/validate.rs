@@ -1,0 +1,421 @@
+//! File types → typed [`Config`]. Every check runs, every failure is kept, and each names the
+//! YAML path it is about (`pools.llama-8b.servers[1].weight: must be greater than 0`). Nothing
+//! here opens a socket or resolves a name: `switchyard check` must be safe anywhere.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use super::file::{FileConfig, FileLimits, FilePool, FileServer, FileTimeouts};
+use super::{
+    AccessLog, Config, ConfigError, Engine, Limits, Model, Pool, ServerSettings, ServerSpec,
+    Timeouts,
+};
+use crate::balance::Policy;
+
+/// Defaults, from ../shared/RELIABILITY.md (what Envoy, nginx and HAProxy do).
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const ADMIN: &str = "127.0.0.1:9090";
+    pub const MAX_BODY_SIZE: usize = 8 * 1024 * 1024;
+    pub const MAX_REQUESTS_PER_CONNECTION: u32 = 1000;
+    pub const GRACE_PERIOD_SECS: u64 = 60;
+    pub const REQUEST_BODY_SECS: u64 = 30;
+    pub const KEEPALIVE_IDLE_SECS: u64 = 75;
+    pub const CONNECT_SECS: u64 = 3;
+    pub const UPSTREAM_IDLE_SECS: u64 = 60;
+    pub const UPSTREAM_KEEPALIVE_POOL: usize = 1024;
+    /// A weight above this makes the smooth round-robin table needlessly large.
+    pub const MAX_WEIGHT: u32 = 1000;
+}
+
+/// Collects errors while walking the file.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Validates a parsed file into a [`Config`], or returns every error found.
+pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
+    let mut errs = Errors::default();
+    let listen = socket_addr(
+        &mut errs,
+        "listen",
+        file.listen.as_deref(),
+        defaults::LISTEN,
+    );
+    let admin = socket_addr(&mut errs, "admin", file.admin.as_deref(), defaults::ADMIN);
+    if let (Some(l), Some(a)) = (listen, admin) {
+        if l == a && l.port() != 0 {
+            errs.push(
+                "admin",
+                "must differ from listen (admin never shares the public port)",
+            );
+        }
+    }
+    let server = server_settings(&mut errs, &file.server);
+    let limits = limits(&mut errs, &file.limits);
+    let timeouts = timeouts(&mut errs, &file.timeouts);
+    let pools: Vec<Pool> = file
+        .pools
+        .iter()
+        .filter_map(|(name, pool)| self::pool(&mut errs, name, pool))
+        .collect();
+    let models = models(&mut errs, &file, &pools);
+    if file.models.is_empty() {
+        errs.push("models", "at least one model is required");
+    }
+
+    match (listen, admin, errs.0.is_empty()) {
+        (Some(listen), Some(admin), true) => Ok(Config {
+            listen,
+            admin,
+            server,
+            limits,
+            timeouts,
+            pools,
+            models,
+        }),
+        _ => Err(errs.0),
+    }
+}
+
+fn socket_addr(
+    errs: &mut Errors,
+    path: &str,
+    value: Option<&str>,
+    default: &str,
+) -> Option<SocketAddr> {
+    let value = value.unwrap_or(default);
+    match value.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errs.push(
+                path,
+                format!("{value:?} is not an IP address with a port (e.g. 127.0.0.1:8080)"),
+            );
+            None
+        }
+    }
+}
+
+fn duration(errs: &mut Errors, path: &str, value: Option<&str>, default_secs: u64) -> Duration {
+    let Some(value) = value else {
+        return Duration::from_secs(default_secs);
+    };
+    match humantime::parse_duration(value) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            errs.push(path, "must be greater than 0");
+            Duration::from_secs(default_secs)
+        }
+        Err(e) => {
+            errs.push(
+                path,
+                format!("{value:?} is not a duration (e.g. 3s, 500ms, 30m): {e}"),
+            );
+            Duration::from_secs(default_secs)
+        }
+    }
+}
+
+/// Parses `8MiB`, `64KiB`, `1000`, `2MB` into bytes.
+pub fn parse_size(value: &str) -> Option<usize> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let n: usize = digits.parse().ok()?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn positive(errs: &mut Errors, path: &str, value: Option<i64>, default: u64) -> u64 {
+    match value {
+        None => default,
+        Some(v) if v > 0 => v as u64,
+        Some(_) => {
+            errs.push(path, "must be greater than 0");
+            default
+        }
+    }
+}
+
+fn server_settings(errs: &mut Errors, s: &FileServer) -> ServerSettings {
+    let threads = match s.threads {
+        None | Some(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(n) if n > 0 => n as usize,
+        Some(_) => {
+            errs.push("server.threads", "must be 0 (one per core) or greater");
+            1
+        }
+    };
+    let access_log = match s.access_log.as_deref() {
+        None | Some("stdout") => AccessLog::Stdout,
+        Some("off") => AccessLog::Off,
+        Some(other) => {
+            errs.push(
+                "server.access_log",
+                format!("{other:?} is not one of: stdout, off"),
+            );
+            AccessLog::Stdout
+        }
+    };
+    ServerSettings {
+        threads,
+        grace_period: duration(
+            errs,
+            "server.grace_period",
+            s.grace_period.as_deref(),
+            defaults::GRACE_PERIOD_SECS,
+        ),
+        upstream_keepalive_pool: positive(
+            errs,
+            "server.upstream_keepalive_pool",
+            s.upstream_keepalive_pool,
+            defaults::UPSTREAM_KEEPALIVE_POOL as u64,
+        ) as usize,
+        access_log,
+    }
+}
+
+fn limits(errs: &mut Errors, l: &FileLimits) -> Limits {
+    let max_body_size = match l.max_body_size.as_deref() {
+        None => defaults::MAX_BODY_SIZE,
+        Some(v) => match parse_size(v) {
+            Some(n) if n > 0 => n,
+            _ => {
+                errs.push(
+                    "limits.max_body_size",
+                    format!("{v:?} is not a size greater than 0 (e.g. 8MiB, 512KiB)"),
+                );
+                defaults::MAX_BODY_SIZE
+            }
+        },
+    };
+    let max_requests = positive(
+        errs,
+        "limits.max_requests_per_connection",
+        l.max_requests_per_connection,
+        u64::from(defaults::MAX_REQUESTS_PER_CONNECTION),
+    );
+    Limits {
+        max_body_size,
+        max_requests_per_connection: u32::try_from(max_requests).unwrap_or(u32::MAX),
+    }
+}
+
+fn timeouts(errs: &mut Errors, t: &FileTimeouts) -> Timeouts {
+    Timeouts {
+        request_body: duration(
+            errs,
+            "timeouts.request_body",
+            t.request_body.as_deref(),
+            defaults::REQUEST_BODY_SECS,
+        ),
+        keepalive_idle: duration(
+            errs,
+            "timeouts.keepalive_idle",
+            t.keepalive_idle.as_deref(),
+            defaults::KEEPALIVE_IDLE_SECS,
+        ),
+        connect: duration(
+            errs,
+            "timeouts.connect",
+            t.connect.as_deref(),
+            defaults::CONNECT_SECS,
+        ),
+        upstream_idle: duration(
+            errs,
+            "timeouts.upstream_idle",
+            t.upstream_idle.as_deref(),
+            defaults::UPSTREAM_IDLE_SECS,
+        ),
+    }
+}
+
+fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
+    let at = format!("pools.{name}");
+    let before = errs.0.len();
+    if p.model.trim().is_empty() {
+        errs.push(format!("{at}.model"), "must not be empty");
+    }
+    let engine = match p.engine.as_deref() {
+        None => Engine::Openai,
+        Some(e) => Engine::from_name(e).unwrap_or_else(|| {
+            errs.push(
+                format!("{at}.engine"),
+                format!("{e:?} is not one of: {}", Engine::NAMES.join(", ")),
+            );
+            Engine::Openai
+        }),
+    };
+    let balance = match p.balance.as_deref() {
+        None => Policy::default(),
+        Some(b) => Policy::from_name(b).unwrap_or_else(|| {
+            errs.push(
+                format!("{at}.balance"),
+                format!("{b:?} is not one of: {}", Policy::NAMES.join(", ")),
+            );
+            Policy::default()
+        }),
+    };
+    if p.servers.is_empty() {
+        errs.push(format!("{at}.servers"), "at least one server is required");
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut servers = Vec::with_capacity(p.servers.len());
+    for (i, s) in p.servers.iter().enumerate() {
+        let sat = format!("{at}.servers[{i}]");
+        let weight = match s.weight {
+            None => NonZeroU32::MIN,
+            Some(w) if w <= 0 => {
+                errs.push(format!("{sat}.weight"), "must be greater than 0");
+                NonZeroU32::MIN
+            }
+            Some(w) if w > i64::from(defaults::MAX_WEIGHT) => {
+                errs.push(
+                    format!("{sat}.weight"),
+                    format!("must be at most {}", defaults::MAX_WEIGHT),
+                );
+                NonZeroU32::MIN
+            }
+            Some(w) => NonZeroU32::new(w as u32).unwrap_or(NonZeroU32::MIN),
+        };
+        match parse_url(&s.url) {
+            Ok((host, port)) => {
+                let id = format!("{host}:{port}");
+                if let Some(first) = seen.insert(id.clone(), i) {
+                    errs.push(
+                        format!("{sat}.url"),
+                        format!("{id} is already servers[{first}] of this pool"),
+                    );
+                }
+                servers.push(ServerSpec {
+                    id,
+                    host,
+                    port,
+                    weight,
+                });
+            }
+            Err(reason) => errs.push(format!("{sat}.url"), reason),
+        }
+    }
+    (errs.0.len() == before).then(|| Pool {
+        name: name.to_owned(),
+        served_model: p.model.clone(),
+        engine,
+        balance,
+        servers,
+    })
+}
+
+/// Splits `http://host:port[/]` into host and port. Upstreams are plain HTTP on a private
+/// network (no TLS feature is built); a path prefix is not supported yet.
+fn parse_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("{url:?} must start with http:// (upstream TLS is not supported)")
+    })?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') {
+        return Err(format!("{url:?}: a path after host:port is not supported"));
+    }
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?} must name a port (http://host:port)"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok((host.to_owned(), p)),
+        _ => Err(format!("{url:?}: {port:?} is not a port number (1-65535)")),
+    }
+}
+
+fn models(errs: &mut Errors, file: &FileConfig, pools: &[Pool]) -> Vec<Model> {
+    // Every public name and alias resolves to exactly one model.
+    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut out = Vec::with_capacity(file.models.len());
+    for (name, m) in &file.models {
+        let at = format!("models.{name}");
+        if name.trim().is_empty() {
+            errs.push("models", "a model name must not be empty");
+        }
+        if let Some(other) = owner.insert(name, name) {
+            errs.push(
+                &at,
+                format!("{name:?} is already an alias of model {other:?}"),
+            );
+        }
+        for (i, alias) in m.aliases.iter().enumerate() {
+            if alias.trim().is_empty() {
+                errs.push(format!("{at}.aliases[{i}]"), "must not be empty");
+            } else if let Some(other) = owner.insert(alias, name) {
+                errs.push(
+                    format!("{at}.aliases[{i}]"),
+                    format!("{alias:?} is already the name or an alias of model {other:?}"),
+                );
+            }
+        }
+        let pool = pools.iter().position(|p| p.name == m.pool);
+        if pool.is_none() && !file.pools.contains_key(&m.pool) {
+            errs.push(format!("{at}.pool"), format!("no pool named {:?}", m.pool));
+        }
+        if let Some(pool) = pool {
+            out.push(Model {
+                name: name.clone(),
+                aliases: m.aliases.clone(),
+                pool,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("8MiB"), Some(8 << 20));
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("2MB"), Some(2_000_000));
+        assert_eq!(parse_size("12 parsecs"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn urls_need_scheme_host_and_port() {
+        assert_eq!(
+            parse_url("http://127.0.0.1:8001"),
+            Ok(("127.0.0.1".into(), 8001))
+        );
+        assert_eq!(parse_url("http://gpu-1:80/"), Ok(("gpu-1".into(), 80)));
+        assert_eq!(parse_url("http://[::1]:9000"), Ok(("::1".into(), 9000)));
+        assert!(parse_url("https://a:1").is_err());
+        assert!(parse_url("http://a").is_err());
+        assert!(parse_url("http://a:0").is_err());
+        assert!(parse_url("http://a:1/v1").is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! The `switchyard` command: run, check, demo, sim.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context as _};
+use clap::{Parser, Subcommand};
+use switchyard::config;
+use switchyard::sim::{self, SimArgs};
+
+/// An LLM inference gateway: one OpenAI-compatible API in front of self-hosted GPU servers.
+#[derive(Parser)]
+#[command(name = "switchyard", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a config file.
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a config file; print every error as `YAML path: reason`. Opens no sockets.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// The gateway in front of three simulated GPU servers, on the embedded demo config.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+    },
+    /// One simulated inference server (vLLM-like API and metrics).
+    Sim(SimArgs),
+}
+
+/// The demo config; its server ports are replaced by the simulators' bound ports.
+const DEMO_CONFIG: &str = include_str!("../conf/demo.yaml");
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Check { .. }) {
+        init_logging();
+    }
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => return check(&config),
+        Command::Demo { listen, admin } => demo(listen, admin),
+        Command::Sim(args) => run_sim(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &PathBuf) -> anyhow::Result<()> {
+    let config = config::load(path)?;
+    switchyard::app::run(config)?;
+    Ok(())
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} pools, {} models)",
+                path.display(),
+                c.pools.len(),
+                c.models.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for err in e.errors() {
+                eprintln!("{err}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_sim(args: SimArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async {
+        let addr = sim::spawn(args.clone()).await.context("sim listener")?;
+        tracing::info!("listening on {addr} (sim) serving {}", args.model);
+        tokio::signal::ctrl_c().await.context("signal handler")?;
+        Ok(())
+    })
+}
+
+fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+    let mut config = config::parse(DEMO_CONFIG).map_err(|errs| {
+        anyhow!(
+            "embedded demo config: {}",
+            errs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    config.listen = listen;
+    config.admin = admin;
+
+    // The simulators run on a runtime of their own; Pingora builds its runtimes itself.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    for pool in &mut config.pools {
+        for server in &mut pool.servers {
+            let args = SimArgs {
+                listen: "127.0.0.1:0".parse()?,
+                model: pool.served_model.clone(),
+                max_num_seqs: 16,
+                num_blocks: 4096,
+                block_size: 16,
+                prefill_us_per_token: 20.0,
+                decode_step_ms: 25.0,
+                decode_us_per_seq: 500.0,
+                zero_delay: false,
+                default_max_tokens: 48,
+                embedding_dims: 16,
+                seed: u64::from(server.port),
+                fault: None,
+            };
+            let addr = rt.block_on(sim::spawn(args)).context("simulated server")?;
+            tracing::info!(
+                "simulated server for pool {} ({}) on {addr}",
+                pool.name,
+                pool.served_model
+            );
+            server.host = addr.ip().to_string();
+            server.port = addr.port();
+            server.id = addr.to_string();
+        }
+    }
+    let models: Vec<String> = config
+        .models
+        .iter()
+        .map(|m| format!("{} (aliases: {})", m.name, m.aliases.join(", ")))
+        .collect();
+    println!(
+        r#"
+Switchyard demo: gateway on http://{listen}/v1, admin on http://{admin}
+models: {models}
+
+  curl http://{listen}/v1/chat/completions -H 'content-type: application/json' \
+    -d '{{"model":"fast","stream":true,"messages":[{{"role":"user","content":"Hello!"}}]}}'
+
+  from openai import OpenAI
+  client = OpenAI(base_url="http://{listen}/v1", api_key="unused")
+  for chunk in client.chat.completions.create(model="fast", stream=True,
+          messages=[{{"role": "user", "content": "Hello!"}}]):
+      print(chunk.choices[0].delta.content or "", end="", flush=True)
+
+  metrics: curl http://{admin}/metrics     stop: Ctrl-C
+"#,
+        models = models.join("; ")
+    );
+    // Keep the simulators' runtime alive for as long as the gateway runs.
+    let _sims = rt;
+    switchyard::app::run(config)?;
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Every metric the gateway exports: names, help, labels, buckets in one place.
+//!
+//! Label values are bounded: model and pool names come from config, status codes from a fixed
+//! list (anything else is `other`). Per-request code touches only handles resolved when a
+//! runtime is built ([`ModelMetrics`]), never a label lookup.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+};
+use prometheus::{IntGauge, Registry, TextEncoder};
+
+/// Status codes that get their own label value; others count as `other`.
+const STATUSES: [u16; 14] = [
+    200, 400, 401, 404, 405, 408, 411, 413, 429, 499, 500, 502, 503, 504,
+];
+
+/// Latency buckets in seconds: 1 ms … 120 s, dense where inference latencies sit.
+const LATENCY_BUCKETS: [f64; 17] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0,
+    120.0,
+];
+
+/// The gateway's registry and metric families.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    ttft: HistogramVec,
+    /// Requests refused before routing (unknown path, bad body, unknown model).
+    rejected: IntCounterVec,
+    pub config_reloads_ok: IntCounter,
+    pub build_info: IntGauge,
+}
+
+/// Handles for one (model, pool) pair, resolved at build time.
+pub struct ModelMetrics {
+    /// One counter per entry of `STATUSES`, then `other`.
+    by_status: Box<[IntCounter]>,
+    pub duration: Histogram,
+    pub ttft: Histogram,
+}
+
+impl ModelMetrics {
+    /// Counts one finished request with this HTTP status.
+    pub fn count(&self, status: u16) {
+        let i = STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(STATUSES.len());
+        if let Some(c) = self.by_status.get(i) {
+            c.inc();
+        }
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every family. Registration only fails on duplicate names, which
+    /// this constructor rules out; such an error is returned rather than hidden.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "switchyard_requests_total",
+                "Requests routed to a model, by public model, pool and HTTP status.",
+            ),
+            &["model", "pool", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_request_duration_seconds",
+                "Time from the request's arrival to the end of its response.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "pool"],
+        )?;
+        let ttft = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_time_to_first_token_seconds",
+                "Time from the request's arrival to the first response body byte from the upstream.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "pool"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "switchyard_rejected_requests_total",
+                "Requests answered by the gateway before routing, by reason (error code).",
+            ),
+            &["reason"],
+        )?;
+        let config_reloads_ok = IntCounter::new(
+            "switchyard_config_loads_total",
+            "Configurations loaded and applied.",
+        )?;
+        let build_info = IntGauge::with_opts(
+            Opts::new("switchyard_build_info", "Build information; always 1.")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )?;
+        build_info.set(1);
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(ttft.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(config_reloads_ok.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            duration,
+            ttft,
+            rejected,
+            config_reloads_ok,
+            build_info,
+        })
+    }
+
+    /// Resolves the handles of one model served by one pool.
+    pub fn model(&self, model: &str, pool: &str) -> ModelMetrics {
+        let mut by_status: Vec<IntCounter> = STATUSES
+            .iter()
+            .map(|s| {
+                self.requests
+                    .with_label_values(&[model, pool, s.to_string().as_str()])
+            })
+            .collect();
+        by_status.push(self.requests.with_label_values(&[model, pool, "other"]));
+        ModelMetrics {
+            by_status: by_status.into_boxed_slice(),
+            duration: self.duration.with_label_values(&[model, pool]),
+            ttft: self.ttft.with_label_values(&[model, pool]),
+        }
+    }
+
+    /// Counts a request refused before it was routed; `reason` is a fixed error code.
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec fails only on invalid metric names, which are constants here.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_outside_the_list_count_as_other() {
+        let m = Metrics::new().unwrap();
+        let h = m.model("llama", "pool-a");
+        h.count(200);
+        h.count(418);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text
+            .contains(r#"switchyard_requests_total{model="llama",pool="pool-a",status="200"} 1"#));
+        assert!(text.contains(
+            r#"switchyard_requests_total{model="llama",pool="pool-a",status="other"} 1"#
+        ));
+    }
+}

@@ -1,0 +1,204 @@
+//! The one error type of the request path, and its mapping to HTTP in one place: status,
+//! OpenAI error `type` and `code`, `param`. Bodies follow OpenAI's shape
+//! `{"error":{"message","type","param","code"}}` and never carry upstream addresses, prompts
+//! or keys.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+/// Why the gateway answered a request itself instead of relaying an upstream answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("Unknown request URL: {method} {path}. Please check the URL and method.")]
+    UnknownPath { method: String, path: String },
+    #[error("Method {method} is not allowed on {path}; use {allow}.")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: &'static str,
+    },
+    #[error("The request body is {size} bytes, above the limit of {limit} bytes.")]
+    BodyTooLarge { size: usize, limit: usize },
+    #[error(
+        "A request body without Content-Length may be at most {limit} bytes; send Content-Length."
+    )]
+    LengthRequired { limit: usize },
+    #[error("Reading the request body took longer than the limit.")]
+    BodyTimeout,
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("The model `{model}` does not exist or you do not have access to it.")]
+    ModelNotFound { model: String },
+    #[error("No upstream server is available for this model right now.")]
+    NoHealthyUpstream,
+    #[error("The upstream server could not be reached.")]
+    UpstreamUnavailable,
+    #[error("The upstream server did not answer in time.")]
+    UpstreamTimeout,
+    #[error("The gateway hit an internal error.")]
+    Internal,
+}
+
+/// `{"error": {...}}`
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<&'a str>,
+    code: Option<&'static str>,
+}
+
+impl ApiError {
+    /// Shorthand for a 400 about one request field.
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: param.map(str::to_owned),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::UnknownPath { .. } | Self::ModelNotFound { .. } => 404,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::BodyTooLarge { .. } => 413,
+            Self::LengthRequired { .. } => 411,
+            Self::BodyTimeout => 408,
+            Self::InvalidRequest { .. } => 400,
+            Self::NoHealthyUpstream => 503,
+            Self::UpstreamUnavailable => 502,
+            Self::UpstreamTimeout => 504,
+            Self::Internal => 500,
+        }
+    }
+
+    /// OpenAI's error `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownPath { .. }
+            | Self::MethodNotAllowed { .. }
+            | Self::BodyTooLarge { .. }
+            | Self::LengthRequired { .. }
+            | Self::BodyTimeout
+            | Self::InvalidRequest { .. }
+            | Self::ModelNotFound { .. } => "invalid_request_error",
+            Self::NoHealthyUpstream | Self::UpstreamUnavailable | Self::UpstreamTimeout => {
+                "upstream_error"
+            }
+            Self::Internal => "server_error",
+        }
+    }
+
+    /// OpenAI's error `code`.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::UnknownPath { .. } => Some("unknown_url"),
+            Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
+            Self::BodyTooLarge { .. } => Some("request_too_large"),
+            Self::LengthRequired { .. } => Some("length_required"),
+            Self::BodyTimeout => Some("request_timeout"),
+            Self::InvalidRequest { .. } => None,
+            Self::ModelNotFound { .. } => Some("model_not_found"),
+            Self::NoHealthyUpstream => Some("no_healthy_upstream"),
+            Self::UpstreamUnavailable => Some("upstream_unavailable"),
+            Self::UpstreamTimeout => Some("upstream_timeout"),
+            Self::Internal => Some("internal_error"),
+        }
+    }
+
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            Self::InvalidRequest { param, .. } => param.as_deref(),
+            Self::ModelNotFound { .. } => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, when the answer says so.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::NoHealthyUpstream | Self::UpstreamUnavailable => Some(1),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection must be closed after answering: the request body may still be
+    /// unread, and leaving it in the socket would desynchronise the next request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::BodyTooLarge { .. } | Self::LengthRequired { .. } | Self::BodyTimeout
+        )
+    }
+
+    /// The JSON body in OpenAI's error shape.
+    pub fn body(&self) -> Bytes {
+        let message = self.to_string();
+        let envelope = Envelope {
+            error: Body {
+                message: &message,
+                kind: self.kind(),
+                param: self.param(),
+                code: self.code(),
+            },
+        };
+        // Serialising a struct of strings cannot fail; an empty body is the safe fallback.
+        serde_json::to_vec(&envelope).map_or_else(|_| Bytes::new(), Bytes::from)
+    }
+}
+
+/// Cuts client-supplied text echoed in an error to a bounded length.
+pub fn echo(text: &str) -> String {
+    const MAX: usize = 256;
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_not_found_has_openai_shape() {
+        let e = ApiError::ModelNotFound {
+            model: "gpt-9".into(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(e.status(), 404);
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["message"].as_str().unwrap().contains("gpt-9"));
+    }
+
+    #[test]
+    fn invalid_request_names_param_and_has_null_code() {
+        let e = ApiError::invalid("bad", Some("stream"));
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["param"], "stream");
+        assert!(v["error"]["code"].is_null());
+    }
+
+    #[test]
+    fn echo_bounds_long_client_text_on_a_char_boundary() {
+        let long = "é".repeat(300);
+        let cut = echo(&long);
+        assert!(cut.len() <= 256 + '…'.len_utf8());
+        assert!(cut.ends_with('…'));
+    }
+}

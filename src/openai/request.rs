@@ -1,0 +1,180 @@
+//! The small typed view of a request body that routing needs, parsed once.
+//!
+//! The body is parsed with serde_json in one pass that borrows from the buffer: fields the
+//! gateway does not need are skipped (still validated as JSON), and `model` is kept as a raw
+//! slice so its byte span is known and the served name can be spliced in without
+//! re-serialising a possibly megabyte-sized body.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+
+/// What the gateway reads from a request body.
+#[derive(Debug)]
+pub struct RequestView<'a> {
+    /// The public model name as sent (unescaped).
+    pub model: Cow<'a, str>,
+    /// Byte range of the `model` value in the body, quotes included.
+    pub model_span: Range<usize>,
+    /// `stream: true` asks for server-sent events.
+    pub stream: bool,
+    /// `max_completion_tokens`, else `max_tokens`, when given.
+    pub max_tokens: Option<u64>,
+    /// Size of the body: the prompt-size feature until a tokenizer-based estimate exists.
+    pub prompt_bytes: usize,
+}
+
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    stream: Option<bool>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+}
+
+impl<'a> RequestView<'a> {
+    /// Parses a request body. Errors are 400s naming the offending field where there is one.
+    pub fn parse(body: &'a [u8]) -> Result<Self, ApiError> {
+        let raw: Raw<'a> = match serde_json::from_slice(body) {
+            Ok(raw) => raw,
+            Err(e) => return Err(describe(body, e)),
+        };
+        let Some(model_raw) = raw.model else {
+            return Err(ApiError::invalid(
+                "you must provide a model parameter",
+                Some("model"),
+            ));
+        };
+        let model: Cow<'a, str> = serde_json::from_str(model_raw.get())
+            .map_err(|_| ApiError::invalid("model must be a string", Some("model")))?;
+        if model.is_empty() {
+            return Err(ApiError::invalid("model must not be empty", Some("model")));
+        }
+        // The raw value borrows from `body`, so its offset is a pointer difference.
+        let start = (model_raw.get().as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+        let end = start + model_raw.get().len();
+        if end > body.len() {
+            return Err(ApiError::Internal);
+        }
+        Ok(Self {
+            model,
+            model_span: start..end,
+            stream: raw.stream.unwrap_or(false),
+            max_tokens: raw.max_completion_tokens.or(raw.max_tokens),
+            prompt_bytes: body.len(),
+        })
+    }
+}
+
+/// Turns a serde_json error into a 400, naming the field when the JSON was well-formed but a
+/// field had the wrong type. Runs only on the error path.
+fn describe(body: &[u8], e: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let param = match serde_path_to_error::deserialize::<_, Raw<'_>>(&mut de) {
+                Err(pe) => {
+                    let path = pe.path().to_string();
+                    (path != ".").then_some(path)
+                }
+                Ok(_) => None,
+            };
+            let message = match &param {
+                Some(p) => format!("invalid value for '{p}': {e}"),
+                None => format!("invalid request body: {e}"),
+            };
+            ApiError::invalid(message, param.as_deref())
+        }
+        Category::Syntax | Category::Eof | Category::Io => ApiError::invalid(
+            format!("We could not parse the JSON body of your request: {e}"),
+            None,
+        ),
+    }
+}
+
+/// The body with the model value at `span` replaced by `quoted` (a JSON string literal).
+pub fn replace_model(body: &[u8], span: Range<usize>, quoted: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() - span.len() + quoted.len());
+    out.extend_from_slice(&body[..span.start]);
+    out.extend_from_slice(quoted);
+    out.extend_from_slice(&body[span.end..]);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_model_stream_and_max_tokens() {
+        let body = br#"{"messages":[{"role":"user","content":"hi"}],"model":"fast","stream":true,"max_tokens":7}"#;
+        let v = RequestView::parse(body).unwrap();
+        assert_eq!(v.model, "fast");
+        assert!(v.stream);
+        assert_eq!(v.max_tokens, Some(7));
+        assert_eq!(&body[v.model_span.clone()], br#""fast""#);
+    }
+
+    #[test]
+    fn rewrites_only_the_model_value() {
+        let body = br#"{"model":"fast","prompt":"\"model\":\"fast\""}"#;
+        let v = RequestView::parse(body).unwrap();
+        let out = replace_model(body, v.model_span, br#""meta/Llama""#);
+        assert_eq!(
+            &out[..],
+            br#"{"model":"meta/Llama","prompt":"\"model\":\"fast\""}"#
+        );
+    }
+
+    #[test]
+    fn escaped_model_names_are_unescaped() {
+        let v = RequestView::parse(br#"{"model":"a\u002fb"}"#).unwrap();
+        assert_eq!(v.model, "a/b");
+    }
+
+    fn param_of(body: &[u8]) -> Option<String> {
+        match RequestView::parse(body) {
+            Err(ApiError::InvalidRequest { param, .. }) => param,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(param_of(br#"{"stream":true}"#).as_deref(), Some("model"));
+        assert_eq!(param_of(br#"{"model":42}"#).as_deref(), Some("model"));
+        assert_eq!(param_of(br#"{"model":null}"#).as_deref(), Some("model"));
+        assert_eq!(
+            param_of(br#"{"model":"m","stream":"yes"}"#).as_deref(),
+            Some("stream")
+        );
+        assert_eq!(
+            param_of(br#"{"model":"m","max_tokens":-1}"#).as_deref(),
+            Some("max_tokens")
+        );
+        assert_eq!(param_of(b"{\"model\":"), None);
+        assert_eq!(param_of(b"not json"), None);
+    }
+
+    #[test]
+    fn duplicate_model_keys_are_refused() {
+        assert!(RequestView::parse(br#"{"model":"a","model":"b"}"#).is_err());
+    }
+
+    #[test]
+    fn nesting_deeper_than_128_is_refused() {
+        let deep = format!(
+            r#"{{"model":"m","x":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(RequestView::parse(deep.as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,113 @@
+//! Per-request state carried through Pingora's phases. Dropping it releases every guard
+//! (in-flight counts now; permits and token reservations later), on every exit path.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::HeaderValue;
+
+use crate::balance::Features;
+use crate::openai::ApiError;
+use crate::state::Runtime;
+use crate::upstream::InflightGuard;
+
+/// At most this many servers are tried for one request (1 + 2 retries; RELIABILITY.md).
+pub const MAX_ATTEMPTS: usize = 3;
+
+/// Servers already tried for this request, without allocating.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tried {
+    servers: [u32; MAX_ATTEMPTS],
+    len: usize,
+}
+
+impl Tried {
+    pub fn contains(&self, server: usize) -> bool {
+        self.servers[..self.len]
+            .iter()
+            .any(|&s| s as usize == server)
+    }
+
+    /// Records an attempt; returns false when the attempt budget is spent.
+    pub fn push(&mut self, server: usize) -> bool {
+        if self.len == MAX_ATTEMPTS {
+            return false;
+        }
+        self.servers[self.len] = server as u32;
+        self.len += 1;
+        true
+    }
+
+    pub fn attempts(&self) -> usize {
+        self.len
+    }
+}
+
+/// The request's route, once its model is known.
+pub struct Routed {
+    pub runtime: Arc<Runtime>,
+    /// Index into `runtime.models`.
+    pub model: usize,
+    /// Index into `runtime.pools`.
+    pub pool: usize,
+}
+
+pub struct Ctx {
+    pub started: Instant,
+    /// `x-request-id`, the client's when valid, else generated.
+    pub request_id: Option<HeaderValue>,
+    pub routed: Option<Routed>,
+    /// The complete body to forward (model name already rewritten).
+    pub body: Bytes,
+    pub stream: bool,
+    pub features: Features,
+    pub tried: Tried,
+    /// The server of the current attempt, index into the pool's servers.
+    pub server: Option<usize>,
+    pub inflight: Option<InflightGuard>,
+    pub upstream_status: Option<u16>,
+    /// When the first response body byte arrived from the upstream.
+    pub first_byte: Option<Instant>,
+    /// Set by a phase that fails on purpose; `fail_to_proxy` answers with it.
+    pub error: Option<ApiError>,
+    /// Status sent to the client by the gateway itself (early answers and errors).
+    pub answered: Option<u16>,
+}
+
+impl Ctx {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            request_id: None,
+            routed: None,
+            body: Bytes::new(),
+            stream: false,
+            features: Features::default(),
+            tried: Tried::default(),
+            server: None,
+            inflight: None,
+            upstream_status: None,
+            first_byte: None,
+            error: None,
+            answered: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tried_refuses_more_than_max_attempts() {
+        let mut t = Tried::default();
+        assert!(t.push(4));
+        assert!(t.push(1));
+        assert!(t.push(7));
+        assert!(!t.push(2));
+        assert!(t.contains(1) && t.contains(4) && t.contains(7));
+        assert!(!t.contains(2));
+        assert_eq!(t.attempts(), 3);
+    }
+}

@@ -1,0 +1,318 @@
+//! The `ProxyHttp` implementation: Pingora's phases in the order it calls them, each
+//! delegating to one module.
+//!
+//! ```text
+//! request_filter ─────────── classify path; read body (body.rs); parse (openai); route (routing)
+//!   │ Ok(true): answered here (respond.rs)
+//! upstream_peer ──────────── pick a server of the pool (balance), skip tried ones
+//! upstream_request_filter ── rewrite headers (headers.rs), Content-Length of the buffered body
+//! request_body_filter ────── substitute the complete buffered body (body.rs explains why)
+//! upstream_response_filter ─ note the upstream status
+//! response_filter ────────── x-request-id to the client
+//! response_body_filter ───── first-byte time; chunks pass through untouched, unbuffered
+//! fail_to_connect / fail_to_proxy ── retry decision; one mapping of errors to OpenAI bodies
+//! logging ────────────────── metrics, access log; dropping ctx releases the guards
+//! ```
+
+mod body;
+mod ctx;
+mod headers;
+mod log;
+mod respond;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+pub use ctx::Ctx;
+
+/// Retries Pingora may make for one request: attempts minus the first.
+pub const MAX_RETRIES: usize = MAX_ATTEMPTS - 1;
+
+use crate::openai::{request, ApiError, RequestView, Target};
+use crate::state::{Gateway, Runtime};
+use body::BodyError;
+use ctx::{Routed, MAX_ATTEMPTS};
+
+/// The gateway's proxy logic; one instance serves every request.
+pub struct Proxy {
+    gateway: Arc<Gateway>,
+}
+
+impl Proxy {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self { gateway }
+    }
+
+    /// Reads, parses and routes an inference request; the body to forward lands in `ctx`.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        runtime: Arc<Runtime>,
+    ) -> Result<(), BodyError> {
+        let limits = &runtime.config.limits;
+        let raw = body::read(
+            session,
+            limits.max_body_size,
+            runtime.config.timeouts.request_body,
+        )
+        .await?;
+        let view = RequestView::parse(&raw).map_err(BodyError::Reject)?;
+        let Some(model) = runtime.routes.resolve(&view.model) else {
+            return Err(BodyError::Reject(ApiError::ModelNotFound {
+                model: crate::openai::error::echo(&view.model),
+            }));
+        };
+        let pool = runtime.models[model].pool;
+        ctx.body = request::replace_model(
+            &raw,
+            view.model_span.clone(),
+            &runtime.pools[pool].served_model_json,
+        );
+        ctx.stream = view.stream;
+        ctx.features.prompt_bytes = view.prompt_bytes;
+        ctx.routed = Some(Routed {
+            runtime,
+            model,
+            pool,
+        });
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    /// `Ok(true)`: the gateway answered (models list, or an error); `Ok(false)`: proxy it.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = Some(headers::request_id(session.req_header()));
+        let runtime = self.gateway.runtime();
+        session.set_keepalive(Some(runtime.config.timeouts.keepalive_idle.as_secs()));
+        let target = {
+            let req = session.req_header();
+            Target::classify(&req.method, req.uri.path())
+        };
+        let answer = match target {
+            Target::Inference(_) => match self.admit(session, ctx, runtime).await {
+                Ok(()) => return Ok(false),
+                Err(BodyError::Reject(e)) => e,
+                Err(BodyError::ClientGone) => {
+                    return Error::e_explain(
+                        ErrorType::ConnectionClosed,
+                        "client closed during upload",
+                    )
+                    .map_err(|e| e.into_down())
+                }
+            },
+            Target::ListModels => {
+                let body = runtime.models_body.clone();
+                respond::json(session, ctx, 200, body).await?;
+                return Ok(true);
+            }
+            Target::WrongMethod { allow } => {
+                let req = session.req_header();
+                ApiError::MethodNotAllowed {
+                    method: req.method.to_string(),
+                    path: crate::openai::error::echo(req.uri.path()),
+                    allow,
+                }
+            }
+            Target::Unknown => {
+                let req = session.req_header();
+                ApiError::UnknownPath {
+                    method: req.method.to_string(),
+                    path: crate::openai::error::echo(req.uri.path()),
+                }
+            }
+        };
+        self.gateway
+            .metrics
+            .reject(answer.code().unwrap_or("invalid_request"));
+        respond::error(session, ctx, &answer).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(routed) = &ctx.routed else {
+            ctx.error = Some(ApiError::Internal);
+            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
+        };
+        let pool = &routed.runtime.pools[routed.pool];
+        let tried = ctx.tried;
+        let Some(i) = pool.pick(&ctx.features, &|i| !tried.contains(i)) else {
+            ctx.error = Some(if tried.attempts() == 0 {
+                ApiError::NoHealthyUpstream
+            } else {
+                ApiError::UpstreamUnavailable
+            });
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no server left to try");
+        };
+        if !ctx.tried.push(i) {
+            ctx.error = Some(ApiError::UpstreamUnavailable);
+            return Error::e_explain(ErrorType::HTTPStatus(502), "attempt budget spent");
+        }
+        let server = &pool.servers[i];
+        ctx.server = Some(i);
+        ctx.inflight = Some(server.state.start());
+        Ok(Box::new(server.peer.clone()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let host = ctx
+            .routed
+            .as_ref()
+            .zip(ctx.server)
+            .map(|(r, s)| r.runtime.pools[r.pool].servers[s].id.as_str());
+        headers::to_upstream(upstream, session.client_addr(), host, ctx)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Whatever Pingora replays from its retry buffer is a tail of what ctx.body holds.
+        *body = (end_of_stream && !ctx.body.is_empty()).then(|| ctx.body.clone());
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_status = Some(upstream.status.as_u16());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(id) = &ctx.request_id {
+            response.insert_header("x-request-id", id.clone())?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if ctx.first_byte.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
+            ctx.first_byte = Some(Instant::now());
+        }
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the server: always safe to try another one, within the cap.
+        if ctx.tried.attempts() < MAX_ATTEMPTS {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let answer = ctx.error.take().or_else(|| classify(e));
+        let error_code = match answer {
+            Some(api) if session.response_written().is_none() => {
+                let status = api.status();
+                if respond::error(session, ctx, &api).await.is_err() {
+                    0
+                } else {
+                    status
+                }
+            }
+            Some(api) => api.status(),
+            None => 0,
+        };
+        FailToProxy {
+            error_code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let client_gone = e.is_some_and(is_client_gone);
+        let status = if client_gone {
+            499
+        } else {
+            ctx.answered
+                .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+                .unwrap_or(0)
+        };
+        let now = Instant::now();
+        if let Some(routed) = &ctx.routed {
+            let m = &routed.runtime.models[routed.model].metrics;
+            m.count(status);
+            m.duration
+                .observe(now.duration_since(ctx.started).as_secs_f64());
+            if let Some(first) = ctx.first_byte {
+                m.ttft
+                    .observe(first.duration_since(ctx.started).as_secs_f64());
+            }
+        }
+        log::access(&self.gateway, ctx, status, client_gone, now);
+        ctx.inflight = None;
+    }
+}
+
+/// Whether the error means the client went away (nothing left to answer).
+fn is_client_gone(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
+}
+
+/// Maps a Pingora error to the answer the client gets; `None` when there is no one to answer.
+fn classify(e: &Error) -> Option<ApiError> {
+    match e.esource() {
+        ErrorSource::Downstream if is_client_gone(e) => None,
+        ErrorSource::Downstream => Some(ApiError::invalid("malformed HTTP request", None)),
+        ErrorSource::Upstream => Some(match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => ApiError::UpstreamTimeout,
+            _ => ApiError::UpstreamUnavailable,
+        }),
+        ErrorSource::Internal | ErrorSource::Unset => Some(match e.etype() {
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError => ApiError::UpstreamUnavailable,
+            _ => ApiError::Internal,
+        }),
+    }
+}

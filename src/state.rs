@@ -1,0 +1,211 @@
+//! The runtime: an immutable snapshot built from a [`Config`], swapped whole on reload.
+//!
+//! Building is fallible and does all the work (name resolution, peers, balancer tables,
+//! metric handles, the `/v1/models` body); the request path then only indexes into it.
+//! Per-server state comes from the [`Registry`], so it survives a rebuild.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use serde::Serialize;
+
+use crate::balance::{Balance, Features};
+use crate::config::{Config, ConfigError};
+use crate::metrics::{Metrics, ModelMetrics};
+use crate::routing::RouteTable;
+use crate::upstream::{Registry, ServerState};
+
+/// One upstream server, ready to use.
+pub struct Server {
+    /// `host:port`
+    pub id: String,
+    /// Prebuilt peer (address, timeouts); cloned into a `Box` per attempt.
+    pub peer: HttpPeer,
+    pub state: Arc<ServerState>,
+}
+
+/// A pool of interchangeable servers serving one model.
+pub struct Pool {
+    pub name: String,
+    /// The served model name as a JSON string literal, spliced into forwarded bodies.
+    pub served_model_json: Bytes,
+    pub servers: Box<[Server]>,
+    pub balancer: Box<dyn Balance>,
+}
+
+impl Pool {
+    /// Picks a usable server for which `allowed` holds (e.g. not tried yet by this request).
+    pub fn pick(&self, features: &Features, allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
+        self.balancer.pick(features, &|i| {
+            allowed(i) && self.servers.get(i).is_some_and(|s| s.state.is_usable())
+        })
+    }
+}
+
+/// A public model.
+pub struct Model {
+    pub name: String,
+    /// Index into `Runtime::pools`.
+    pub pool: usize,
+    pub metrics: ModelMetrics,
+}
+
+/// Everything a request needs, immutable once built.
+pub struct Runtime {
+    pub config: Config,
+    pub routes: RouteTable,
+    pub models: Box<[Model]>,
+    pub pools: Box<[Pool]>,
+    /// Prebuilt `GET /v1/models` response body.
+    pub models_body: Bytes,
+}
+
+impl Runtime {
+    /// Builds a runtime. Fails when a server's host name does not resolve.
+    pub fn build(
+        config: Config,
+        registry: &Registry,
+        metrics: &Metrics,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut pools = Vec::with_capacity(config.pools.len());
+        for p in &config.pools {
+            let mut servers = Vec::with_capacity(p.servers.len());
+            for (i, s) in p.servers.iter().enumerate() {
+                match resolve(&s.host, s.port) {
+                    Some(addr) => servers.push(Server {
+                        id: s.id.clone(),
+                        peer: peer(addr, &config),
+                        state: registry.get(&s.id),
+                    }),
+                    None => errors.push(ConfigError {
+                        path: format!("pools.{}.servers[{i}].url", p.name),
+                        message: format!("cannot resolve host {:?}", s.host),
+                    }),
+                }
+            }
+            let weights: Vec<u32> = p.servers.iter().map(|s| s.weight.get()).collect();
+            pools.push(Pool {
+                name: p.name.clone(),
+                served_model_json: json_string(&p.served_model),
+                servers: servers.into_boxed_slice(),
+                balancer: p.balance.build(&weights),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let models = config
+            .models
+            .iter()
+            .map(|m| Model {
+                name: m.name.clone(),
+                pool: m.pool,
+                metrics: metrics.model(&m.name, &config.pools[m.pool].name),
+            })
+            .collect();
+        Ok(Self {
+            routes: RouteTable::new(&config.models),
+            models_body: models_body(&config),
+            models,
+            pools: pools.into_boxed_slice(),
+            config,
+        })
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    (host, port).to_socket_addrs().ok()?.next()
+}
+
+fn peer(addr: SocketAddr, config: &Config) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    let t = &config.timeouts;
+    peer.options.connection_timeout = Some(t.connect);
+    peer.options.read_timeout = Some(t.upstream_idle);
+    peer.options.write_timeout = Some(t.upstream_idle);
+    // Idle pooled connections are closed before typical upstream keep-alive limits (vLLM's
+    // uvicorn: 5 s) would close them under us.
+    peer.options.idle_timeout = Some(Duration::from_secs(4));
+    peer
+}
+
+fn json_string(s: &str) -> Bytes {
+    serde_json::to_vec(s).map_or_else(|_| Bytes::new(), Bytes::from)
+}
+
+#[derive(Serialize)]
+struct ModelList<'a> {
+    object: &'static str,
+    data: Vec<ModelEntry<'a>>,
+}
+
+#[derive(Serialize)]
+struct ModelEntry<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
+}
+
+/// OpenAI's `GET /v1/models` list: every public name and every alias, each usable as `model`.
+fn models_body(config: &Config) -> Bytes {
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let data = config
+        .models
+        .iter()
+        .flat_map(|m| std::iter::once(&m.name).chain(&m.aliases))
+        .map(|id| ModelEntry {
+            id,
+            object: "model",
+            created,
+            owned_by: "switchyard",
+        })
+        .collect();
+    let list = ModelList {
+        object: "list",
+        data,
+    };
+    serde_json::to_vec(&list).map_or_else(|_| Bytes::new(), Bytes::from)
+}
+
+/// What the proxy and the admin listener share: the current runtime and what outlives it.
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    pub registry: Registry,
+    pub metrics: Metrics,
+}
+
+impl Gateway {
+    /// Builds the first runtime.
+    pub fn new(config: Config, metrics: Metrics) -> Result<Self, Vec<ConfigError>> {
+        let registry = Registry::default();
+        let runtime = Runtime::build(config, &registry, &metrics)?;
+        metrics.config_reloads_ok.inc();
+        Ok(Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            registry,
+            metrics,
+        })
+    }
+
+    /// The current snapshot; load once per request.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Whether every pool has at least one server not known to be down.
+    pub fn is_ready(&self) -> bool {
+        self.runtime
+            .load()
+            .pools
+            .iter()
+            .all(|p| p.servers.iter().any(|s| s.state.is_usable()))
+    }
+}
