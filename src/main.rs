@@ -1,7 +1,8 @@
 //! The `switchyard` command: run, check, demo, sim.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context as _};
@@ -49,6 +50,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -72,13 +74,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &PathBuf) -> anyhow::Result<()> {
+fn run(path: &Path) -> anyhow::Result<()> {
     let config = config::load(path)?;
     switchyard::app::run(config)?;
     Ok(())
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
             println!(

@@ -30,13 +30,14 @@ pub enum StartError {
 /// Pingora's process settings, from our validated config (Pingora's own YAML reader accepts
 /// unknown keys silently, so it is not used).
 fn server_conf(config: &Config) -> ServerConf {
-    let mut conf = ServerConf::default();
-    conf.threads = config.server.threads;
-    conf.grace_period_seconds = Some(config.server.grace_period.as_secs());
-    conf.graceful_shutdown_timeout_seconds = Some(5);
-    conf.upstream_keepalive_pool_size = config.server.upstream_keepalive_pool;
-    conf.max_retries = crate::proxy::MAX_RETRIES;
-    conf
+    ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        upstream_keepalive_pool_size: config.server.upstream_keepalive_pool,
+        max_retries: crate::proxy::MAX_RETRIES,
+        ..ServerConf::default()
+    }
 }
 
 /// Runs the gateway until it is told to stop (SIGINT: at once; SIGTERM: after the grace

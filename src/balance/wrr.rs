@@ -98,22 +98,35 @@ mod tests {
     }
 
     proptest! {
-        /// Over whole periods every server gets exactly its share, and the heaviest server
-        /// never runs longer than ceil(w_max / (total - w_max)) + 1 picks in a row.
+        /// Over whole periods every server gets exactly its share; at every point of the
+        /// sequence each server is within 2 picks of its ideal share, and the heaviest never
+        /// runs more than ceil(w_max / (total - w_max)) + 2 picks in a row. (Naive weighted
+        /// round robin runs w_max in a row.) The bounds were measured over 20 000 random weight
+        /// sets (worst: 1.125 and +2); they are not a published theorem.
         #[test]
         fn shares_are_exact_and_smooth(weights in proptest::collection::vec(1u32..20, 1..8)) {
             let b = SmoothWeightedRoundRobin::new(&weights);
             let g = weights.iter().map(|&w| i64::from(w)).fold(0, gcd) as u32;
-            let period: u32 = weights.iter().map(|w| w / g).sum();
+            let w: Vec<u32> = weights.iter().map(|x| x / g).collect();
+            let period: u32 = w.iter().sum();
             let seq = picks(&b, period as usize * 3, &|_| true);
-            for (i, w) in weights.iter().enumerate() {
+            for (i, wi) in w.iter().enumerate() {
                 let count = seq.iter().filter(|&&s| s == i).count() as u32;
-                prop_assert_eq!(count, 3 * w / g);
+                prop_assert_eq!(count, 3 * wi);
             }
-            let max_w = weights.iter().max().copied().unwrap_or(1) / g;
+            // Deviation from the ideal share, measured from the table's start.
+            let mut counts = vec![0f64; w.len()];
+            for (k, &s) in b.table.iter().enumerate() {
+                counts[s as usize] += 1.0;
+                for (i, wi) in w.iter().enumerate() {
+                    let ideal = (k + 1) as f64 * f64::from(*wi) / f64::from(period);
+                    prop_assert!((counts[i] - ideal).abs() < 2.0, "{:?} at {}", weights, k);
+                }
+            }
+            let max_w = w.iter().max().copied().unwrap_or(1);
             let rest = period - max_w;
             if rest > 0 {
-                let bound = max_w.div_ceil(rest) as usize + 1;
+                let bound = max_w.div_ceil(rest) as usize + 2;
                 let longest = seq.chunk_by(|a, b| a == b).map(<[usize]>::len).max().unwrap_or(0);
                 prop_assert!(longest <= bound, "run {} > {} for {:?}", longest, bound, weights);
             }

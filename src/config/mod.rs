@@ -191,13 +191,15 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
 
 /// Parses and validates YAML text.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let de = serde_yaml::Deserializer::from_str(text);
-    let file: file::FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        vec![ConfigError {
-            path: if path == "." { String::new() } else { path },
-            message: e.into_inner().to_string(),
-        }]
+    let file: file::FileConfig = serde_yaml::from_str(text).map_err(|e| {
+        // serde_yaml prefixes the message with the YAML path (`pools.x.servers[0]: unknown
+        // field ...`) when the error is below the document root.
+        let message = e.to_string();
+        let (path, message) = match message.split_once(": ") {
+            Some((path, rest)) if !path.contains(' ') => (path.to_owned(), rest.to_owned()),
+            _ => (String::new(), message),
+        };
+        vec![ConfigError { path, message }]
     })?;
     validate::validate(file)
 }

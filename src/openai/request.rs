@@ -41,6 +41,7 @@ struct Raw<'a> {
 impl<'a> RequestView<'a> {
     /// Parses a request body. Errors are 400s naming the offending field where there is one.
     pub fn parse(body: &'a [u8]) -> Result<Self, ApiError> {
+        check_structure(body)?;
         let raw: Raw<'a> = match serde_json::from_slice(body) {
             Ok(raw) => raw,
             Err(e) => return Err(describe(body, e)),
@@ -70,6 +71,53 @@ impl<'a> RequestView<'a> {
             prompt_bytes: body.len(),
         })
     }
+}
+
+/// Deepest nesting of arrays and objects accepted (serde_json limits only what it
+/// deserialises, not the fields it skips).
+pub const MAX_DEPTH: usize = 128;
+
+/// One pass over the raw bytes: refuses nesting deeper than [`MAX_DEPTH`] and NUL characters
+/// (`\u0000`) in strings, which upstream tokenizers and C-string code mishandle.
+fn check_structure(body: &[u8]) -> Result<(), ApiError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if in_string {
+            match b {
+                b'\\' => {
+                    if body[i + 1..].starts_with(b"u0000") {
+                        return Err(ApiError::invalid(
+                            "strings must not contain NUL (\\u0000) characters",
+                            None,
+                        ));
+                    }
+                    i += 1;
+                }
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Err(ApiError::invalid(
+                            format!("JSON nesting deeper than {MAX_DEPTH} levels"),
+                            None,
+                        ));
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// Turns a serde_json error into a 400, naming the field when the JSON was well-formed but a
@@ -161,6 +209,13 @@ mod tests {
         );
         assert_eq!(param_of(b"{\"model\":"), None);
         assert_eq!(param_of(b"not json"), None);
+    }
+
+    #[test]
+    fn nul_in_a_string_is_refused_but_an_escaped_backslash_before_u0000_text_is_not() {
+        assert!(RequestView::parse(br#"{"model":"m","prompt":"a\u0000b"}"#).is_err());
+        assert!(RequestView::parse(br#"{"model":"m","prompt":"a\\u0000b"}"#).is_ok());
+        assert!(RequestView::parse(br#"{"model":"m","prompt":"[[[{{{"}"#).is_ok());
     }
 
     #[test]

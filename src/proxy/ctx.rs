@@ -75,6 +75,12 @@ pub struct Ctx {
     pub answered: Option<u16>,
 }
 
+impl Default for Ctx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Ctx {
     pub fn new() -> Self {
         Self {

@@ -41,6 +41,8 @@ pub struct Sim {
     pub seed: u64,
     pub default_max_tokens: u32,
     pub embedding_dims: usize,
+    /// Inference requests received (any outcome), for tests and load checks.
+    pub http_requests: std::sync::atomic::AtomicU64,
 }
 
 fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<SimBody> {
@@ -116,7 +118,18 @@ impl Sim {
                 return Ok(error(StatusCode::BAD_REQUEST, &e));
             }
         }
-        let echo = req.headers().contains_key("x-sim-echo");
+        self.http_requests.fetch_add(1, Ordering::Relaxed);
+        // Tests see exactly what the gateway forwarded: `x-sim-echo: body` or `headers`.
+        let echo = req
+            .headers()
+            .get("x-sim-echo")
+            .map(|v| v.as_bytes().to_vec());
+        let headers: Value = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), Value::from(v.to_str().unwrap_or(""))))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         let body = req
             .into_body()
             .collect()
@@ -141,8 +154,10 @@ impl Sim {
             }
             return Ok(resp);
         }
-        if echo {
-            return Ok(full(StatusCode::OK, "application/octet-stream", body));
+        match echo.as_deref() {
+            Some(b"body") => return Ok(full(StatusCode::OK, "application/octet-stream", body)),
+            Some(b"headers") => return Ok(json_response(StatusCode::OK, &headers)),
+            _ => {}
         }
         let Ok(v) = serde_json::from_slice::<Value>(&body) else {
             return Ok(error(StatusCode::BAD_REQUEST, "body is not JSON"));
@@ -277,7 +292,8 @@ impl Sim {
              # TYPE vllm:prompt_tokens counter\nvllm:prompt_tokens_total{{model_name=\"{m}\"}} {}\n\
              # TYPE vllm:generation_tokens counter\nvllm:generation_tokens_total{{model_name=\"{m}\"}} {}\n\
              # TYPE vllm:request_success counter\nvllm:request_success_total{{model_name=\"{m}\"}} {}\n\
-             # TYPE switchyard_sim_requests_aborted counter\nswitchyard_sim_requests_aborted_total {}\n",
+             # TYPE switchyard_sim_requests_aborted counter\nswitchyard_sim_requests_aborted_total {}\n\
+             # TYPE switchyard_sim_http_requests counter\nswitchyard_sim_http_requests_total {}\n",
             get(&s.running),
             get(&s.waiting),
             get(&s.kv_usage_ppm) as f64 / 1e6,
@@ -287,6 +303,7 @@ impl Sim {
             get(&s.generation_tokens),
             get(&s.success),
             get(&s.aborted),
+            get(&self.http_requests),
         )
     }
 }

@@ -98,6 +98,7 @@ pub async fn spawn(args: SimArgs) -> std::io::Result<SocketAddr> {
         seed: args.seed,
         default_max_tokens: args.default_max_tokens.max(1),
         embedding_dims: args.embedding_dims,
+        http_requests: Default::default(),
     });
     tokio::spawn(async move {
         loop {

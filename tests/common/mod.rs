@@ -1,0 +1,264 @@
+//! Black-box harness: the real `switchyard` binary on port 0, simulator upstreams started as
+//! `switchyard sim` processes, addresses read from their `listening on ADDR (label)` log lines.
+//! Nothing sleeps to wait for a server: a process is usable once its line has been read.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// How long a process may take to print its listening lines.
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// A child process killed on drop, with its stderr (and stdout) lines collected.
+pub struct Proc {
+    child: Child,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the exit status (for processes expected to exit on their own).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait")
+    }
+}
+
+/// Collects lines of `r` into `sink`, forwarding each to `tx` while anyone listens.
+fn pump(
+    r: impl Read + Send + 'static,
+    sink: Arc<Mutex<Vec<String>>>,
+    tx: Option<mpsc::Sender<String>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if let Some(tx) = &tx {
+                let _ = tx.send(line.clone());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+}
+
+/// Starts `switchyard ARGS` and waits until it has logged `listening on ADDR (label)` for
+/// every label; returns the process and the addresses in label order.
+pub fn spawn(args: &[&str], labels: &[&str]) -> (Proc, Vec<SocketAddr>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn switchyard");
+    let (tx, rx) = mpsc::channel();
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    pump(child.stdout.take().unwrap(), stdout.clone(), None);
+    pump(child.stderr.take().unwrap(), stderr.clone(), Some(tx));
+    let mut found: Vec<Option<SocketAddr>> = vec![None; labels.len()];
+    let deadline = std::time::Instant::now() + STARTUP;
+    while found.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(line) => line,
+            Err(_) => panic!(
+                "switchyard {args:?} did not log its listeners; stderr:\n{}",
+                stderr.lock().unwrap().join("\n")
+            ),
+        };
+        for (i, label) in labels.iter().enumerate() {
+            let suffix = format!(" ({label})");
+            if let Some(pos) = line.find("listening on ") {
+                let rest = &line[pos + "listening on ".len()..];
+                if let Some(addr) = rest.split(' ').next() {
+                    if rest[addr.len()..].starts_with(&suffix) {
+                        found[i] = Some(addr.parse().expect("address in log line"));
+                    }
+                }
+            }
+        }
+    }
+    let proc = Proc {
+        child,
+        stdout,
+        stderr,
+    };
+    (proc, found.into_iter().map(Option::unwrap).collect())
+}
+
+/// A simulated inference server process.
+pub struct Sim {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl Sim {
+    /// `switchyard sim` on a free port, serving `model`, with extra flags.
+    pub fn start(model: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["sim", "--listen", "127.0.0.1:0", "--model", model];
+        args.extend_from_slice(extra);
+        let (proc, addrs) = spawn(&args, &["sim"]);
+        Self {
+            proc,
+            addr: addrs[0],
+        }
+    }
+
+    /// A fast simulator: no engine delays.
+    pub fn fast(model: &str) -> Self {
+        Self::start(model, &["--zero-delay"])
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Reads one counter or gauge from the simulator's /metrics.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(&text, name).unwrap_or_else(|| panic!("{name} not in sim metrics:\n{text}"))
+    }
+}
+
+/// The value of the first sample whose name (with labels) starts with `name`.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A gateway process on port 0 with a config file written for it.
+pub struct Gateway {
+    pub proc: Proc,
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Runs the gateway on `yaml`, in which `listen` and `admin` are set to port 0 here.
+    pub fn start(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path: PathBuf = dir.path().join("switchyard.yaml");
+        let yaml = format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{yaml}");
+        std::fs::write(&path, yaml).unwrap();
+        let (proc, addrs) = spawn(&["run", "-c", path.to_str().unwrap()], &["api", "admin"]);
+        Self {
+            proc,
+            api: addrs[0],
+            admin: addrs[1],
+            _dir: dir,
+        }
+    }
+
+    /// A gateway with one model `m` (alias `m-alias`) served by these servers as pool `p`
+    /// under the served name `served`; `extra` is appended to the YAML.
+    pub fn single(served: &str, servers: &[String], extra: &str) -> Self {
+        let list: String = servers
+            .iter()
+            .map(|s| format!("      - url: {s}\n"))
+            .collect();
+        Self::start(&format!(
+            "pools:\n  p:\n    model: {served}\n    engine: vllm\n    servers:\n{list}models:\n  m:\n    pool: p\n    aliases: [m-alias]\n{extra}"
+        ))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// The access log once it has at least `n` lines (it reaches us through a pipe).
+    pub async fn access_log_lines(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = self.access_log();
+            if lines.len() >= n || std::time::Instant::now() > deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The access log lines written so far, parsed.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        self.proc
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// An address nothing listens on.
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// An HTTP/1.1 client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http1_only()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// An HTTP/2 cleartext (prior knowledge) client.
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Asserts an OpenAI-shaped error body and returns it.
+pub async fn openai_error(resp: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(ct.as_deref(), Some("application/json"));
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let e = &v["error"];
+    assert!(e["message"].is_string(), "message in {v}");
+    assert!(e["type"].is_string(), "type in {v}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "param/code in {v}"
+    );
+    v
+}

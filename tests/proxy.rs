@@ -1,0 +1,338 @@
+//! The proxy, black-box: routing, body integrity, errors, headers, balancing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{client, dead_addr, h2c_client, openai_error, Gateway, Sim};
+use serde_json::{json, Value};
+
+const SERVED: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+/// The request body a test sends, and the one the upstream must receive.
+fn bodies(model: &str, padding: usize) -> (String, String) {
+    let make = |m: &str| {
+        // The tail is at least `padding` bytes; the JSON stays valid at any size.
+        format!(
+            r#"{{"model":"{m}","prompt":"{}","max_tokens":1}}"#,
+            "x".repeat(padding)
+        )
+    };
+    (make(model), make(SERVED))
+}
+
+#[tokio::test]
+async fn models_list_names_every_model_and_alias() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    let v: Value = client()
+        .get(gw.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["object"], "list");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["m", "m-alias"]);
+    assert_eq!(v["data"][0]["object"], "model");
+}
+
+#[tokio::test]
+async fn chat_completion_by_alias_reaches_the_pool_with_the_served_name() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&json!({"model": "m-alias", "max_tokens": 3,
+                      "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    assert!(!v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+    // The simulator answers 404 for any other model name, so a 200 proves the rewrite.
+    assert_eq!(v["model"], SERVED);
+}
+
+#[tokio::test]
+async fn completions_and_embeddings_are_routed() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    let c = client();
+    let v: Value = c
+        .post(gw.url("/v1/completions"))
+        .json(&json!({"model": "m", "prompt": "once upon", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+    let v: Value = c
+        .post(gw.url("/v1/embeddings"))
+        .json(&json!({"model": "m", "input": "hello"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 16);
+}
+
+/// The upstream receives the body byte for byte (model rewritten) for sizes around Pingora's
+/// 64 KiB retry buffer and far beyond it, over HTTP/1.1 and h2c.
+#[tokio::test]
+async fn upstream_receives_the_body_intact_at_every_size() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    let overhead = bodies("m", 0).0.len();
+    let sizes: [usize; 6] = [
+        100,
+        64 * 1024 - 1,
+        64 * 1024,
+        64 * 1024 + 1,
+        1024 * 1024,
+        8 * 1024 * 1024 - 64,
+    ];
+    for (name, c) in [("http1", client()), ("h2c", h2c_client())] {
+        for size in sizes {
+            let (sent, expected) = bodies("m", size.saturating_sub(overhead));
+            assert!(sent.len() == size || size < overhead);
+            let resp = c
+                .post(gw.url("/v1/completions"))
+                .header("x-sim-echo", "body")
+                .header("content-type", "application/json")
+                .body(sent.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{name} size {size}");
+            let got = resp.bytes().await.unwrap();
+            assert_eq!(got.len(), expected.len(), "{name} size {size}");
+            assert!(
+                got == expected.as_bytes(),
+                "{name} size {size}: body differs"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn body_over_the_cap_is_413_without_contacting_the_upstream() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::single(SERVED, &[sim.url()], "limits:\n  max_body_size: 1MiB\n");
+    let (ok, _) = bodies("m", 1024 * 1024 - 100);
+    assert!(ok.len() <= 1024 * 1024);
+    let resp = client()
+        .post(gw.url("/v1/completions"))
+        .header("x-sim-echo", "body")
+        .body(ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (big, _) = bodies("m", 1024 * 1024 + 1);
+    let resp = client()
+        .post(gw.url("/v1/completions"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    let v = openai_error(resp, 413).await;
+    assert_eq!(v["error"]["code"], "request_too_large");
+    assert_eq!(sim.metric("switchyard_sim_http_requests_total").await, 1.0);
+}
+
+#[tokio::test]
+async fn malformed_requests_get_openai_errors_and_no_upstream_call() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    let c = client();
+    let post = |body: &'static str| {
+        c.post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let v = openai_error(post("{\"model\": ").await.unwrap(), 400).await;
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    let v = openai_error(post(r#"{"messages": []}"#).await.unwrap(), 400).await;
+    assert_eq!(v["error"]["param"], "model");
+    let v = openai_error(post(r#"{"model": 7}"#).await.unwrap(), 400).await;
+    assert_eq!(v["error"]["param"], "model");
+    let v = openai_error(
+        post(r#"{"model": "m", "stream": "yes"}"#).await.unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(v["error"]["param"], "stream");
+    let v = openai_error(post(r#"{"model": "gpt-4o"}"#).await.unwrap(), 404).await;
+    assert_eq!(v["error"]["code"], "model_not_found");
+    let resp = c.get(gw.url("/v1/chat/completions")).send().await.unwrap();
+    assert_eq!(resp.headers()["allow"], "POST");
+    openai_error(resp, 405).await;
+    for path in ["/v2/whatever", "/metrics", "/healthz", "/readyz"] {
+        let v = openai_error(c.get(gw.url(path)).send().await.unwrap(), 404).await;
+        assert_eq!(v["error"]["code"], "unknown_url");
+    }
+    assert_eq!(sim.metric("switchyard_sim_http_requests_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn unreachable_pool_is_a_5xx_that_names_no_address() {
+    let dead = dead_addr();
+    let gw = Gateway::single(SERVED, &[format!("http://{dead}")], "");
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&json!({"model": "m", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    assert!(status == 502 || status == 503, "status {status}");
+    let text = resp.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["type"], "upstream_error");
+    assert!(
+        !text.contains(&dead.port().to_string()),
+        "address leaked: {text}"
+    );
+    assert!(!text.contains("127.0.0.1"), "address leaked: {text}");
+}
+
+#[tokio::test]
+async fn request_id_and_forwarding_headers() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    let resp = client()
+        .post(gw.url("/v1/completions"))
+        .header("x-sim-echo", "headers")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-host", "evil")
+        .header("authorization", "Bearer sk-client-secret")
+        .header("x-request-id", "req-42")
+        .header("x-custom", "kept")
+        .json(&json!({"model": "m", "prompt": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "req-42");
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["x-request-id"], "req-42");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert!(seen.get("x-forwarded-host").is_none(), "{seen}");
+    assert!(seen.get("authorization").is_none(), "{seen}");
+    assert_eq!(seen["x-custom"], "kept");
+    assert_eq!(seen["host"], sim.addr.to_string());
+
+    // Without a client id, one is generated and returned.
+    let resp = client()
+        .post(gw.url("/v1/completions"))
+        .header("x-sim-echo", "headers")
+        .json(&json!({"model": "m", "prompt": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["x-request-id"], id.as_str());
+}
+
+#[tokio::test]
+async fn weighted_round_robin_splits_by_weight() {
+    let a = Sim::fast(SERVED);
+    let b = Sim::fast(SERVED);
+    let gw = Gateway::start(&format!(
+        "pools:\n  p:\n    model: {SERVED}\n    servers:\n      - url: {}\n        weight: 2\n      - url: {}\nmodels:\n  m:\n    pool: p\n",
+        a.url(),
+        b.url()
+    ));
+    let c = client();
+    for _ in 0..30 {
+        let resp = c
+            .post(gw.url("/v1/completions"))
+            .json(&json!({"model": "m", "prompt": "hi", "max_tokens": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(a.metric("switchyard_sim_http_requests_total").await, 20.0);
+    assert_eq!(b.metric("switchyard_sim_http_requests_total").await, 10.0);
+}
+
+#[tokio::test]
+async fn admin_serves_metrics_health_and_readiness() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    let c = client();
+    for stream in [false, true] {
+        let resp = c
+            .post(gw.url("/v1/chat/completions"))
+            .json(&json!({"model": "m", "stream": stream, "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    c.post(gw.url("/v1/chat/completions"))
+        .json(&json!({"model": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    let text = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let v = |name: &str| common::metric_value(&text, name);
+    assert_eq!(
+        v(r#"switchyard_requests_total{model="m",pool="p",status="200"}"#),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        v(r#"switchyard_request_duration_seconds_count{model="m",pool="p"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        v(r#"switchyard_time_to_first_token_seconds_count{model="m",pool="p"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        v(r#"switchyard_rejected_requests_total{reason="model_not_found"}"#),
+        Some(1.0)
+    );
+    let health = c.get(gw.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = c.get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // One access log line per request, without prompts.
+    let log = gw.access_log_lines(3).await;
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert_eq!(log[0]["model"], "m");
+    assert_eq!(log[0]["status"], 200);
+    assert_eq!(log[1]["stream"], true);
+    assert_eq!(log[2]["outcome"], "rejected");
+}

@@ -1,0 +1,97 @@
+//! SSE passes through unbuffered: events leave the gateway when the server produces them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{client, h2c_client, Gateway, Sim};
+use futures_util::StreamExt;
+use serde_json::json;
+
+const SERVED: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+/// Streams a completion and returns each received `data:` event with its arrival time.
+async fn stream_events(c: &reqwest::Client, url: &str, tokens: u32) -> Vec<(Duration, String)> {
+    let start = Instant::now();
+    let resp = c
+        .post(url)
+        .json(&json!({"model": "m", "stream": true, "max_tokens": tokens,
+                      "messages": [{"role": "user", "content": "count"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.bytes_stream();
+    let mut pending = String::new();
+    let mut events = Vec::new();
+    while let Some(chunk) = body.next().await {
+        pending.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            events.push((start.elapsed(), event.trim().to_owned()));
+        }
+    }
+    events
+}
+
+/// With a 100 ms decode step, token events must arrive about 100 ms apart, not in a burst.
+async fn events_arrive_at_the_servers_pace(c: reqwest::Client) {
+    let sim = Sim::start(
+        SERVED,
+        &[
+            "--decode-step-ms",
+            "100",
+            "--decode-us-per-seq",
+            "0",
+            "--prefill-us-per-token",
+            "0",
+        ],
+    );
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    let events = stream_events(&c, &gw.url("/v1/chat/completions"), 6).await;
+    let tokens: Vec<Duration> = events
+        .iter()
+        .filter(|(_, e)| e.contains("\"content\""))
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(tokens.len(), 6, "{events:?}");
+    for pair in tokens.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(60) && gap <= Duration::from_millis(250),
+            "gap {gap:?} between token events: {tokens:?}"
+        );
+    }
+    assert_eq!(events.last().unwrap().1, "data: [DONE]");
+}
+
+#[tokio::test]
+async fn sse_events_stream_unbuffered_over_http1() {
+    events_arrive_at_the_servers_pace(client()).await;
+}
+
+#[tokio::test]
+async fn sse_events_stream_unbuffered_over_h2c() {
+    events_arrive_at_the_servers_pace(h2c_client()).await;
+}
+
+#[tokio::test]
+async fn usage_chunk_passes_through_when_asked_for() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    let text = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&json!({"model": "m", "stream": true, "max_tokens": 3,
+                      "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("\"completion_tokens\":3"), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+}
