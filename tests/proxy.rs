@@ -336,3 +336,40 @@ async fn admin_serves_metrics_health_and_readiness() {
     assert_eq!(log[1]["stream"], true);
     assert_eq!(log[2]["outcome"], "rejected");
 }
+
+/// Bodies without Content-Length (chunked uploads) are accepted up to Pingora's 64 KiB retry
+/// buffer and refused with 411 above it, never forwarded half.
+#[tokio::test]
+async fn chunked_uploads_are_forwarded_intact_up_to_64_kib_and_411_above() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    let chunked = |body: String| {
+        let parts: Vec<Result<String, std::io::Error>> = body
+            .as_bytes()
+            .chunks(4096)
+            .map(|c| Ok(String::from_utf8(c.to_vec()).unwrap()))
+            .collect();
+        reqwest::Body::wrap_stream(futures_util::stream::iter(parts))
+    };
+    let (small, expected) = bodies("m", 20_000);
+    let resp = client()
+        .post(gw.url("/v1/completions"))
+        .header("x-sim-echo", "body")
+        .body(chunked(small))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap() == expected.as_bytes());
+
+    let (big, _) = bodies("m", 100_000);
+    let resp = client()
+        .post(gw.url("/v1/completions"))
+        .body(chunked(big))
+        .send()
+        .await
+        .unwrap();
+    let v = openai_error(resp, 411).await;
+    assert_eq!(v["error"]["code"], "length_required");
+    assert_eq!(sim.metric("switchyard_sim_http_requests_total").await, 1.0);
+}

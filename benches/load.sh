@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Load benchmark: the same requests, back to back in one run, sent
+#   1. directly to the upstream,
+#   2. through nginx as a plain reverse proxy (benches/nginx/proxy.conf), access log on and off,
+#   3. through Switchyard (routing by the body's `model`), access log on and off,
+# for two upstreams: the simulator with zero delays, and nginx answering a canned chat
+# completion (so the upstream is never the bottleneck).
+#
+# Workloads: non-streaming chat completions at concurrency 1 (latency p50/p99) and 64
+# (throughput). Everything runs on 127.0.0.1 and stops by itself.
+#
+# Usage: benches/load.sh [DURATION_SECONDS]      (default 10; results in benches/results/)
+# Needs: wrk and nginx (installed with apt-get when missing and running as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-10}
+OUT_DIR=benches/results
+mkdir -p "$OUT_DIR"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT="$OUT_DIR/load-$STAMP.md"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+for tool in wrk nginx; do
+  if ! command -v "$tool" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$tool" ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
+    else
+      echo "load.sh needs $tool (apt-get install $tool)" >&2; exit 1
+    fi
+  fi
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --quiet
+BIN=./target/release/switchyard
+
+# wait_listen LOGFILE LABEL: prints the address once "listening on ADDR (LABEL)" is logged.
+wait_listen() {
+  for _ in $(seq 1 300); do
+    local a
+    a=$(grep -o "listening on [^ ]* ($2)" "$1" 2>/dev/null | head -1 | awk '{print $3}')
+    if [ -n "$a" ]; then echo "$a"; return 0; fi
+    sleep 0.1
+  done
+  echo "no '$2' listener in $1" >&2; cat "$1" >&2; exit 1
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+MODEL=meta-llama/Llama-3.1-8B-Instruct
+BODY='{"model":"fast","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Summarise the benefits of continuous batching for GPU inference in one sentence."}],"max_tokens":16}'
+UP_BODY=${BODY/\"fast\"/\"$MODEL\"}
+
+# --- upstreams ---------------------------------------------------------------------------
+$BIN sim --listen 127.0.0.1:0 --model "$MODEL" --zero-delay --max-num-seqs 256 \
+  2>"$WORK/sim.log" >/dev/null &
+PIDS+=($!)
+SIM=$(wait_listen "$WORK/sim.log" sim)
+
+CANNED_PORT=$(free_port)
+CANNED_JSON='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"'"$MODEL"'","choices":[{"index":0,"message":{"role":"assistant","content":"Continuous batching keeps the GPU busy by adding and removing sequences every step."},"finish_reason":"stop"}],"usage":{"prompt_tokens":40,"completion_tokens":16,"total_tokens":56}}'
+mkdir -p "$WORK/canned"
+sed -e "s|@PORT@|$CANNED_PORT|" -e "s|@PREFIX@|$WORK/canned|" -e "s|@BODY@|$CANNED_JSON|" \
+  benches/nginx/canned.conf > "$WORK/canned.conf"
+$NGINX -c "$WORK/canned.conf" -p "$WORK/canned" -g 'daemon off;' 2>"$WORK/canned.err" &
+PIDS+=($!)
+CANNED=127.0.0.1:$CANNED_PORT
+
+# --- proxies -----------------------------------------------------------------------------
+start_nginx_proxy() { # NAME UPSTREAM ACCESS_LOG(on|off) -> prints address
+  local port dir log
+  port=$(free_port); dir="$WORK/nginx-$1"; mkdir -p "$dir"
+  if [ "$3" = on ]; then log="access_log $dir/access.log;"; else log="access_log off;"; fi
+  sed -e "s|@PORT@|$port|" -e "s|@PREFIX@|$dir|" -e "s|@UPSTREAM@|$2|" -e "s|@ACCESS_LOG@|$log|" \
+    benches/nginx/proxy.conf > "$dir/nginx.conf"
+  $NGINX -c "$dir/nginx.conf" -p "$dir" -g 'daemon off;' 2>"$dir/err.log" &
+  PIDS+=($!)
+  echo "127.0.0.1:$port"
+}
+
+start_switchyard() { # NAME UPSTREAM ACCESS_LOG(stdout|off) -> prints address
+  local dir="$WORK/sy-$1"; mkdir -p "$dir"
+  cat > "$dir/switchyard.yaml" <<EOF
+listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+server:
+  access_log: $3
+pools:
+  llama-8b:
+    model: $MODEL
+    engine: vllm
+    servers:
+      - url: http://$2
+models:
+  llama-3.1-8b:
+    pool: llama-8b
+    aliases: [fast]
+EOF
+  $BIN run -c "$dir/switchyard.yaml" 2>"$dir/err.log" >"$dir/access.log" &
+  PIDS+=($!)
+  wait_listen "$dir/err.log" api
+}
+
+# --- measurement -------------------------------------------------------------------------
+cat > "$WORK/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = os.getenv("WRK_BODY")
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format("RESULT rps=%.1f p50=%.1f p99=%.1f errors=%d requests=%d\n",
+    summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99),
+    errors, summary.requests))
+end
+EOF
+
+# run ADDR BODY CONNECTIONS THREADS -> "rps p50_us p99_us errors"
+run() {
+  local line
+  line=$(WRK_BODY="$2" wrk -t"$4" -c"$3" -d"${DURATION}s" --timeout 10s -s "$WORK/post.lua" \
+    "http://$1/v1/chat/completions" | grep '^RESULT')
+  echo "$line" | sed -E 's/.*rps=([^ ]+) p50=([^ ]+) p99=([^ ]+) errors=([^ ]+).*/\1 \2 \3 \4/'
+}
+
+# Warm up (connection pools, page cache) so the first measured target is not penalised.
+warm() { WRK_BODY="$2" wrk -t1 -c4 -d1s -s "$WORK/post.lua" "http://$1/v1/chat/completions" >/dev/null; }
+
+{
+  echo "# Load benchmark $STAMP"
+  echo
+  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), $($NGINX -v 2>&1 | sed 's/.*version: //'); ${DURATION}s per run; load tool on the same cores."
+  echo
+} > "$OUT"
+
+for upstream in sim canned; do
+  if [ "$upstream" = sim ]; then UP=$SIM; else UP=$CANNED; fi
+  NG_ON=$(start_nginx_proxy "$upstream-on" "$UP" on)
+  NG_OFF=$(start_nginx_proxy "$upstream-off" "$UP" off)
+  SY_ON=$(start_switchyard "$upstream-on" "$UP" stdout)
+  SY_OFF=$(start_switchyard "$upstream-off" "$UP" off)
+  declare -A C1 C64
+  targets=("direct:$UP:$UP_BODY" "nginx (log on):$NG_ON:$UP_BODY" "nginx (log off):$NG_OFF:$UP_BODY" \
+           "switchyard (log on):$SY_ON:$BODY" "switchyard (log off):$SY_OFF:$BODY")
+  for t in "${targets[@]}"; do
+    name=${t%%:*}; rest=${t#*:}; addr=${rest%%:*}:$(echo "$rest" | cut -d: -f2); body=${rest#*:*:}
+    warm "$addr" "$body"
+    C1[$name]=$(run "$addr" "$body" 1 1)
+    C64[$name]=$(run "$addr" "$body" 64 2)
+    echo "  $upstream / $name: c1=${C1[$name]} c64=${C64[$name]}" >&2
+  done
+  read -r d_rps d_p50 d_p99 _ <<<"${C1[direct]}"
+  read -r d64_rps _ _ _ <<<"${C64[direct]}"
+  read -r n64_rps _ _ _ <<<"${C64[nginx (log on)]}"
+  read -r _ n_p50 _ _ <<<"${C1[nginx (log on)]}"
+  read -r n64off_rps _ _ _ <<<"${C64[nginx (log off)]}"
+  read -r _ noff_p50 _ _ <<<"${C1[nginx (log off)]}"
+  {
+    echo "## Upstream: $upstream ($( [ "$upstream" = sim ] && echo 'switchyard sim --zero-delay' || echo 'nginx canned JSON'))"
+    echo
+    echo "| target | c=1 p50 µs | c=1 p99 µs | added p50 µs vs direct | c=64 req/s | c=64 vs direct | c=64 vs nginx (same log) | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for t in "${targets[@]}"; do
+      name=${t%%:*}
+      read -r _ p50 p99 e1 <<<"${C1[$name]}"
+      read -r rps _ _ e64 <<<"${C64[$name]}"
+      case "$name" in *"log off"*) nref=$n64off_rps ;; *) nref=$n64_rps ;; esac
+      awk -v n="$name" -v p50="$p50" -v p99="$p99" -v d="$d_p50" -v rps="$rps" -v drps="$d64_rps" \
+          -v nrps="$nref" -v err=$((e1 + e64)) 'BEGIN {
+        printf "| %s | %.0f | %.0f | %+.0f | %.0f | %.2f | %.2f | %d |\n", n, p50, p99, p50 - d, rps, rps / drps, rps / nrps, err }'
+    done
+    echo
+  } >> "$OUT"
+  unset C1 C64
+done
+
+echo "results: $OUT" >&2
+cat "$OUT"
