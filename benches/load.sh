@@ -52,6 +52,15 @@ wait_listen() {
   echo "no '$2' listener in $1" >&2; cat "$1" >&2; exit 1
 }
 
+# wait_port HOST:PORT: returns once something accepts connections there.
+wait_port() {
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2; exit 1
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 MODEL=meta-llama/Llama-3.1-8B-Instruct
@@ -69,23 +78,27 @@ CANNED_JSON='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"
 mkdir -p "$WORK/canned"
 sed -e "s|@PORT@|$CANNED_PORT|" -e "s|@PREFIX@|$WORK/canned|" -e "s|@BODY@|$CANNED_JSON|" \
   benches/nginx/canned.conf > "$WORK/canned.conf"
-$NGINX -c "$WORK/canned.conf" -p "$WORK/canned" -g 'daemon off;' 2>"$WORK/canned.err" &
+$NGINX -c "$WORK/canned.conf" -p "$WORK/canned" -g 'daemon off;' 2>"$WORK/canned.err" >/dev/null &
 PIDS+=($!)
 CANNED=127.0.0.1:$CANNED_PORT
+wait_port "$CANNED"
 
 # --- proxies -----------------------------------------------------------------------------
-start_nginx_proxy() { # NAME UPSTREAM ACCESS_LOG(on|off) -> prints address
+# The start_* functions set ADDR (no command substitution: a background child would keep the
+# substitution's pipe open, and PIDS must be recorded in this shell).
+start_nginx_proxy() { # NAME UPSTREAM ACCESS_LOG(on|off)
   local port dir log
   port=$(free_port); dir="$WORK/nginx-$1"; mkdir -p "$dir"
   if [ "$3" = on ]; then log="access_log $dir/access.log;"; else log="access_log off;"; fi
   sed -e "s|@PORT@|$port|" -e "s|@PREFIX@|$dir|" -e "s|@UPSTREAM@|$2|" -e "s|@ACCESS_LOG@|$log|" \
     benches/nginx/proxy.conf > "$dir/nginx.conf"
-  $NGINX -c "$dir/nginx.conf" -p "$dir" -g 'daemon off;' 2>"$dir/err.log" &
+  $NGINX -c "$dir/nginx.conf" -p "$dir" -g 'daemon off;' 2>"$dir/err.log" >/dev/null &
   PIDS+=($!)
-  echo "127.0.0.1:$port"
+  ADDR="127.0.0.1:$port"
+  wait_port "$ADDR"
 }
 
-start_switchyard() { # NAME UPSTREAM ACCESS_LOG(stdout|off) -> prints address
+start_switchyard() { # NAME UPSTREAM ACCESS_LOG(stdout|off)
   local dir="$WORK/sy-$1"; mkdir -p "$dir"
   cat > "$dir/switchyard.yaml" <<EOF
 listen: 127.0.0.1:0
@@ -105,7 +118,7 @@ models:
 EOF
   $BIN run -c "$dir/switchyard.yaml" 2>"$dir/err.log" >"$dir/access.log" &
   PIDS+=($!)
-  wait_listen "$dir/err.log" api
+  ADDR=$(wait_listen "$dir/err.log" api)
 }
 
 # --- measurement -------------------------------------------------------------------------
@@ -142,10 +155,10 @@ warm() { WRK_BODY="$2" wrk -t1 -c4 -d1s -s "$WORK/post.lua" "http://$1/v1/chat/c
 
 for upstream in sim canned; do
   if [ "$upstream" = sim ]; then UP=$SIM; else UP=$CANNED; fi
-  NG_ON=$(start_nginx_proxy "$upstream-on" "$UP" on)
-  NG_OFF=$(start_nginx_proxy "$upstream-off" "$UP" off)
-  SY_ON=$(start_switchyard "$upstream-on" "$UP" stdout)
-  SY_OFF=$(start_switchyard "$upstream-off" "$UP" off)
+  start_nginx_proxy "$upstream-on" "$UP" on; NG_ON=$ADDR
+  start_nginx_proxy "$upstream-off" "$UP" off; NG_OFF=$ADDR
+  start_switchyard "$upstream-on" "$UP" stdout; SY_ON=$ADDR
+  start_switchyard "$upstream-off" "$UP" off; SY_OFF=$ADDR
   declare -A C1 C64
   targets=("direct:$UP:$UP_BODY" "nginx (log on):$NG_ON:$UP_BODY" "nginx (log off):$NG_OFF:$UP_BODY" \
            "switchyard (log on):$SY_ON:$BODY" "switchyard (log off):$SY_OFF:$BODY")

@@ -98,37 +98,38 @@ mod tests {
     }
 
     proptest! {
-        /// Over whole periods every server gets exactly its share; at every point of the
-        /// sequence each server is within 2 picks of its ideal share, and the heaviest never
-        /// runs more than ceil(w_max / (total - w_max)) + 2 picks in a row. (Naive weighted
-        /// round robin runs w_max in a row.) The bounds were measured over 20 000 random weight
-        /// sets (worst: 1.125 and +2); they are not a published theorem.
+        /// Over whole periods every server gets exactly its share, and at every point of the
+        /// period each server is within 2 picks of its ideal share (measured worst over 20 000
+        /// random weight sets: 1.125; not a published theorem). It follows that any window of
+        /// the repeating sequence, across period boundaries too, is within 4 of its share: no
+        /// burst to the heaviest server, where naive weighted round robin runs w_max in a row.
         #[test]
         fn shares_are_exact_and_smooth(weights in proptest::collection::vec(1u32..20, 1..8)) {
             let b = SmoothWeightedRoundRobin::new(&weights);
             let g = weights.iter().map(|&w| i64::from(w)).fold(0, gcd) as u32;
             let w: Vec<u32> = weights.iter().map(|x| x / g).collect();
-            let period: u32 = w.iter().sum();
-            let seq = picks(&b, period as usize * 3, &|_| true);
+            let period = w.iter().sum::<u32>() as usize;
+            let seq = picks(&b, period * 3, &|_| true);
             for (i, wi) in w.iter().enumerate() {
                 let count = seq.iter().filter(|&&s| s == i).count() as u32;
                 prop_assert_eq!(count, 3 * wi);
             }
-            // Deviation from the ideal share, measured from the table's start.
+            let share = |i: usize, k: usize| k as f64 * f64::from(w[i]) / period as f64;
             let mut counts = vec![0f64; w.len()];
             for (k, &s) in b.table.iter().enumerate() {
                 counts[s as usize] += 1.0;
-                for (i, wi) in w.iter().enumerate() {
-                    let ideal = (k + 1) as f64 * f64::from(*wi) / f64::from(period);
-                    prop_assert!((counts[i] - ideal).abs() < 2.0, "{:?} at {}", weights, k);
+                for (i, c) in counts.iter().enumerate() {
+                    prop_assert!((c - share(i, k + 1)).abs() < 2.0, "{:?} at {}", weights, k);
                 }
             }
-            let max_w = w.iter().max().copied().unwrap_or(1);
-            let rest = period - max_w;
-            if rest > 0 {
-                let bound = max_w.div_ceil(rest) as usize + 2;
-                let longest = seq.chunk_by(|a, b| a == b).map(<[usize]>::len).max().unwrap_or(0);
-                prop_assert!(longest <= bound, "run {} > {} for {:?}", longest, bound, weights);
+            for len in 1..=period {
+                for start in 0..period {
+                    let window = &seq[start..start + len];
+                    for i in 0..w.len() {
+                        let c = window.iter().filter(|&&s| s == i).count() as f64;
+                        prop_assert!((c - share(i, len)).abs() < 4.0, "{:?} window {}+{}", weights, start, len);
+                    }
+                }
             }
         }
     }

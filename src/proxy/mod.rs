@@ -230,6 +230,12 @@ impl ProxyHttp for Proxy {
         Ok(None)
     }
 
+    /// A client that went away is an outcome (`client_abort`, in metrics and the access log),
+    /// not an error worth Pingora's error log line.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        is_client_gone(error)
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,

@@ -1,0 +1,68 @@
+//! `switchyard demo` as the README tells a new user to run it: the gateway in front of three
+//! simulated servers, every model and alias answering.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{client, spawn};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn demo_serves_every_model_and_alias_with_metrics() {
+    let (_demo, addrs) = spawn(
+        &["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        &["api", "admin"],
+    );
+    let (api, admin) = (addrs[0], addrs[1]);
+    let c = client();
+    let models: Value = c
+        .get(format!("http://{api}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["llama-3.1-8b", "fast", "default", "qwen-2.5-72b", "smart"]
+    );
+    for (model, served) in [
+        ("fast", "meta-llama/Llama-3.1-8B-Instruct"),
+        ("default", "meta-llama/Llama-3.1-8B-Instruct"),
+        ("smart", "Qwen/Qwen2.5-72B-Instruct"),
+    ] {
+        let v: Value = c
+            .post(format!("http://{api}/v1/chat/completions"))
+            .json(&json!({"model": model, "max_tokens": 2,
+                          "messages": [{"role": "user", "content": "Hello!"}]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["model"], served, "{model}: {v}");
+        assert_eq!(v["usage"]["completion_tokens"], 2);
+    }
+    let metrics = c
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"switchyard_requests_total{model="qwen-2.5-72b",pool="qwen-72b",status="200"} 1"#
+        ),
+        "{metrics}"
+    );
+}
