@@ -40,9 +40,22 @@ pub struct Pool {
 impl Pool {
     /// Picks a usable server for which `allowed` holds (e.g. not tried yet by this request).
     pub fn pick(&self, features: &Features, allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let now = crate::upstream::now_ms();
         self.balancer.pick(features, &|i| {
-            allowed(i) && self.servers.get(i).is_some_and(|s| s.state.is_usable())
+            allowed(i) && self.servers.get(i).is_some_and(|s| s.state.is_usable(now))
         })
+    }
+}
+
+impl Pool {
+    /// Whether some usable server is left for which `allowed` holds, without advancing the
+    /// balancer.
+    pub fn has_candidate(&self, allowed: &dyn Fn(usize) -> bool) -> bool {
+        let now = crate::upstream::now_ms();
+        self.servers
+            .iter()
+            .enumerate()
+            .any(|(i, s)| allowed(i) && s.state.is_usable(now))
     }
 }
 
@@ -202,10 +215,11 @@ impl Gateway {
 
     /// Whether every pool has at least one server not known to be down.
     pub fn is_ready(&self) -> bool {
+        let now = crate::upstream::now_ms();
         self.runtime
             .load()
             .pools
             .iter()
-            .all(|p| p.servers.iter().any(|s| s.state.is_usable()))
+            .all(|p| p.servers.iter().any(|s| s.state.is_usable(now)))
     }
 }

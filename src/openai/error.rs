@@ -38,6 +38,8 @@ pub enum ApiError {
     UpstreamUnavailable,
     #[error("The upstream server did not answer in time.")]
     UpstreamTimeout,
+    #[error("The upstream server stopped before the response was complete.")]
+    StreamInterrupted,
     #[error("The gateway hit an internal error.")]
     Internal,
 }
@@ -75,7 +77,7 @@ impl ApiError {
             Self::BodyTimeout => 408,
             Self::InvalidRequest { .. } => 400,
             Self::NoHealthyUpstream => 503,
-            Self::UpstreamUnavailable => 502,
+            Self::UpstreamUnavailable | Self::StreamInterrupted => 502,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
         }
@@ -91,9 +93,10 @@ impl ApiError {
             | Self::BodyTimeout
             | Self::InvalidRequest { .. }
             | Self::ModelNotFound { .. } => "invalid_request_error",
-            Self::NoHealthyUpstream | Self::UpstreamUnavailable | Self::UpstreamTimeout => {
-                "upstream_error"
-            }
+            Self::NoHealthyUpstream
+            | Self::UpstreamUnavailable
+            | Self::UpstreamTimeout
+            | Self::StreamInterrupted => "upstream_error",
             Self::Internal => "server_error",
         }
     }
@@ -111,6 +114,7 @@ impl ApiError {
             Self::NoHealthyUpstream => Some("no_healthy_upstream"),
             Self::UpstreamUnavailable => Some("upstream_unavailable"),
             Self::UpstreamTimeout => Some("upstream_timeout"),
+            Self::StreamInterrupted => Some("upstream_stream_interrupted"),
             Self::Internal => Some("internal_error"),
         }
     }
@@ -129,6 +133,12 @@ impl ApiError {
             Self::NoHealthyUpstream | Self::UpstreamUnavailable => Some(1),
             _ => None,
         }
+    }
+
+    /// Whether a client retry cannot help right now (`x-should-retry: false`): every server is
+    /// out of rotation, so an immediate retry would only add load.
+    pub fn should_not_retry(&self) -> bool {
+        matches!(self, Self::NoHealthyUpstream)
     }
 
     /// Whether the connection must be closed after answering: the request body may still be

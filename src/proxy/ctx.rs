@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 
 use crate::balance::Features;
+use crate::openai::sse::SseTracker;
 use crate::openai::ApiError;
 use crate::state::Runtime;
 use crate::upstream::InflightGuard;
@@ -69,6 +70,12 @@ pub struct Ctx {
     pub upstream_status: Option<u16>,
     /// When the first response body byte arrived from the upstream.
     pub first_byte: Option<Instant>,
+    /// Set when the response is `text/event-stream`: what has been relayed of it.
+    pub sse: Option<SseTracker>,
+    /// The stream was cut after its first byte and ended with this error event.
+    pub interrupted: Option<&'static str>,
+    /// An upstream status the gateway chose to retry (429/502/503/504 before the first byte).
+    pub retry_status: Option<u16>,
     /// Set by a phase that fails on purpose; `fail_to_proxy` answers with it.
     pub error: Option<ApiError>,
     /// Status sent to the client by the gateway itself (early answers and errors).
@@ -95,6 +102,9 @@ impl Ctx {
             inflight: None,
             upstream_status: None,
             first_byte: None,
+            sse: None,
+            retry_status: None,
+            interrupted: None,
             error: None,
             answered: None,
         }

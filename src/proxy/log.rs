@@ -42,6 +42,8 @@ pub fn access(gateway: &Gateway, ctx: &Ctx, status: u16, client_gone: bool, now:
     let pool = routed.map(|r| &r.runtime.pools[r.pool]);
     let outcome = match status {
         _ if client_gone => "client_abort",
+        _ if ctx.interrupted == Some("upstream_timeout") => "timeout",
+        _ if ctx.interrupted.is_some() => "upstream_error",
         _ if routed.is_none() => "rejected",
         504 if ctx.answered.is_some() => "timeout",
         _ if ctx.answered.is_some() => "upstream_error",

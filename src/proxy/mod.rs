@@ -7,10 +7,11 @@
 //! upstream_peer ──────────── pick a server of the pool (balance), skip tried ones
 //! upstream_request_filter ── rewrite headers (headers.rs), Content-Length of the buffered body
 //! request_body_filter ────── substitute the complete buffered body (body.rs explains why)
-//! upstream_response_filter ─ note the upstream status
-//! response_filter ────────── x-request-id to the client
-//! response_body_filter ───── first-byte time; chunks pass through untouched, unbuffered
-//! fail_to_connect / fail_to_proxy ── retry decision; one mapping of errors to OpenAI bodies
+//! upstream_response_filter ─ 429/5xx before the first byte: cooldown, retry elsewhere
+//! response_filter ────────── x-request-id to the client; notes an SSE response
+//! response_body_filter ───── first-byte time, SSE tracking; chunks pass through unbuffered
+//! fail_to_connect / error_while_proxy ── retry decisions (never after the first byte)
+//! fail_to_proxy ──────────── one mapping of errors to OpenAI bodies, or an SSE error event
 //! logging ────────────────── metrics, access log; dropping ctx releases the guards
 //! ```
 
@@ -30,15 +31,14 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-pub use ctx::Ctx;
+pub use ctx::{Ctx, MAX_ATTEMPTS};
 
-/// Retries Pingora may make for one request: attempts minus the first.
-pub const MAX_RETRIES: usize = MAX_ATTEMPTS - 1;
-
+use crate::openai::sse::SseTracker;
 use crate::openai::{request, ApiError, RequestView, Target};
 use crate::state::{Gateway, Runtime};
+use crate::upstream::{self, retry_after};
 use body::BodyError;
-use ctx::{Routed, MAX_ATTEMPTS};
+use ctx::Routed;
 
 /// The gateway's proxy logic; one instance serves every request.
 pub struct Proxy {
@@ -195,13 +195,37 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    /// Before anything reached the client: a server that answers 429/502/503/504 is put in
+    /// the cooldown its `Retry-After` asks for, and the request goes to another server when
+    /// one is left (the held body is replayed). Otherwise the answer is relayed as is.
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream_status = Some(upstream.status.as_u16());
+        let status = upstream.status.as_u16();
+        ctx.upstream_status = Some(status);
+        if !matches!(status, 429 | 502 | 503 | 504) {
+            return Ok(());
+        }
+        let (Some(routed), Some(server)) = (&ctx.routed, ctx.server) else {
+            return Ok(());
+        };
+        let pool = &routed.runtime.pools[routed.pool];
+        if matches!(status, 429 | 503) {
+            let asked = retry_after::cooldown(&upstream.headers, std::time::SystemTime::now());
+            if let Some(d) = asked {
+                pool.servers[server].state.cool_down(upstream::now_ms(), d);
+            }
+        }
+        let tried = ctx.tried;
+        if tried.attempts() < MAX_ATTEMPTS && pool.has_candidate(&|i| !tried.contains(i)) {
+            ctx.retry_status = Some(status);
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "retryable upstream status");
+            e.set_retry(true);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -214,6 +238,13 @@ impl ProxyHttp for Proxy {
         if let Some(id) = &ctx.request_id {
             response.insert_header("x-request-id", id.clone())?;
         }
+        let is_sse = response
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if is_sse {
+            ctx.sse = Some(SseTracker::default());
+        }
         Ok(())
     }
 
@@ -224,8 +255,13 @@ impl ProxyHttp for Proxy {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if ctx.first_byte.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
-            ctx.first_byte = Some(Instant::now());
+        if let Some(chunk) = body.as_ref().filter(|b| !b.is_empty()) {
+            if ctx.first_byte.is_none() {
+                ctx.first_byte = Some(Instant::now());
+            }
+            if let Some(sse) = &mut ctx.sse {
+                sse.observe(chunk);
+            }
         }
         Ok(None)
     }
@@ -234,6 +270,26 @@ impl ProxyHttp for Proxy {
     /// not an error worth Pingora's error log line.
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
         is_client_gone(error)
+    }
+
+    /// An error after the connection was made. Never retried once the client has seen the
+    /// response header; a retryable status (see `upstream_response_filter`) is retried;
+    /// otherwise Pingora's decision for a dead reused connection is kept even for POST, which
+    /// its default refuses: the body is held in `ctx` and replayed intact.
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if session.response_written().is_some() {
+            e.set_retry(false);
+        } else if ctx.retry_status.take().is_none() {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     fn fail_to_connect(
@@ -252,6 +308,23 @@ impl ProxyHttp for Proxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let answer = ctx.error.take().or_else(|| classify(e));
+        // Mid-stream: the client has a 200 and events; end the stream honestly.
+        if let (Some(status), Some(sse)) = (session.response_written().map(|r| r.status), &ctx.sse)
+        {
+            if let Some(api) = answer.filter(|_| !sse.done) {
+                let api = match api {
+                    ApiError::UpstreamTimeout => ApiError::UpstreamTimeout,
+                    _ => ApiError::StreamInterrupted,
+                };
+                ctx.interrupted = api.code();
+                let tail = sse.interruption(&api.body());
+                let _ = session.write_response_body(Some(tail), true).await;
+            }
+            return FailToProxy {
+                error_code: status.as_u16(),
+                can_reuse_downstream: false,
+            };
+        }
         let error_code = match answer {
             Some(api) if session.response_written().is_none() => {
                 let status = api.status();

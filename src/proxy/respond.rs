@@ -34,6 +34,9 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &ApiError) -> Result
     if let Some(secs) = e.retry_after() {
         resp.insert_header("retry-after", secs)?;
     }
+    if e.should_not_retry() {
+        resp.insert_header("x-should-retry", "false")?;
+    }
     if let ApiError::MethodNotAllowed { allow, .. } = e {
         resp.insert_header("allow", *allow)?;
     }

@@ -1,15 +1,27 @@
-//! Per-server state that outlives config reloads: in-flight requests now; health, breaker and
-//! latency statistics join it here. A [`Registry`] hands out one [`ServerState`] per server id
+//! Per-server state that outlives config reloads: in-flight requests and the cooldown a
+//! server asked for (429/503 with Retry-After); health, breaker and latency statistics join
+//! it here. A [`Registry`] hands out one [`ServerState`] per server id
 //! (`host:port`), so a reload that keeps a server keeps its state.
+
+pub mod retry_after;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Milliseconds on a process-wide monotonic clock (0 = first call).
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
 
 /// Live state of one upstream server.
 #[derive(Debug, Default)]
 pub struct ServerState {
     inflight: AtomicU64,
+    /// `now_ms()` before which the server gets no new requests (0: none).
+    cooldown_until_ms: AtomicU64,
 }
 
 impl ServerState {
@@ -24,10 +36,16 @@ impl ServerState {
         InflightGuard(self.clone())
     }
 
-    /// Whether the server may take traffic. Every server is usable until health checks and
-    /// breakers (next issue) say otherwise.
-    pub fn is_usable(&self) -> bool {
-        true
+    /// Whether the server may take traffic at `now_ms` (see [`now_ms`]): not in a cooldown it
+    /// asked for. Health checks and breakers will join this decision.
+    pub fn is_usable(&self, now_ms: u64) -> bool {
+        now_ms >= self.cooldown_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Keeps new requests away for `d` from `now_ms` (never shortens a longer cooldown).
+    pub fn cool_down(&self, now_ms: u64, d: Duration) {
+        let until = now_ms.saturating_add(d.as_millis() as u64);
+        self.cooldown_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 }
 
@@ -74,6 +92,17 @@ mod tests {
         assert_eq!(s.inflight(), 1);
         drop(b);
         assert_eq!(s.inflight(), 0);
+    }
+
+    #[test]
+    fn cooldown_keeps_the_server_out_until_it_ends_and_never_shrinks() {
+        let s = ServerState::default();
+        assert!(s.is_usable(1_000));
+        s.cool_down(1_000, Duration::from_secs(2));
+        assert!(!s.is_usable(2_999));
+        s.cool_down(1_500, Duration::from_millis(10));
+        assert!(!s.is_usable(2_999));
+        assert!(s.is_usable(3_000));
     }
 
     #[test]

@@ -1,0 +1,174 @@
+//! Upstream faults the client must not notice (before the first byte), and honest endings
+//! when it must (after it).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{client, dead_addr, Gateway, Sim};
+use serde_json::{json, Value};
+
+const SERVED: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+fn chat(stream: bool, max_tokens: u32) -> Value {
+    json!({"model": "m", "stream": stream, "max_tokens": max_tokens,
+           "messages": [{"role": "user", "content": "hello"}]})
+}
+
+/// A pool of one dead port, one server answering 503 with Retry-After and one healthy server
+/// answers every request, cold and warm; the 503 server is left alone during its cooldown.
+#[tokio::test]
+async fn dead_and_overloaded_servers_are_failed_over_before_the_first_byte() {
+    let busy = Sim::start(
+        SERVED,
+        &["--zero-delay", "--fault", "status=503,retry_after=60"],
+    );
+    let good = Sim::fast(SERVED);
+    let dead = format!("http://{}", dead_addr());
+    let gw = Gateway::single(SERVED, &[dead, busy.url(), good.url()], "");
+    let c = client();
+    for i in 0..12 {
+        let resp = c
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat(i % 2 == 0, 2))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        let body = resp.text().await.unwrap();
+        assert!(!body.contains("\"error\""), "request {i}: {body}");
+    }
+    assert_eq!(
+        good.metric("switchyard_sim_http_requests_total").await,
+        12.0
+    );
+    assert_eq!(
+        busy.metric("switchyard_sim_http_requests_total").await,
+        1.0,
+        "the 503 server must be in its 60 s cooldown after one answer"
+    );
+    let log = gw.access_log_lines(12).await;
+    assert!(log
+        .iter()
+        .all(|l| l["status"] == 200 && l["outcome"] == "ok"));
+    assert!(log.iter().any(|l| l["attempts"].as_u64() > Some(1)));
+}
+
+#[tokio::test]
+async fn the_last_servers_answer_is_relayed_when_no_server_is_left() {
+    let a = Sim::start(SERVED, &["--zero-delay", "--fault", "status=502"]);
+    let b = Sim::start(SERVED, &["--zero-delay", "--fault", "status=502"]);
+    let gw = Gateway::single(SERVED, &[a.url(), b.url()], "");
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat(false, 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(a.metric("switchyard_sim_http_requests_total").await, 1.0);
+    assert_eq!(b.metric("switchyard_sim_http_requests_total").await, 1.0);
+}
+
+#[tokio::test]
+async fn every_server_in_cooldown_is_503_no_healthy_upstream_without_contacting_them() {
+    let a = Sim::start(
+        SERVED,
+        &["--zero-delay", "--fault", "status=429,retry_after=60"],
+    );
+    let gw = Gateway::single(SERVED, &[a.url()], "");
+    let c = client();
+    let first = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat(false, 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 429, "the only server's answer is relayed");
+    let second = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat(false, 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.headers()["x-should-retry"], "false");
+    assert!(second.headers().contains_key("retry-after"));
+    let v = common::openai_error(second, 503).await;
+    assert_eq!(v["error"]["code"], "no_healthy_upstream");
+    assert_eq!(a.metric("switchyard_sim_http_requests_total").await, 1.0);
+}
+
+/// After the first byte the gateway never retries: the client gets every event received,
+/// then an error event and [DONE] — never a silent truncation or a made-up finish_reason.
+#[tokio::test]
+async fn upstream_death_mid_stream_ends_with_an_error_event_and_done() {
+    let sim = Sim::start(SERVED, &["--zero-delay", "--fault", "die_after=3"]);
+    let spare = Sim::fast(SERVED);
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    drop(spare);
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat(true, 20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("the stream must end cleanly");
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 5, "{text}");
+    for e in &events[..3] {
+        assert!(e.contains("\"content\""), "{e}");
+        assert!(
+            !e.contains("finish_reason\":\""),
+            "no fabricated finish_reason: {e}"
+        );
+    }
+    let err: Value = serde_json::from_str(events[3].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(err["error"]["code"], "upstream_stream_interrupted");
+    assert_eq!(events[4], "data: [DONE]");
+    let log = gw.access_log_lines(1).await;
+    assert_eq!(log[0]["outcome"], "upstream_error");
+}
+
+/// A client that disconnects mid-stream frees the GPU: the gateway closes the upstream
+/// connection and the (simulated) engine aborts the generation within a second.
+#[tokio::test]
+async fn client_disconnect_mid_stream_aborts_the_upstream_generation() {
+    let sim = Sim::start(
+        SERVED,
+        &[
+            "--decode-step-ms",
+            "20",
+            "--decode-us-per-seq",
+            "0",
+            "--prefill-us-per-token",
+            "0",
+        ],
+    );
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat(true, 10_000))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    use futures_util::StreamExt;
+    stream.next().await.unwrap().unwrap();
+    let dropped = Instant::now();
+    drop(stream);
+    loop {
+        if sim.metric("switchyard_sim_requests_aborted_total").await == 1.0 {
+            break;
+        }
+        assert!(
+            dropped.elapsed() < Duration::from_secs(1),
+            "upstream generation still running 1 s after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sim.metric("vllm:num_requests_running").await, 0.0);
+    let log = gw.access_log_lines(1).await;
+    assert_eq!(log[0]["outcome"], "client_abort");
+}
