@@ -1,5 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`. It listens on its own address
-//! (loopback by default) and never on the public port.
+//! The admin listener: `GET /metrics`, `/healthz`, `/readyz`; `POST /admin/reload`. It
+//! listens on its own address (loopback by default) and never on the public port.
 
 use std::sync::Arc;
 
@@ -32,10 +32,41 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
     resp
 }
 
+impl Admin {
+    /// `POST /admin/reload`: 200 when applied; 400 with every error when refused (the old
+    /// config keeps serving).
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let gateway = self.gateway.clone();
+        let result = tokio::task::spawn_blocking(move || gateway.reload()).await;
+        let (status, body) = match result {
+            Ok(Ok(())) => (StatusCode::OK, serde_json::json!({"status": "reloaded"})),
+            Ok(Err(e)) => (
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({
+                    "error": "config refused; the previous config keeps serving",
+                    "errors": e.errors().iter()
+                        .map(|c| serde_json::json!({"path": c.path, "message": c.message}))
+                        .collect::<Vec<_>>(),
+                }),
+            ),
+            Err(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": "reload task failed", "errors": []}),
+            ),
+        };
+        reply(status, "application/json", body.to_string().into_bytes())
+    }
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let get = session.req_header().method == http::Method::GET;
+        if session.req_header().method == http::Method::POST
+            && session.req_header().uri.path() == "/admin/reload"
+        {
+            return self.reload().await;
+        }
         match (get, session.req_header().uri.path()) {
             (true, "/metrics") => reply(
                 StatusCode::OK,

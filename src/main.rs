@@ -76,7 +76,7 @@ fn main() -> ExitCode {
 
 fn run(path: &Path) -> anyhow::Result<()> {
     let config = config::load(path)?;
-    switchyard::app::run(config)?;
+    switchyard::app::run(config, Some(path.to_owned()))?;
     Ok(())
 }
 
@@ -185,7 +185,7 @@ models: {models}
     );
     // Keep the simulators' runtime alive for as long as the gateway runs.
     let _sims = rt;
-    switchyard::app::run(config)?;
+    switchyard::app::run(config, None)?;
     Ok(())
 }
 

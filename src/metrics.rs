@@ -28,7 +28,8 @@ pub struct Metrics {
     ttft: HistogramVec,
     /// Requests refused before routing (unknown path, bad body, unknown model).
     rejected: IntCounterVec,
-    pub config_reloads_ok: IntCounter,
+    /// Config loads by result (`ok`, `error`), the initial load included.
+    config_loads: IntCounterVec,
     pub build_info: IntGauge,
 }
 
@@ -88,9 +89,12 @@ impl Metrics {
             ),
             &["reason"],
         )?;
-        let config_reloads_ok = IntCounter::new(
-            "switchyard_config_loads_total",
-            "Configurations loaded and applied.",
+        let config_loads = IntCounterVec::new(
+            Opts::new(
+                "switchyard_config_loads_total",
+                "Configuration loads (start-up and reloads) by result: ok (applied) or error (refused, the old config kept serving).",
+            ),
+            &["result"],
         )?;
         let build_info = IntGauge::with_opts(
             Opts::new("switchyard_build_info", "Build information; always 1.")
@@ -101,7 +105,7 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(ttft.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
-        registry.register(Box::new(config_reloads_ok.clone()))?;
+        registry.register(Box::new(config_loads.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         Ok(Self {
             registry,
@@ -109,7 +113,7 @@ impl Metrics {
             duration,
             ttft,
             rejected,
-            config_reloads_ok,
+            config_loads,
             build_info,
         })
     }
@@ -129,6 +133,13 @@ impl Metrics {
             duration: self.duration.with_label_values(&[model, pool]),
             ttft: self.ttft.with_label_values(&[model, pool]),
         }
+    }
+
+    /// Counts a config load by outcome.
+    pub fn config_load(&self, ok: bool) {
+        self.config_loads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
     }
 
     /// Counts a request refused before it was routed; `reason` is a fixed error code.

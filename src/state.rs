@@ -5,7 +5,8 @@
 //! Per-server state comes from the [`Registry`], so it survives a rebuild.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -14,7 +15,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use serde::Serialize;
 
 use crate::balance::{Balance, Features};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LoadError};
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::routing::RouteTable;
 use crate::upstream::{Registry, ServerState};
@@ -193,19 +194,91 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub registry: Registry,
     pub metrics: Metrics,
+    /// The file reloads read; `None` for a config that did not come from a file (the demo).
+    config_path: Option<PathBuf>,
+    /// Serialises reloads so that two of them cannot interleave read, build and swap.
+    reloading: Mutex<()>,
+}
+
+/// Why a reload was refused; the old config keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this gateway was not started from a config file")]
+    NoFile,
+    #[error("{0}")]
+    Load(#[from] LoadError),
+}
+
+impl ReloadError {
+    /// Every problem, with its YAML path where there is one.
+    pub fn errors(&self) -> Vec<ConfigError> {
+        match self {
+            Self::NoFile => vec![ConfigError {
+                path: String::new(),
+                message: self.to_string(),
+            }],
+            Self::Load(e) => e.errors(),
+        }
+    }
 }
 
 impl Gateway {
-    /// Builds the first runtime.
-    pub fn new(config: Config, metrics: Metrics) -> Result<Self, Vec<ConfigError>> {
+    /// Builds the first runtime; `config_path` is where reloads read from.
+    pub fn new(
+        config: Config,
+        metrics: Metrics,
+        config_path: Option<PathBuf>,
+    ) -> Result<Self, Vec<ConfigError>> {
         let registry = Registry::default();
         let runtime = Runtime::build(config, &registry, &metrics)?;
-        metrics.config_reloads_ok.inc();
+        metrics.config_load(true);
         Ok(Self {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
             metrics,
+            config_path,
+            reloading: Mutex::new(()),
         })
+    }
+
+    /// Reads, validates and builds the config file, then swaps it in atomically: requests in
+    /// flight keep the runtime they started with, new ones see the new one, none sees a mix.
+    /// Per-server state survives for servers that stay. A bad file changes nothing.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let _serial = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.build_from_file();
+        self.metrics.config_load(result.is_ok());
+        match result {
+            Ok(runtime) => {
+                let old = self.runtime.load();
+                for (what, before, after) in [
+                    ("listen", old.config.listen, runtime.config.listen),
+                    ("admin", old.config.admin, runtime.config.admin),
+                ] {
+                    if before != after {
+                        tracing::warn!(
+                            "{what} changed from {before} to {after}: listener addresses change only on restart"
+                        );
+                    }
+                }
+                self.runtime.store(Arc::new(runtime));
+                tracing::info!("config reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                for err in e.errors() {
+                    tracing::error!("config reload refused: {err}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn build_from_file(&self) -> Result<Runtime, ReloadError> {
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
+        let config = crate::config::load(path)?;
+        Runtime::build(config, &self.registry, &self.metrics)
+            .map_err(|errs| ReloadError::Load(LoadError::Invalid(errs)))
     }
 
     /// The current snapshot; load once per request.

@@ -51,18 +51,10 @@ async fn demo_serves_every_model_and_alias_with_metrics() {
         assert_eq!(v["model"], served, "{model}: {v}");
         assert_eq!(v["usage"]["completion_tokens"], 2);
     }
-    let metrics = c
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains(
-            r#"switchyard_requests_total{model="qwen-2.5-72b",pool="qwen-72b",status="200"} 1"#
-        ),
-        "{metrics}"
-    );
+    common::metric_eventually(
+        &format!("http://{admin}/metrics"),
+        r#"switchyard_requests_total{model="qwen-2.5-72b",pool="qwen-72b",status="200"}"#,
+        1.0,
+    )
+    .await;
 }

@@ -103,10 +103,20 @@ async fn every_server_in_cooldown_is_503_no_healthy_upstream_without_contacting_
 /// then an error event and [DONE] — never a silent truncation or a made-up finish_reason.
 #[tokio::test]
 async fn upstream_death_mid_stream_ends_with_an_error_event_and_done() {
-    let sim = Sim::start(SERVED, &["--zero-delay", "--fault", "die_after=3"]);
-    let spare = Sim::fast(SERVED);
+    // Tokens 5 ms apart, as a server produces them (an abort right after a burst can discard
+    // bytes still in the sending socket, which is not what a dying GPU server does).
+    let sim = Sim::start(
+        SERVED,
+        &[
+            "--decode-step-ms",
+            "5",
+            "--decode-us-per-seq",
+            "0",
+            "--fault",
+            "die_after=3",
+        ],
+    );
     let gw = Gateway::single(SERVED, &[sim.url()], "");
-    drop(spare);
     let resp = client()
         .post(gw.url("/v1/chat/completions"))
         .json(&chat(true, 20))

@@ -297,14 +297,12 @@ async fn admin_serves_metrics_health_and_readiness() {
         .send()
         .await
         .unwrap();
-    let text = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metric_eventually(
+        &gw.admin_url("/metrics"),
+        r#"switchyard_rejected_requests_total{reason="model_not_found"}"#,
+        1.0,
+    )
+    .await;
     let v = |name: &str| common::metric_value(&text, name);
     assert_eq!(
         v(r#"switchyard_requests_total{model="m",pool="p",status="200"}"#),

@@ -2,7 +2,12 @@
 
 mod listener;
 
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::{background_service, BackgroundService};
 
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
@@ -45,15 +50,15 @@ fn server_conf(config: &Config) -> ServerConf {
 }
 
 /// Runs the gateway until it is told to stop (SIGINT: at once; SIGTERM: after the grace
-/// period). Returns only on a start-up error.
-pub fn run(config: Config) -> Result<(), StartError> {
+/// period); SIGHUP reloads `config_path`. Returns only on a start-up error.
+pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
     let metrics = Metrics::new()?;
     let listen = config.listen;
     let admin = config.admin;
     let threads = config.server.threads;
     let max_requests = config.limits.max_requests_per_connection;
     let conf = server_conf(&config);
-    let gateway = Arc::new(Gateway::new(config, metrics).map_err(StartError::Config)?);
+    let gateway = Arc::new(Gateway::new(config, metrics, config_path).map_err(StartError::Config)?);
 
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
@@ -67,8 +72,42 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .build();
     server.add_service(BoundService::new(api, listen, "api").threads(threads));
 
-    let admin_app = ListeningService::new("switchyard-admin".to_owned(), Admin::new(gateway));
+    let admin_app =
+        ListeningService::new("switchyard-admin".to_owned(), Admin::new(gateway.clone()));
     server.add_service(BoundService::new(admin_app, admin, "admin").threads(1));
+    server.add_service(background_service(
+        "reload on SIGHUP",
+        ReloadOnHangup(gateway),
+    ));
 
     server.run_forever()
+}
+
+/// Reloads the config on SIGHUP (`systemctl reload`). Installing the handler also keeps
+/// SIGHUP's default action, termination, from stopping the gateway.
+struct ReloadOnHangup(Arc<Gateway>);
+
+#[async_trait]
+impl BackgroundService for ReloadOnHangup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot listen for SIGHUP, reload only through the admin API: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    let gateway = self.0.clone();
+                    // Reading and building touch the file system and DNS: off the runtime.
+                    let _ = tokio::task::spawn_blocking(move || gateway.reload()).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }

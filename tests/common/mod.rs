@@ -35,6 +35,30 @@ impl Proc {
         self.child.id()
     }
 
+    /// Waits until stderr holds `n` lines containing `text` (log lines reach us through a
+    /// pipe); panics after 10 s.
+    pub fn wait_for_stderr(&self, text: &str, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let count = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(text))
+                .count();
+            if count >= n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {n}x {text:?} in stderr:\n{}",
+                self.stderr.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Waits for the exit status (for processes expected to exit on their own).
     pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().expect("wait")
@@ -143,6 +167,23 @@ impl Sim {
     }
 }
 
+/// Polls a Prometheus endpoint until `name` reads `expected` (metrics are recorded after the
+/// response is sent, so a reader can be a moment early); returns the last text read.
+pub async fn metric_eventually(url: &str, name: &str, expected: f64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        if metric_value(&text, name) == Some(expected) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never reached {expected}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The value of the first sample whose name (with labels) starts with `name`.
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -157,6 +198,7 @@ pub struct Gateway {
     pub proc: Proc,
     pub api: SocketAddr,
     pub admin: SocketAddr,
+    pub config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -165,15 +207,20 @@ impl Gateway {
     pub fn start(yaml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path: PathBuf = dir.path().join("switchyard.yaml");
-        let yaml = format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{yaml}");
-        std::fs::write(&path, yaml).unwrap();
+        write_config(&path, yaml);
         let (proc, addrs) = spawn(&["run", "-c", path.to_str().unwrap()], &["api", "admin"]);
         Self {
             proc,
             api: addrs[0],
             admin: addrs[1],
+            config: path,
             _dir: dir,
         }
+    }
+
+    /// Replaces the config file (for reload tests); same port-0 listeners as at start.
+    pub fn rewrite_config(&self, yaml: &str) {
+        write_config(&self.config, yaml);
     }
 
     /// A gateway with one model `m` (alias `m-alias`) served by these servers as pool `p`
@@ -218,6 +265,17 @@ impl Gateway {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
+}
+
+/// Writes a config with port-0 listeners, atomically (a reload never reads half a file).
+fn write_config(path: &std::path::Path, yaml: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        format!("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{yaml}"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// An address nothing listens on.

@@ -1,0 +1,177 @@
+//! Hot reload: SIGHUP and POST /admin/reload swap the config atomically; a bad file is
+//! refused with its errors and the old config keeps serving; reloads under load lose nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::{client, Gateway, Sim};
+use serde_json::{json, Value};
+
+const SERVED: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+fn config(servers: &[&Sim], aliases: &[&str]) -> String {
+    let list: String = servers
+        .iter()
+        .map(|s| format!("      - url: {}\n", s.url()))
+        .collect();
+    format!(
+        "pools:\n  p:\n    model: {SERVED}\n    servers:\n{list}models:\n  m:\n    pool: p\n    aliases: [{}]\n",
+        aliases.join(", ")
+    )
+}
+
+async fn status_of(gw: &Gateway, model: &str) -> u16 {
+    client()
+        .post(gw.url("/v1/completions"))
+        .json(&json!({"model": model, "prompt": "x", "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn admin_reload_applies_a_good_file_and_refuses_a_bad_one_with_its_errors() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::start(&config(&[&sim], &["old"]));
+    assert_eq!(status_of(&gw, "old").await, 200);
+    assert_eq!(status_of(&gw, "new").await, 404);
+
+    gw.rewrite_config(&config(&[&sim], &["new"]));
+    let resp = client()
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(status_of(&gw, "new").await, 200);
+    assert_eq!(status_of(&gw, "old").await, 404);
+
+    gw.rewrite_config(&config(&[&sim], &["newer"]).replace("pool: p", "pool: nowhere"));
+    let resp = client()
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["errors"][0]["path"], "models.m.pool");
+    assert_eq!(v["errors"][0]["message"], r#"no pool named "nowhere""#);
+    assert!(v["error"].is_string());
+    // The previous config keeps serving.
+    assert_eq!(status_of(&gw, "new").await, 200);
+    assert_eq!(status_of(&gw, "newer").await, 404);
+
+    let metrics = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        common::metric_value(&metrics, r#"switchyard_config_loads_total{result="ok"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        common::metric_value(&metrics, r#"switchyard_config_loads_total{result="error"}"#),
+        Some(1.0)
+    );
+    // The public port does not expose the admin API.
+    let resp = client().post(gw.url("/admin/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_file_and_does_not_stop_the_gateway() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::start(&config(&[&sim], &["old"]));
+    gw.rewrite_config(&config(&[&sim], &["new"]));
+    let ok = Command::new("kill")
+        .args(["-HUP", &gw.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    gw.proc.wait_for_stderr("config reloaded", 1);
+    assert_eq!(status_of(&gw, "new").await, 200);
+    assert_eq!(status_of(&gw, "old").await, 404);
+}
+
+/// Streams and plain requests run while the config flips eleven times between two server sets
+/// and alias sets: none fails or is cut short, and afterwards new requests follow the last
+/// config (its alias, and only its servers).
+#[tokio::test]
+async fn reloads_under_load_lose_no_request_and_new_requests_follow_the_new_config() {
+    let a = Sim::start(
+        SERVED,
+        &["--decode-step-ms", "2", "--decode-us-per-seq", "0"],
+    );
+    let b = Sim::start(
+        SERVED,
+        &["--decode-step-ms", "2", "--decode-us-per-seq", "0"],
+    );
+    let gw = Arc::new(Gateway::start(&config(&[&a, &b], &["x"])));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        let (gw, stop) = (gw.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            let mut done = 0u32;
+            while !stop.load(Ordering::Relaxed) || done == 0 {
+                let stream = w % 2 == 0;
+                let resp = c
+                    .post(gw.url("/v1/chat/completions"))
+                    .json(&json!({"model": "m", "stream": stream, "max_tokens": 20,
+                                  "messages": [{"role": "user", "content": "hi"}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+                let text = resp.text().await.unwrap();
+                if stream {
+                    assert!(text.ends_with("data: [DONE]\n\n"), "truncated: {text}");
+                    assert!(!text.contains("\"error\""), "{text}");
+                } else {
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    assert_eq!(v["usage"]["completion_tokens"], 20);
+                }
+                done += 1;
+            }
+            done
+        }));
+    }
+    let c = client();
+    // Eleven reloads, alternating, ending on the single-server config with alias y.
+    for i in 0..11 {
+        let yaml = if i % 2 == 0 {
+            config(&[&b], &["y"])
+        } else {
+            config(&[&a, &b], &["x"])
+        };
+        gw.rewrite_config(&yaml);
+        let resp = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        total += w.await.unwrap();
+    }
+    assert!(total >= 12, "only {total} requests completed");
+    // The last config has alias y and only server b.
+    assert_eq!(status_of(&gw, "y").await, 200);
+    assert_eq!(status_of(&gw, "x").await, 404);
+    let before = a.metric("switchyard_sim_http_requests_total").await;
+    for _ in 0..5 {
+        assert_eq!(status_of(&gw, "m").await, 200);
+    }
+    assert_eq!(a.metric("switchyard_sim_http_requests_total").await, before);
+}
