@@ -7,7 +7,10 @@
 # completion (so the upstream is never the bottleneck).
 #
 # Workloads: non-streaming chat completions at concurrency 1 (latency p50/p99) and 64
-# (throughput). Everything runs on 127.0.0.1 and stops by itself.
+# (throughput); streaming (simulator emitting an event every 20 ms, stamped with its send
+# time): time to first event and per-event lag at 100 and 1000 concurrent streams; memory:
+# the gateway's RSS growth with 10 000 concurrent idle streams. Everything runs on 127.0.0.1
+# and stops by itself.
 #
 # Usage: benches/load.sh [DURATION_SECONDS]      (default 10; results in benches/results/)
 # Needs: wrk and nginx (installed with apt-get when missing and running as root).
@@ -39,7 +42,11 @@ done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release --quiet
+cargo build --release --quiet --bench stream_load
 BIN=./target/release/switchyard
+STREAM_LOAD=$(ls -t target/release/deps/stream_load-* | grep -v '\.d$' | head -1)
+# 10 000 idle streams need ~20 000 descriptors in the gateway alone.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 # wait_listen LOGFILE LABEL: prints the address once "listening on ADDR (LABEL)" is logged.
 wait_listen() {
@@ -193,6 +200,57 @@ for upstream in sim canned; do
   } >> "$OUT"
   unset C1 C64
 done
+
+# --- streaming ----------------------------------------------------------------------------
+$BIN sim --listen 127.0.0.1:0 --model "$MODEL" --event-timestamps --decode-step-ms 20 \
+  --decode-us-per-seq 0 --prefill-us-per-token 0 --max-num-seqs 4096 --num-blocks 1000000 \
+  2>"$WORK/sim-ts.log" >/dev/null &
+PIDS+=($!)
+SIM_TS=$(wait_listen "$WORK/sim-ts.log" sim)
+start_nginx_proxy stream "$SIM_TS" on; NG_S=$ADDR
+start_switchyard stream "$SIM_TS" stdout; SY_S=$ADDR
+
+# stream_run ADDR MODEL STREAMS -> "ttft_p50 ttft_p99 lag_p50 lag_p99 errors" (µs)
+stream_run() {
+  "$STREAM_LOAD" stream --url "http://$1" --model "$2" --streams "$3" --tokens 50 | grep '^RESULT' \
+    | sed -E 's/.*ttft_p50_us=([0-9]+) ttft_p99_us=([0-9]+) lag_p50_us=([0-9]+) lag_p99_us=([0-9]+) events=[0-9]+ errors=([0-9]+).*/\1 \2 \3 \4 \5/'
+}
+{
+  echo "## Streaming (simulator: one event per 20 ms, 50 events per stream; lag = receive time − the simulator's send stamp)"
+  echo
+  echo "| streams | target | TTFT p50 µs | TTFT p99 µs | added TTFT p99 µs | lag p50 µs | lag p99 µs | added lag p99 µs | errors |"
+  echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+} >> "$OUT"
+for n in 100 1000; do
+  declare -A S
+  S[direct]=$(stream_run "$SIM_TS" "$MODEL" "$n")
+  S[nginx]=$(stream_run "$NG_S" "$MODEL" "$n")
+  S[switchyard]=$(stream_run "$SY_S" fast "$n")
+  read -r _ d_t99 _ d_l99 _ <<<"${S[direct]}"
+  for name in direct nginx switchyard; do
+    read -r t50 t99 l50 l99 err <<<"${S[$name]}"
+    echo "  streams $n / $name: ${S[$name]}" >&2
+    echo "| $n | $name | $t50 | $t99 | $((t99 - d_t99)) | $l50 | $l99 | $((l99 - d_l99)) | $err |" >> "$OUT"
+  done
+  unset S
+done
+echo >> "$OUT"
+
+# --- memory with idle streams --------------------------------------------------------------
+$BIN sim --listen 127.0.0.1:0 --model "$MODEL" --fault first_token_delay_ms=600000 \
+  --max-num-seqs 20000 --num-blocks 2000000 2>"$WORK/sim-idle.log" >/dev/null &
+PIDS+=($!)
+SIM_IDLE=$(wait_listen "$WORK/sim-idle.log" sim)
+start_switchyard idle "$SIM_IDLE" stdout; SY_IDLE=$ADDR
+SY_IDLE_PID=${PIDS[-1]}
+IDLE=$("$STREAM_LOAD" idle --url "http://$SY_IDLE" --model fast --streams 10000 --pid "$SY_IDLE_PID" | grep '^RESULT')
+echo "  idle: $IDLE" >&2
+{
+  echo "## Memory: 10 000 concurrent idle streams through Switchyard"
+  echo
+  echo "\`$IDLE\`"
+  echo
+} >> "$OUT"
 
 echo "results: $OUT" >&2
 cat "$OUT"

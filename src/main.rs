@@ -147,6 +147,7 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
                 default_max_tokens: 48,
                 embedding_dims: 16,
                 seed: u64::from(server.port),
+                event_timestamps: false,
                 fault: None,
             };
             let addr = rt.block_on(sim::spawn(args)).context("simulated server")?;

@@ -43,6 +43,8 @@ pub struct Sim {
     pub embedding_dims: usize,
     /// Inference requests received (any outcome), for tests and load checks.
     pub http_requests: std::sync::atomic::AtomicU64,
+    /// Stamp streamed chunks with the send time (`x_sim_ts_us`).
+    pub event_timestamps: bool,
 }
 
 fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<SimBody> {
@@ -195,6 +197,7 @@ impl Sim {
             } else {
                 "stop"
             },
+            timestamps: self.event_timestamps,
         };
         let stream = v["stream"].as_bool().unwrap_or(false);
         if stream {
@@ -379,6 +382,7 @@ struct Generation {
     rng: fastrand::Rng,
     prompt_tokens: u32,
     finish_reason: &'static str,
+    timestamps: bool,
 }
 
 impl Generation {
@@ -407,8 +411,15 @@ impl Generation {
                 json!({"index": 0, "text": delta["content"].as_str().unwrap_or(""), "logprobs": null, "finish_reason": finish})
             }
         };
-        json!({"id": self.id, "object": self.kind.object(true), "created": self.created,
-               "model": self.model, "choices": [choice]})
+        let mut chunk = json!({"id": self.id, "object": self.kind.object(true), "created": self.created,
+               "model": self.model, "choices": [choice]});
+        if self.timestamps {
+            let us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            chunk["x_sim_ts_us"] = us.into();
+        }
+        chunk
     }
 }
 

@@ -61,6 +61,10 @@ pub struct SimArgs {
     /// Seed of the token generator; equal seeds and prompts give equal answers.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Stamp every streamed chunk with `"x_sim_ts_us"`, the server's wall clock in
+    /// microseconds when it was produced (the load benchmark measures per-event lag with it).
+    #[arg(long)]
+    pub event_timestamps: bool,
     /// Faults for every request (see `sim::faults`), e.g. `status=503,retry_after=2`.
     #[arg(long, value_parser = Faults::parse)]
     pub fault: Option<Faults>,
@@ -99,6 +103,7 @@ pub async fn spawn(args: SimArgs) -> std::io::Result<SocketAddr> {
         default_max_tokens: args.default_max_tokens.max(1),
         embedding_dims: args.embedding_dims,
         http_requests: Default::default(),
+        event_timestamps: args.event_timestamps,
     });
     tokio::spawn(async move {
         loop {
