@@ -52,7 +52,10 @@ enum Mode {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -108,7 +111,9 @@ async fn one(c: reqwest::Client, url: String, body: String) -> (u64, Vec<u64>, b
     let mut ttft = None;
     let mut lags = Vec::new();
     while let Some(chunk) = s.next().await {
-        let Ok(chunk) = chunk else { return (0, lags, true) };
+        let Ok(chunk) = chunk else {
+            return (0, lags, true);
+        };
         let t = now_us();
         pending.extend_from_slice(&chunk);
         while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
@@ -118,7 +123,10 @@ async fn one(c: reqwest::Client, url: String, body: String) -> (u64, Vec<u64>, b
                 return (0, lags, true);
             }
             if let Some(i) = text.find("\"x_sim_ts_us\":") {
-                let digits: String = text[i + 14..].chars().take_while(char::is_ascii_digit).collect();
+                let digits: String = text[i + 14..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
                 if let Ok(sent) = digits.parse::<u64>() {
                     ttft.get_or_insert(start.elapsed().as_micros() as u64);
                     lags.push(t.saturating_sub(sent));
@@ -137,7 +145,12 @@ async fn main() {
     }
     match Args::parse().mode {
         Mode::Rss { pid } => println!("{}", rss_kib(pid)),
-        Mode::Stream { url, model, streams, tokens } => {
+        Mode::Stream {
+            url,
+            model,
+            streams,
+            tokens,
+        } => {
             let c = client(streams);
             let tasks: Vec<_> = (0..streams)
                 .map(|_| tokio::spawn(one(c.clone(), url.clone(), body(&model, tokens))))
@@ -161,7 +174,12 @@ async fn main() {
                 percentile(&mut lags, 0.99),
             );
         }
-        Mode::Idle { url, model, streams, pid } => {
+        Mode::Idle {
+            url,
+            model,
+            streams,
+            pid,
+        } => {
             let before = rss_kib(pid);
             let c = client(streams);
             let (tx, mut rx) = tokio::sync::mpsc::channel::<bool>(streams);
@@ -169,7 +187,13 @@ async fn main() {
             for _ in 0..streams {
                 let (c, url, body, tx) = (c.clone(), url.clone(), body(&model, 4), tx.clone());
                 held.push(tokio::spawn(async move {
-                    match c.post(format!("{url}/v1/chat/completions")).header("content-type", "application/json").body(body).send().await {
+                    match c
+                        .post(format!("{url}/v1/chat/completions"))
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                    {
                         Ok(resp) if resp.status().is_success() => {
                             let _ = tx.send(true).await;
                             // Hold the stream open, idle, until the process ends.

@@ -12,9 +12,16 @@ use std::os::fd::IntoRawFd;
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::listening::Service as ListeningService;
 use pingora_core::services::Service;
+
+/// Read buffer per client connection. Pingora's default is 64 KiB, allocated for every
+/// connection, idle ones included; 16 KiB still takes a typical prompt in one or two reads and
+/// saves 48 KiB per open stream (measured: 10 000 idle streams, benches/load.sh).
+const READ_BUFFER: usize = 16 * 1024;
 
 /// Wraps a listening service that has no listeners yet.
 pub struct BoundService<A> {
@@ -69,7 +76,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service for BoundService<A> {
         match key {
             Ok(key) => {
                 tracing::info!("listening on {key} ({})", self.label);
-                self.inner.add_tcp(&key);
+                self.inner.add_listener(
+                    ListenerConfig::tcp(key.as_str())
+                        .l4_buffer(L4BufferSettings::default().read(READ_BUFFER)),
+                );
                 self.inner
                     .start_service(fds, shutdown, listeners_per_fd)
                     .await;
