@@ -1,5 +1,15 @@
-//! The admin listener: `GET /metrics`, `/healthz`, `/readyz`; `POST /admin/reload`. It
-//! listens on its own address (loopback by default) and never on the public port.
+//! The admin listener. It listens on its own address (loopback by default) and never on the
+//! public port.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 when every pool has a server that may take traffic, else 503 |
+//! | `POST /admin/reload` | reload the config file (see `Gateway::reload`) |
+//! | `GET /admin/servers` | pools and their servers' live state |
+//! | `POST /admin/pools/{pool}/servers/{host:port}/drain` (`/undrain`) | no new requests to that server (in-flight ones finish), or back in rotation; survives reloads |
+//! | `GET /admin/config` | the effective config, defaults applied |
 
 use std::sync::Arc;
 
@@ -32,7 +42,87 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
     resp
 }
 
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
+    reply(status, "application/json", body.to_string().into_bytes())
+}
+
 impl Admin {
+    /// `GET /admin/servers`. `healthy`, `breaker`, `load` and `ewma_ms` are `null` until health
+    /// checks, breakers and load scraping exist: not measured rather than made up.
+    fn servers(&self) -> serde_json::Value {
+        use serde_json::json;
+        let runtime = self.gateway.runtime();
+        let now = crate::upstream::now_ms();
+        let pools: Vec<_> = runtime
+            .pools
+            .iter()
+            .zip(&runtime.config.pools)
+            .map(|(pool, spec)| {
+                let servers: Vec<_> = pool
+                    .servers
+                    .iter()
+                    .zip(&spec.servers)
+                    .map(|(s, sspec)| {
+                        json!({
+                            "id": s.id,
+                            "url": format!("http://{}", sspec.id),
+                            "healthy": null,
+                            "breaker": null,
+                            "inflight": s.state.inflight(),
+                            "load": null,
+                            "ewma_ms": null,
+                            "weight": sspec.weight.get(),
+                            "draining": s.state.is_draining(),
+                            "cooldown_ms": s.state.cooldown_left_ms(now),
+                        })
+                    })
+                    .collect();
+                json!({"name": pool.name, "model": spec.served_model, "balance": spec.balance.name(), "servers": servers})
+            })
+            .collect();
+        json!({ "pools": pools })
+    }
+
+    /// `POST /admin/pools/{pool}/servers/{id}/drain` or `/undrain`.
+    fn drain(&self, path: &str) -> Response<Vec<u8>> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (pool_name, id, draining) = match parts.as_slice() {
+            ["admin", "pools", pool, "servers", id, "drain"] => (*pool, *id, true),
+            ["admin", "pools", pool, "servers", id, "undrain"] => (*pool, *id, false),
+            _ => {
+                return json(
+                    StatusCode::NOT_FOUND,
+                    &serde_json::json!({"error": "not found"}),
+                )
+            }
+        };
+        let runtime = self.gateway.runtime();
+        let server = runtime
+            .pools
+            .iter()
+            .find(|p| p.name == pool_name)
+            .and_then(|p| p.servers.iter().find(|s| s.id == id));
+        match server {
+            Some(s) => {
+                s.state.set_draining(draining);
+                tracing::info!(
+                    pool = pool_name,
+                    server = id,
+                    draining,
+                    "server drain state changed"
+                );
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"pool": pool_name, "server": id, "draining": draining}),
+                )
+            }
+            None => json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": format!("no server {id} in pool {pool_name}")}),
+            ),
+        }
+    }
+
     /// `POST /admin/reload`: 200 when applied; 400 with every error when refused (the old
     /// config keeps serving).
     async fn reload(&self) -> Response<Vec<u8>> {
@@ -62,12 +152,21 @@ impl Admin {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let get = session.req_header().method == http::Method::GET;
-        if session.req_header().method == http::Method::POST
-            && session.req_header().uri.path() == "/admin/reload"
-        {
-            return self.reload().await;
+        let post = session.req_header().method == http::Method::POST;
+        let path = session.req_header().uri.path().to_owned();
+        match (post, path.as_str()) {
+            (true, "/admin/reload") => return self.reload().await,
+            (true, p) if p.starts_with("/admin/pools/") => return self.drain(p),
+            _ => {}
         }
-        match (get, session.req_header().uri.path()) {
+        match (get, path.as_str()) {
+            (true, "/admin/servers") => return json(StatusCode::OK, &self.servers()),
+            (true, "/admin/config") => {
+                return json(StatusCode::OK, &self.gateway.runtime().config.to_json())
+            }
+            _ => {}
+        }
+        match (get, path.as_str()) {
             (true, "/metrics") => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",

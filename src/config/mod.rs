@@ -130,6 +130,50 @@ impl Engine {
     }
 }
 
+impl Config {
+    /// The effective configuration (defaults applied) as JSON, for `GET /admin/config`. Holds
+    /// no secrets today; fields that will (upstream keys) must be redacted here.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        json!({
+            "listen": self.listen.to_string(),
+            "admin": self.admin.to_string(),
+            "server": {
+                "threads": self.server.threads,
+                "grace_period": d(self.server.grace_period),
+                "upstream_keepalive_pool": self.server.upstream_keepalive_pool,
+                "access_log": match self.server.access_log { AccessLog::Stdout => "stdout", AccessLog::Off => "off" },
+            },
+            "limits": {
+                "max_body_size": self.limits.max_body_size,
+                "max_requests_per_connection": self.limits.max_requests_per_connection,
+            },
+            "timeouts": {
+                "request_body": d(self.timeouts.request_body),
+                "keepalive_idle": d(self.timeouts.keepalive_idle),
+                "connect": d(self.timeouts.connect),
+                "upstream_idle": d(self.timeouts.upstream_idle),
+            },
+            "pools": self.pools.iter().map(|p| json!({
+                "name": p.name,
+                "model": p.served_model,
+                "engine": p.engine.name(),
+                "balance": p.balance.name(),
+                "servers": p.servers.iter().map(|s| json!({
+                    "url": format!("http://{}", s.id),
+                    "weight": s.weight.get(),
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "models": self.models.iter().map(|m| json!({
+                "name": m.name,
+                "aliases": m.aliases,
+                "pool": self.pools.get(m.pool).map(|p| p.name.as_str()),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// One problem in a config file, at a YAML path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {

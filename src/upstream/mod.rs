@@ -6,7 +6,7 @@
 pub mod retry_after;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,8 @@ pub struct ServerState {
     inflight: AtomicU64,
     /// `now_ms()` before which the server gets no new requests (0: none).
     cooldown_until_ms: AtomicU64,
+    /// Drained by an operator: no new requests; in-flight ones finish.
+    draining: AtomicBool,
 }
 
 impl ServerState {
@@ -36,10 +38,26 @@ impl ServerState {
         InflightGuard(self.clone())
     }
 
-    /// Whether the server may take traffic at `now_ms` (see [`now_ms`]): not in a cooldown it
-    /// asked for. Health checks and breakers will join this decision.
+    /// Whether the server may take new requests at `now_ms` (see [`now_ms`]): not drained and
+    /// not in a cooldown it asked for. Health checks and breakers will join this decision.
     pub fn is_usable(&self, now_ms: u64) -> bool {
-        now_ms >= self.cooldown_until_ms.load(Ordering::Relaxed)
+        !self.is_draining() && now_ms >= self.cooldown_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Milliseconds of cooldown left at `now_ms` (0 when none).
+    pub fn cooldown_left_ms(&self, now_ms: u64) -> u64 {
+        self.cooldown_until_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(now_ms)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Drains (no new requests; in-flight ones finish) or puts the server back in rotation.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
     }
 
     /// Keeps new requests away for `d` from `now_ms` (never shortens a longer cooldown).
@@ -103,6 +121,15 @@ mod tests {
         s.cool_down(1_500, Duration::from_millis(10));
         assert!(!s.is_usable(2_999));
         assert!(s.is_usable(3_000));
+    }
+
+    #[test]
+    fn a_drained_server_takes_no_new_requests_until_undrained() {
+        let s = ServerState::default();
+        s.set_draining(true);
+        assert!(!s.is_usable(0));
+        s.set_draining(false);
+        assert!(s.is_usable(0));
     }
 
     #[test]
