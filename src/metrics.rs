@@ -14,6 +14,11 @@ const STATUSES: [u16; 14] = [
     200, 400, 401, 404, 405, 408, 411, 413, 429, 499, 500, 502, 503, 504,
 ];
 
+/// Gateway overhead buckets in seconds: 10 µs … 50 ms.
+const OVERHEAD_BUCKETS: [f64; 12] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+];
+
 /// Latency buckets in seconds: 1 ms … 120 s, dense where inference latencies sit.
 const LATENCY_BUCKETS: [f64; 17] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0,
@@ -26,6 +31,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     ttft: HistogramVec,
+    overhead: HistogramVec,
     /// Requests refused before routing (unknown path, bad body, unknown model).
     rejected: IntCounterVec,
     /// Config loads by result (`ok`, `error`), the initial load included.
@@ -39,6 +45,7 @@ pub struct ModelMetrics {
     by_status: Box<[IntCounter]>,
     pub duration: Histogram,
     pub ttft: Histogram,
+    pub overhead: Histogram,
 }
 
 impl ModelMetrics {
@@ -82,6 +89,14 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["model", "pool"],
         )?;
+        let overhead = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_gateway_overhead_seconds",
+                "Time spent in the gateway itself per request: arrival until the request was ready for the upstream, plus upstream response header until the client's header was ready. Also sent as x-switchyard-overhead-us.",
+            )
+            .buckets(OVERHEAD_BUCKETS.to_vec()),
+            &["model", "pool"],
+        )?;
         let rejected = IntCounterVec::new(
             Opts::new(
                 "switchyard_rejected_requests_total",
@@ -104,6 +119,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(ttft.clone()))?;
+        registry.register(Box::new(overhead.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(config_loads.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
@@ -112,6 +128,7 @@ impl Metrics {
             requests,
             duration,
             ttft,
+            overhead,
             rejected,
             config_loads,
             build_info,
@@ -132,6 +149,7 @@ impl Metrics {
             by_status: by_status.into_boxed_slice(),
             duration: self.duration.with_label_values(&[model, pool]),
             ttft: self.ttft.with_label_values(&[model, pool]),
+            overhead: self.overhead.with_label_values(&[model, pool]),
         }
     }
 

@@ -318,6 +318,10 @@ async fn admin_serves_metrics_health_and_readiness() {
         Some(2.0)
     );
     assert_eq!(
+        v(r#"switchyard_gateway_overhead_seconds_count{model="m",pool="p"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
         v(r#"switchyard_rejected_requests_total{reason="model_not_found"}"#),
         Some(1.0)
     );
@@ -370,4 +374,33 @@ async fn chunked_uploads_are_forwarded_intact_up_to_64_kib_and_411_above() {
     let v = openai_error(resp, 411).await;
     assert_eq!(v["error"]["code"], "length_required");
     assert_eq!(sim.metric("switchyard_sim_http_requests_total").await, 1.0);
+}
+
+/// The gateway reports its own time per request, which is less than what the client waited.
+#[tokio::test]
+async fn overhead_header_reports_the_gateways_own_time() {
+    let sim = Sim::start(
+        SERVED,
+        &["--decode-step-ms", "30", "--decode-us-per-seq", "0"],
+    );
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    let start = std::time::Instant::now();
+    let resp = client()
+        .post(gw.url("/v1/completions"))
+        .json(&json!({"model": "m", "prompt": "x", "max_tokens": 3}))
+        .send()
+        .await
+        .unwrap();
+    let waited = start.elapsed();
+    let overhead: u64 = resp.headers()["x-switchyard-overhead-us"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    resp.bytes().await.unwrap();
+    // Three 30 ms decode steps happened upstream and are not gateway time.
+    assert!(waited.as_micros() as u64 >= 90_000, "{waited:?}");
+    assert!(overhead < 60_000, "overhead {overhead} µs of {waited:?}");
+    let log = gw.access_log_lines(1).await;
+    assert_eq!(log[0]["overhead_us"], overhead);
 }

@@ -68,6 +68,12 @@ pub struct Ctx {
     pub server: Option<usize>,
     pub inflight: Option<InflightGuard>,
     pub upstream_status: Option<u16>,
+    /// When the request (headers and body) was ready to go upstream, last attempt.
+    pub upstream_sent: Option<Instant>,
+    /// When the upstream response header arrived.
+    pub upstream_header: Option<Instant>,
+    /// Time spent in the gateway itself, excluding the upstream's work (see `overhead`).
+    pub overhead: Option<std::time::Duration>,
     /// When the first response body byte arrived from the upstream.
     pub first_byte: Option<Instant>,
     /// Set when the response is `text/event-stream`: what has been relayed of it.
@@ -101,6 +107,9 @@ impl Ctx {
             server: None,
             inflight: None,
             upstream_status: None,
+            upstream_sent: None,
+            upstream_header: None,
+            overhead: None,
             first_byte: None,
             sse: None,
             retry_status: None,

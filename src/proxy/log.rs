@@ -21,6 +21,7 @@ struct Line<'a> {
     stream: bool,
     ttft_ms: Option<f64>,
     duration_ms: f64,
+    overhead_us: Option<u64>,
     outcome: &'static str,
 }
 
@@ -68,6 +69,7 @@ pub fn access(gateway: &Gateway, ctx: &Ctx, status: u16, client_gone: bool, now:
         stream: ctx.stream,
         ttft_ms: ctx.first_byte.map(|t| ms(t.duration_since(ctx.started))),
         duration_ms: ms(now.duration_since(ctx.started)),
+        overhead_us: ctx.overhead.map(|d| d.as_micros() as u64),
         outcome,
     };
     let Ok(mut buf) = serde_json::to_vec(&line) else {

@@ -8,7 +8,7 @@
 //! upstream_request_filter ── rewrite headers (headers.rs), Content-Length of the buffered body
 //! request_body_filter ────── substitute the complete buffered body (body.rs explains why)
 //! upstream_response_filter ─ 429/5xx before the first byte: cooldown, retry elsewhere
-//! response_filter ────────── x-request-id to the client; notes an SSE response
+//! response_filter ────────── x-request-id, x-switchyard-overhead-us; notes an SSE response
 //! response_body_filter ───── first-byte time, SSE tracking; chunks pass through unbuffered
 //! fail_to_connect / error_while_proxy ── retry decisions (never after the first byte)
 //! fail_to_proxy ──────────── one mapping of errors to OpenAI bodies, or an SSE error event
@@ -175,6 +175,7 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.upstream_sent = Some(Instant::now());
         let host = ctx
             .routed
             .as_ref()
@@ -206,6 +207,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         let status = upstream.status.as_u16();
         ctx.upstream_status = Some(status);
+        ctx.upstream_header = Some(Instant::now());
         if !matches!(status, 429 | 502 | 503 | 504) {
             return Ok(());
         }
@@ -237,6 +239,13 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let Some(id) = &ctx.request_id {
             response.insert_header("x-request-id", id.clone())?;
+        }
+        if let (Some(sent), Some(header)) = (ctx.upstream_sent, ctx.upstream_header) {
+            // The gateway's own time: arrival until the request was ready for the upstream,
+            // plus upstream header until now. The upstream's own work is not in it.
+            let overhead = sent.duration_since(ctx.started) + header.elapsed();
+            ctx.overhead = Some(overhead);
+            response.insert_header("x-switchyard-overhead-us", overhead.as_micros() as u64)?;
         }
         let is_sse = response
             .headers
@@ -361,6 +370,9 @@ impl ProxyHttp for Proxy {
             if let Some(first) = ctx.first_byte {
                 m.ttft
                     .observe(first.duration_since(ctx.started).as_secs_f64());
+            }
+            if let Some(overhead) = ctx.overhead {
+                m.overhead.observe(overhead.as_secs_f64());
             }
         }
         log::access(&self.gateway, ctx, status, client_gone, now);
