@@ -32,6 +32,8 @@ pub struct Metrics {
     duration: HistogramVec,
     ttft: HistogramVec,
     overhead: HistogramVec,
+    itl: HistogramVec,
+    tokens: IntCounterVec,
     /// Requests refused before routing (unknown path, bad body, unknown model).
     rejected: IntCounterVec,
     /// Config loads by result (`ok`, `error`), the initial load included.
@@ -46,6 +48,11 @@ pub struct ModelMetrics {
     pub duration: Histogram,
     pub ttft: Histogram,
     pub overhead: Histogram,
+    /// Gap between consecutive SSE events relayed to the client.
+    pub itl: Histogram,
+    /// Tokens the server reported in `usage`.
+    pub prompt_tokens: IntCounter,
+    pub completion_tokens: IntCounter,
 }
 
 impl ModelMetrics {
@@ -97,6 +104,21 @@ impl Metrics {
             .buckets(OVERHEAD_BUCKETS.to_vec()),
             &["model", "pool"],
         )?;
+        let itl = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_inter_token_latency_seconds",
+                "Gap between consecutive server-sent events relayed to the client (events that arrive together count as 0).",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5]),
+            &["model", "pool"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tokens_total",
+                "Tokens by model, pool and kind (prompt, completion), as the server reported them in usage.",
+            ),
+            &["model", "pool", "kind"],
+        )?;
         let rejected = IntCounterVec::new(
             Opts::new(
                 "switchyard_rejected_requests_total",
@@ -120,6 +142,8 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(ttft.clone()))?;
         registry.register(Box::new(overhead.clone()))?;
+        registry.register(Box::new(itl.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(config_loads.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
@@ -129,6 +153,8 @@ impl Metrics {
             duration,
             ttft,
             overhead,
+            itl,
+            tokens,
             rejected,
             config_loads,
             build_info,
@@ -150,6 +176,9 @@ impl Metrics {
             duration: self.duration.with_label_values(&[model, pool]),
             ttft: self.ttft.with_label_values(&[model, pool]),
             overhead: self.overhead.with_label_values(&[model, pool]),
+            itl: self.itl.with_label_values(&[model, pool]),
+            prompt_tokens: self.tokens.with_label_values(&[model, pool, "prompt"]),
+            completion_tokens: self.tokens.with_label_values(&[model, pool, "completion"]),
         }
     }
 

@@ -94,4 +94,28 @@ async fn usage_chunk_passes_through_when_asked_for() {
         .unwrap();
     assert!(text.contains("\"completion_tokens\":3"), "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"));
+
+    // The gateway read the usage chunk as it passed: tokens in metrics and the access log.
+    let metrics = common::metric_eventually(
+        &gw.admin_url("/metrics"),
+        r#"switchyard_tokens_total{kind="completion",model="m",pool="p"}"#,
+        3.0,
+    )
+    .await;
+    let prompt = common::metric_value(
+        &metrics,
+        r#"switchyard_tokens_total{kind="prompt",model="m",pool="p"}"#,
+    );
+    assert!(prompt.is_some_and(|p| p > 0.0), "{metrics}");
+    // 6 events (3 tokens, the finish chunk, the usage chunk, [DONE]); 5 gaps after the first.
+    assert_eq!(
+        common::metric_value(
+            &metrics,
+            r#"switchyard_inter_token_latency_seconds_count{model="m",pool="p"}"#
+        ),
+        Some(5.0)
+    );
+    let log = gw.access_log_lines(1).await;
+    assert_eq!(log[0]["completion_tokens"], 3);
+    assert_eq!(log[0]["prompt_tokens"].as_f64(), prompt);
 }

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod request;
 pub mod sse;
+pub mod usage;
 
 pub use error::ApiError;
 pub use request::RequestView;

@@ -24,11 +24,12 @@ pub struct SseTracker {
 }
 
 impl SseTracker {
-    /// Notes a chunk forwarded to the client.
-    pub fn observe(&mut self, chunk: &[u8]) {
+    /// Notes a chunk forwarded to the client; returns how many events it completed.
+    pub fn observe(&mut self, chunk: &[u8]) -> u32 {
         if chunk.is_empty() {
-            return;
+            return 0;
         }
+        let before = self.events;
         self.forwarded = true;
         // Event ends: "\n\n" inside the chunk or across the chunk boundary.
         let mut prev = self.tail_len.checked_sub(1).map(|i| self.tail[i]);
@@ -55,6 +56,7 @@ impl SseTracker {
             self.tail_len = total - start;
             self.tail[..self.tail_len].copy_from_slice(&joined[start..total]);
         }
+        self.events - before
     }
 
     /// Whether what was forwarded ends on an event boundary (or nothing was forwarded).

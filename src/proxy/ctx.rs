@@ -9,6 +9,7 @@ use http::HeaderValue;
 
 use crate::balance::Features;
 use crate::openai::sse::SseTracker;
+use crate::openai::usage::UsageScanner;
 use crate::openai::ApiError;
 use crate::state::Runtime;
 use crate::upstream::InflightGuard;
@@ -78,6 +79,10 @@ pub struct Ctx {
     pub first_byte: Option<Instant>,
     /// Set when the response is `text/event-stream`: what has been relayed of it.
     pub sse: Option<SseTracker>,
+    /// When the last SSE event was completed (inter-token latency).
+    pub last_event: Option<Instant>,
+    /// Token counts the server reported in `usage`.
+    pub usage: UsageScanner,
     /// The stream was cut after its first byte and ended with this error event.
     pub interrupted: Option<&'static str>,
     /// An upstream status the gateway chose to retry (429/502/503/504 before the first byte).
@@ -112,6 +117,8 @@ impl Ctx {
             overhead: None,
             first_byte: None,
             sse: None,
+            last_event: None,
+            usage: UsageScanner::default(),
             retry_status: None,
             interrupted: None,
             error: None,

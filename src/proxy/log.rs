@@ -22,6 +22,8 @@ struct Line<'a> {
     ttft_ms: Option<f64>,
     duration_ms: f64,
     overhead_us: Option<u64>,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
     outcome: &'static str,
 }
 
@@ -70,6 +72,8 @@ pub fn access(gateway: &Gateway, ctx: &Ctx, status: u16, client_gone: bool, now:
         ttft_ms: ctx.first_byte.map(|t| ms(t.duration_since(ctx.started))),
         duration_ms: ms(now.duration_since(ctx.started)),
         overhead_us: ctx.overhead.map(|d| d.as_micros() as u64),
+        prompt_tokens: ctx.usage.prompt_tokens,
+        completion_tokens: ctx.usage.completion_tokens,
         outcome,
     };
     let Ok(mut buf) = serde_json::to_vec(&line) else {

@@ -264,12 +264,27 @@ impl ProxyHttp for Proxy {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if let Some(chunk) = body.as_ref().filter(|b| !b.is_empty()) {
-            if ctx.first_byte.is_none() {
-                ctx.first_byte = Some(Instant::now());
-            }
-            if let Some(sse) = &mut ctx.sse {
-                sse.observe(chunk);
+        let Some(chunk) = body.as_ref().filter(|b| !b.is_empty()) else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        if ctx.first_byte.is_none() {
+            ctx.first_byte = Some(now);
+        }
+        ctx.usage.observe(chunk);
+        if let Some(sse) = &mut ctx.sse {
+            let events = sse.observe(chunk);
+            if events > 0 {
+                // Inter-token latency: the gap to the previous event for the first event of
+                // the chunk; events that arrived together count as 0.
+                if let (Some(routed), Some(last)) = (&ctx.routed, ctx.last_event) {
+                    let itl = &routed.runtime.models[routed.model].metrics.itl;
+                    itl.observe(now.duration_since(last).as_secs_f64());
+                    for _ in 1..events {
+                        itl.observe(0.0);
+                    }
+                }
+                ctx.last_event = Some(now);
             }
         }
         Ok(None)
@@ -373,6 +388,12 @@ impl ProxyHttp for Proxy {
             }
             if let Some(overhead) = ctx.overhead {
                 m.overhead.observe(overhead.as_secs_f64());
+            }
+            if let Some(n) = ctx.usage.prompt_tokens {
+                m.prompt_tokens.inc_by(n);
+            }
+            if let Some(n) = ctx.usage.completion_tokens {
+                m.completion_tokens.inc_by(n);
             }
         }
         log::access(&self.gateway, ctx, status, client_gone, now);
