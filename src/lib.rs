@@ -5,6 +5,7 @@ pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod config;
+pub mod lifecycle;
 pub mod metrics;
 pub mod openai;
 pub mod proxy;

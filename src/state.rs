@@ -194,6 +194,7 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub registry: Registry,
     pub metrics: Metrics,
+    pub lifecycle: crate::lifecycle::Lifecycle,
     /// The file reloads read; `None` for a config that did not come from a file (the demo).
     config_path: Option<PathBuf>,
     /// Serialises reloads so that two of them cannot interleave read, build and swap.
@@ -236,6 +237,7 @@ impl Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
             metrics,
+            lifecycle: Default::default(),
             config_path,
             reloading: Mutex::new(()),
         })
@@ -286,13 +288,16 @@ impl Gateway {
         self.runtime.load_full()
     }
 
-    /// Whether every pool has at least one server not known to be down.
+    /// Whether every pool has at least one server not known to be down, and the gateway is
+    /// not shutting down.
     pub fn is_ready(&self) -> bool {
         let now = crate::upstream::now_ms();
-        self.runtime
-            .load()
-            .pools
-            .iter()
-            .all(|p| p.servers.iter().any(|s| s.state.is_usable(now)))
+        !self.lifecycle.is_draining()
+            && self
+                .runtime
+                .load()
+                .pools
+                .iter()
+                .all(|p| p.servers.iter().any(|s| s.state.is_usable(now)))
     }
 }

@@ -17,6 +17,7 @@ use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::listening::Service as ListeningService;
 use pingora_core::services::Service;
+use tokio::sync::watch;
 
 /// Read buffer per client connection. Pingora's default is 64 KiB, allocated for every
 /// connection, idle ones included; 16 KiB still takes a typical prompt in one or two reads and
@@ -29,6 +30,8 @@ pub struct BoundService<A> {
     addr: SocketAddr,
     label: &'static str,
     threads: Option<usize>,
+    /// Stops this listener (and winds its sessions down) before Pingora's own shutdown.
+    drain: Option<watch::Receiver<bool>>,
 }
 
 impl<A> BoundService<A> {
@@ -38,7 +41,15 @@ impl<A> BoundService<A> {
             addr,
             label,
             threads: None,
+            drain: None,
         }
+    }
+
+    /// Also stop when `drain` turns true (graceful shutdown drains the public listener
+    /// while the admin listener keeps answering).
+    pub fn drain_on(mut self, drain: watch::Receiver<bool>) -> Self {
+        self.drain = Some(drain);
+        self
     }
 
     pub fn threads(mut self, threads: usize) -> Self {
@@ -61,6 +72,24 @@ fn bind_into(fds: &ListenFds, addr: SocketAddr) -> std::io::Result<String> {
     Ok(bound)
 }
 
+/// A watch that turns true when either input does.
+fn either(mut a: ShutdownWatch, mut b: watch::Receiver<bool>) -> ShutdownWatch {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            if *a.borrow() || *b.borrow() {
+                let _ = tx.send(true);
+                return;
+            }
+            tokio::select! {
+                r = a.changed() => if r.is_err() { return },
+                r = b.changed() => if r.is_err() { return },
+            }
+        }
+    });
+    rx
+}
+
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> Service for BoundService<A> {
     async fn start_service(
@@ -80,6 +109,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service for BoundService<A> {
                     ListenerConfig::tcp(key.as_str())
                         .l4_buffer(L4BufferSettings::default().read(READ_BUFFER)),
                 );
+                let shutdown = match self.drain.take() {
+                    Some(drain) => either(shutdown, drain),
+                    None => shutdown,
+                };
                 self.inner
                     .start_service(fds, shutdown, listeners_per_fd)
                     .await;

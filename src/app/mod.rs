@@ -1,6 +1,7 @@
 //! Builds the Pingora server and its services from a validated [`Config`], and runs it.
 
 mod listener;
+mod shutdown;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use pingora_core::services::background::{background_service, BackgroundService};
 
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::listening::Service as ListeningService;
 use pingora_proxy::ProxyServiceBuilder;
 
@@ -37,7 +38,9 @@ pub enum StartError {
 fn server_conf(config: &Config) -> ServerConf {
     ServerConf {
         threads: config.server.threads,
-        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        // The grace period is ours (app::shutdown waits only while requests are in flight);
+        // Pingora's own is a fixed sleep.
+        grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(5),
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool,
         // Pingora's `max_retries` bounds tries, the first one included.
@@ -58,6 +61,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), StartErro
     let listen = config.listen;
     let admin = config.admin;
     let threads = config.server.threads;
+    let grace = config.server.grace_period;
     let max_requests = config.limits.max_requests_per_connection;
     let conf = server_conf(&config);
     let gateway = Arc::new(Gateway::new(config, metrics, config_path).map_err(StartError::Config)?);
@@ -72,17 +76,29 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), StartErro
         .name("switchyard-api")
         .server_options(options)
         .build();
-    server.add_service(BoundService::new(api, listen, "api").threads(threads));
+    let (drain, drained) = tokio::sync::watch::channel(false);
+    server.add_service(
+        BoundService::new(api, listen, "api")
+            .threads(threads)
+            .drain_on(drained),
+    );
 
     let admin_app =
         ListeningService::new("switchyard-admin".to_owned(), Admin::new(gateway.clone()));
     server.add_service(BoundService::new(admin_app, admin, "admin").threads(1));
     server.add_service(background_service(
         "reload on SIGHUP",
-        ReloadOnHangup(gateway),
+        ReloadOnHangup(gateway.clone()),
     ));
 
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(shutdown::SignalWatch {
+            gateway,
+            drain,
+            grace,
+        }),
+    });
+    std::process::exit(0)
 }
 
 /// Reloads the config on SIGHUP (`systemctl reload`). Installing the handler also keeps

@@ -40,6 +40,8 @@ pub enum ApiError {
     UpstreamTimeout,
     #[error("The upstream server stopped before the response was complete.")]
     StreamInterrupted,
+    #[error("The gateway is shutting down; retry the request.")]
+    ShuttingDown,
     #[error("The gateway hit an internal error.")]
     Internal,
 }
@@ -76,7 +78,7 @@ impl ApiError {
             Self::LengthRequired { .. } => 411,
             Self::BodyTimeout => 408,
             Self::InvalidRequest { .. } => 400,
-            Self::NoHealthyUpstream => 503,
+            Self::NoHealthyUpstream | Self::ShuttingDown => 503,
             Self::UpstreamUnavailable | Self::StreamInterrupted => 502,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
@@ -97,7 +99,7 @@ impl ApiError {
             | Self::UpstreamUnavailable
             | Self::UpstreamTimeout
             | Self::StreamInterrupted => "upstream_error",
-            Self::Internal => "server_error",
+            Self::Internal | Self::ShuttingDown => "server_error",
         }
     }
 
@@ -116,6 +118,7 @@ impl ApiError {
             Self::UpstreamTimeout => Some("upstream_timeout"),
             Self::StreamInterrupted => Some("upstream_stream_interrupted"),
             Self::Internal => Some("internal_error"),
+            Self::ShuttingDown => Some("server_shutting_down"),
         }
     }
 
@@ -130,7 +133,7 @@ impl ApiError {
     /// Seconds a client should wait before retrying, when the answer says so.
     pub fn retry_after(&self) -> Option<u32> {
         match self {
-            Self::NoHealthyUpstream | Self::UpstreamUnavailable => Some(1),
+            Self::NoHealthyUpstream | Self::UpstreamUnavailable | Self::ShuttingDown => Some(1),
             _ => None,
         }
     }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 
 use crate::balance::Features;
+use crate::lifecycle::{RequestGuard, UpstreamHandle};
 use crate::openai::sse::SseTracker;
 use crate::openai::usage::UsageScanner;
 use crate::openai::ApiError;
@@ -68,6 +69,10 @@ pub struct Ctx {
     /// The server of the current attempt, index into the pool's servers.
     pub server: Option<usize>,
     pub inflight: Option<InflightGuard>,
+    /// Counts the request for graceful shutdown.
+    pub request_guard: Option<RequestGuard>,
+    /// The current attempt's upstream socket, registered so shutdown can end it.
+    pub upstream_socket: Option<UpstreamHandle>,
     pub upstream_status: Option<u16>,
     /// When the request (headers and body) was ready to go upstream, last attempt.
     pub upstream_sent: Option<Instant>,
@@ -111,6 +116,8 @@ impl Ctx {
             tried: Tried::default(),
             server: None,
             inflight: None,
+            request_guard: None,
+            upstream_socket: None,
             upstream_status: None,
             upstream_sent: None,
             upstream_header: None,

@@ -97,6 +97,7 @@ impl ProxyHttp for Proxy {
 
     /// `Ok(true)`: the gateway answered (models list, or an error); `Ok(false)`: proxy it.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_guard = Some(self.gateway.lifecycle.start_request());
         ctx.request_id = Some(headers::request_id(session.req_header()));
         let runtime = self.gateway.runtime();
         session.set_keepalive(Some(runtime.config.timeouts.keepalive_idle.as_secs()));
@@ -167,6 +168,19 @@ impl ProxyHttp for Proxy {
         ctx.server = Some(i);
         ctx.inflight = Some(server.state.start());
         Ok(Box::new(server.peer.clone()))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_socket = Some(self.gateway.lifecycle.register_upstream(fd));
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -261,9 +275,13 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            // The upstream is done with: its socket goes back to Pingora's pool now.
+            ctx.upstream_socket = None;
+        }
         let Some(chunk) = body.as_ref().filter(|b| !b.is_empty()) else {
             return Ok(None);
         };
@@ -331,12 +349,19 @@ impl ProxyHttp for Proxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let answer = ctx.error.take().or_else(|| classify(e));
+        let answer = ctx.error.take().or_else(|| classify(e)).map(|a| {
+            if self.gateway.lifecycle.is_aborting() && a.kind() == "upstream_error" {
+                ApiError::ShuttingDown
+            } else {
+                a
+            }
+        });
         // Mid-stream: the client has a 200 and events; end the stream honestly.
         if let (Some(status), Some(sse)) = (session.response_written().map(|r| r.status), &ctx.sse)
         {
             if let Some(api) = answer.filter(|_| !sse.done) {
                 let api = match api {
+                    _ if self.gateway.lifecycle.is_aborting() => ApiError::ShuttingDown,
                     ApiError::UpstreamTimeout => ApiError::UpstreamTimeout,
                     _ => ApiError::StreamInterrupted,
                 };
@@ -398,6 +423,8 @@ impl ProxyHttp for Proxy {
         }
         log::access(&self.gateway, ctx, status, client_gone, now);
         ctx.inflight = None;
+        ctx.upstream_socket = None;
+        ctx.request_guard = None;
     }
 }
 

@@ -1,0 +1,138 @@
+//! SIGTERM: stop accepting, let requests in flight finish within the grace period, end what is
+//! still running with a server_shutting_down error event, exit 0 — without sleeping the whole
+//! grace period when nothing is left.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{client, Gateway, Sim};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+const SERVED: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+fn sigterm(gw: &Gateway) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &gw.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Waits for the process to exit (up to `limit`) and returns its code and how long it took.
+fn exit_within(gw: &mut Gateway, limit: Duration) -> (i32, Duration) {
+    let start = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = gw.proc.pid();
+    std::thread::spawn(move || {
+        // `wait` for a process we did not spawn in this thread: poll /proc.
+        while std::path::Path::new(&format!("/proc/{pid}/status")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .contains("State:\tZ")
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("gateway still running {limit:?} after SIGTERM"));
+    let code = gw.proc.wait().code().unwrap_or(-1);
+    (code, start.elapsed())
+}
+
+async fn open_stream(gw: &Gateway, tokens: u32) -> reqwest::Response {
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&json!({"model": "m", "stream": true, "max_tokens": tokens,
+                      "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
+async fn rest_of(resp: reqwest::Response) -> String {
+    let mut s = resp.bytes_stream();
+    let mut text = String::new();
+    while let Some(chunk) = s.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_stream_in_flight_finishes_and_the_gateway_exits_without_waiting_out_the_grace() {
+    let sim = Sim::start(
+        SERVED,
+        &["--decode-step-ms", "20", "--decode-us-per-seq", "0"],
+    );
+    let mut gw = Gateway::single(SERVED, &[sim.url()], "server:\n  grace_period: 20s\n");
+    let resp = open_stream(&gw, 25).await;
+    sigterm(&gw);
+    gw.proc.wait_for_stderr("SIGTERM: stopped accepting", 1);
+    // Not ready any more, and the public port no longer accepts.
+    let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(
+        std::net::TcpStream::connect(gw.api).is_err(),
+        "still accepting"
+    );
+
+    let text = rest_of(resp).await;
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(!text.contains("\"error\""), "{text}");
+    let (code, took) = exit_within(&mut gw, Duration::from_secs(10));
+    assert_eq!(code, 0);
+    assert!(took < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn streams_still_running_at_the_end_of_the_grace_period_end_with_an_error_event() {
+    let sim = Sim::start(
+        SERVED,
+        &["--decode-step-ms", "20", "--decode-us-per-seq", "0"],
+    );
+    let mut gw = Gateway::single(SERVED, &[sim.url()], "server:\n  grace_period: 1s\n");
+    let resp = open_stream(&gw, 100_000).await;
+    let started = Instant::now();
+    sigterm(&gw);
+    let text = rest_of(resp).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "ended before the grace period"
+    );
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert!(events.len() > 3, "{text}");
+    assert_eq!(*events.last().unwrap(), "data: [DONE]");
+    let err: Value =
+        serde_json::from_str(events[events.len() - 2].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(err["error"]["code"], "server_shutting_down");
+    let (code, _) = exit_within(&mut gw, Duration::from_secs(10));
+    assert_eq!(code, 0);
+}
+
+#[tokio::test]
+async fn an_idle_gateway_exits_at_once_on_sigterm() {
+    let sim = Sim::fast(SERVED);
+    let mut gw = Gateway::single(SERVED, &[sim.url()], "");
+    // A served request first, so that a keep-alive connection is open.
+    let resp = client()
+        .post(gw.url("/v1/completions"))
+        .json(&json!({"model": "m", "prompt": "x", "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    sigterm(&gw);
+    let (code, took) = exit_within(&mut gw, Duration::from_secs(8));
+    assert_eq!(code, 0);
+    assert!(
+        took < Duration::from_secs(8),
+        "{took:?} with a 60 s grace period"
+    );
+}
