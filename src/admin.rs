@@ -9,7 +9,10 @@
 //! | `POST /admin/reload` | reload the config file (see `Gateway::reload`) |
 //! | `GET /admin/servers` | pools and their servers' live state |
 //! | `POST /admin/pools/{pool}/servers/{host:port}/drain` (`/undrain`) | no new requests to that server (in-flight ones finish), or back in rotation; survives reloads |
-//! | `GET /admin/config` | the effective config, defaults applied |
+//! | `GET /admin/config` | the effective config, defaults applied, secrets redacted |
+//!
+//! With `admin_token_env` set, every path but the two health probes requires
+//! `Authorization: Bearer <token>` (401 otherwise).
 
 use std::sync::Arc;
 
@@ -42,11 +45,58 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
     resp
 }
 
+/// Compares without stopping at the first difference, so timing does not reveal how much of
+/// a guess was right (the length still shows).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn json(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
     reply(status, "application/json", body.to_string().into_bytes())
 }
 
 impl Admin {
+    /// Whether the request carries the configured admin token (`admin_token_env`); always
+    /// true when none is configured. Health probes are exempt (see `response`).
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let runtime = self.gateway.runtime();
+        let Some(token) = runtime.config.admin_token.as_deref() else {
+            return true;
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(presented.as_bytes(), token.as_bytes())
+    }
+
+    /// Per-server gauges from live state; reset first so servers a reload removed disappear.
+    fn set_server_gauges(&self) {
+        let m = &self.gateway.metrics;
+        let runtime = self.gateway.runtime();
+        let now = crate::upstream::now_ms();
+        m.upstream_inflight.reset();
+        m.upstream_usable.reset();
+        m.upstream_draining.reset();
+        for pool in runtime.pools.iter() {
+            for s in pool.servers.iter() {
+                let labels = [pool.name.as_str(), s.id.as_str()];
+                m.upstream_inflight
+                    .with_label_values(&labels)
+                    .set(s.state.inflight() as i64);
+                m.upstream_usable
+                    .with_label_values(&labels)
+                    .set(i64::from(s.state.is_usable(now)));
+                m.upstream_draining
+                    .with_label_values(&labels)
+                    .set(i64::from(s.state.is_draining()));
+            }
+        }
+    }
+
     /// `GET /admin/servers`. `healthy`, `breaker`, `load` and `ewma_ms` are `null` until health
     /// checks, breakers and load scraping exist: not measured rather than made up.
     fn servers(&self) -> serde_json::Value {
@@ -154,6 +204,18 @@ impl ServeHttp for Admin {
         let get = session.req_header().method == http::Method::GET;
         let post = session.req_header().method == http::Method::POST;
         let path = session.req_header().uri.path().to_owned();
+        let probe = matches!(path.as_str(), "/healthz" | "/readyz");
+        if !probe && !self.authorized(session) {
+            let mut resp = json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({"error": "missing or wrong admin bearer token"}),
+            );
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return resp;
+        }
         match (post, path.as_str()) {
             (true, "/admin/reload") => return self.reload().await,
             (true, p) if p.starts_with("/admin/pools/") => return self.drain(p),
@@ -167,11 +229,14 @@ impl ServeHttp for Admin {
             _ => {}
         }
         match (get, path.as_str()) {
-            (true, "/metrics") => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.gateway.metrics.render(),
-            ),
+            (true, "/metrics") => {
+                self.set_server_gauges();
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.gateway.metrics.render(),
+                )
+            }
             (true, "/healthz") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             (true, "/readyz") if self.gateway.is_ready() => {
                 reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())

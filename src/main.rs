@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
-use switchyard::config;
+use switchyard::config::{self, LogFormat};
 use switchyard::sim::{self, SimArgs};
 
 /// An LLM inference gateway: one OpenAI-compatible API in front of self-hosted GPU servers.
@@ -24,6 +24,10 @@ enum Command {
     Run {
         #[arg(short, long)]
         config: PathBuf,
+        /// Take over the listening sockets of a running gateway: start this process, then send
+        /// SIGQUIT to the old one (zero-downtime binary upgrade; see systemd/README.md).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file; print every error as `YAML path: reason`. Opens no sockets.
     Check {
@@ -44,23 +48,26 @@ enum Command {
 /// The demo config; its server ports are replaced by the simulators' bound ports.
 const DEMO_CONFIG: &str = include_str!("../conf/demo.yaml");
 
-fn init_logging() {
+/// Logs to stderr: `RUST_LOG` when set, else `level`; JSON lines or text.
+fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Check { .. }) {
-        init_logging();
+    if matches!(cli.command, Command::Demo { .. } | Command::Sim(_)) {
+        init_logging("info", LogFormat::Text);
     }
     let result = match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run { config, upgrade } => run(&config, upgrade),
         Command::Check { config } => return check(&config),
         Command::Demo { listen, admin } => demo(listen, admin),
         Command::Sim(args) => run_sim(args),
@@ -74,9 +81,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &Path) -> anyhow::Result<()> {
+fn run(path: &Path, upgrade: bool) -> anyhow::Result<()> {
     let config = config::load(path)?;
-    switchyard::app::run(config, Some(path.to_owned()))?;
+    init_logging(&config.server.log_level, config.server.log_format);
+    switchyard::app::run(config, Some(path.to_owned()), upgrade)?;
     Ok(())
 }
 
@@ -186,7 +194,7 @@ models: {models}
     );
     // Keep the simulators' runtime alive for as long as the gateway runs.
     let _sims = rt;
-    switchyard::app::run(config, None)?;
+    switchyard::app::run(config, None, false)?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
 };
-use prometheus::{IntGauge, Registry, TextEncoder};
+use prometheus::{IntGauge, IntGaugeVec, Registry, TextEncoder};
 
 /// Status codes that get their own label value; others count as `other`.
 const STATUSES: [u16; 14] = [
@@ -39,6 +39,10 @@ pub struct Metrics {
     /// Config loads by result (`ok`, `error`), the initial load included.
     config_loads: IntCounterVec,
     pub build_info: IntGauge,
+    /// Per-server gauges, set from live server state at every scrape.
+    pub upstream_inflight: IntGaugeVec,
+    pub upstream_usable: IntGaugeVec,
+    pub upstream_draining: IntGaugeVec,
 }
 
 /// Handles for one (model, pool) pair, resolved at build time.
@@ -138,6 +142,20 @@ impl Metrics {
                 .const_label("version", env!("CARGO_PKG_VERSION")),
         )?;
         build_info.set(1);
+        let server_gauge =
+            |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["pool", "server"]);
+        let upstream_inflight = server_gauge(
+            "switchyard_upstream_inflight",
+            "Requests in flight to a server.",
+        )?;
+        let upstream_usable = server_gauge(
+            "switchyard_upstream_usable",
+            "1 when a server takes new requests (not drained, not in a Retry-After cooldown).",
+        )?;
+        let upstream_draining = server_gauge(
+            "switchyard_upstream_draining",
+            "1 when an operator drained the server.",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(ttft.clone()))?;
@@ -147,6 +165,9 @@ impl Metrics {
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(config_loads.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
+        registry.register(Box::new(upstream_inflight.clone()))?;
+        registry.register(Box::new(upstream_usable.clone()))?;
+        registry.register(Box::new(upstream_draining.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -158,6 +179,9 @@ impl Metrics {
             rejected,
             config_loads,
             build_info,
+            upstream_inflight,
+            upstream_usable,
+            upstream_draining,
         })
     }
 

@@ -40,6 +40,25 @@ async fn drained_server_gets_no_new_requests_even_across_a_reload_until_undraine
     assert_eq!(a.metric("switchyard_sim_http_requests_total").await, 0.0);
     assert_eq!(b.metric("switchyard_sim_http_requests_total").await, 6.0);
 
+    let metrics = c
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |name: &str, server: &Sim| {
+        common::metric_value(
+            &metrics,
+            &format!(r#"{name}{{pool="p",server="{}"}}"#, server.addr),
+        )
+    };
+    assert_eq!(gauge("switchyard_upstream_draining", &a), Some(1.0));
+    assert_eq!(gauge("switchyard_upstream_usable", &a), Some(0.0));
+    assert_eq!(gauge("switchyard_upstream_usable", &b), Some(1.0));
+    assert_eq!(gauge("switchyard_upstream_inflight", &b), Some(0.0));
+
     let servers: Value = c
         .get(gw.admin_url("/admin/servers"))
         .send()
@@ -111,4 +130,62 @@ async fn effective_config_has_defaults_and_admin_paths_are_not_public() {
         .await
         .unwrap();
     assert_eq!(post.status(), 404);
+}
+
+#[tokio::test]
+async fn admin_token_guards_everything_but_the_health_probes() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::start_env(
+        &format!(
+            "admin_token_env: SY_TEST_ADMIN_TOKEN\nserver:\n  log_format: json\npools:\n  p:\n    model: {SERVED}\n    servers: [{{url: \"{}\"}}]\nmodels:\n  m: {{pool: p}}\n",
+            sim.url()
+        ),
+        &[("SY_TEST_ADMIN_TOKEN", "s3cret-token")],
+    );
+    let c = client();
+    for path in ["/admin/servers", "/admin/config", "/metrics"] {
+        let resp = c.get(gw.admin_url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{path}");
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+        let wrong = c
+            .get(gw.admin_url(path))
+            .bearer_auth("s3cret-tokem")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+        let right = c
+            .get(gw.admin_url(path))
+            .bearer_auth("s3cret-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(right.status(), 200, "{path}");
+    }
+    let reload = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    assert_eq!(reload.status(), 401);
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(
+            c.get(gw.admin_url(probe)).send().await.unwrap().status(),
+            200
+        );
+    }
+    let cfg = c
+        .get(gw.admin_url("/admin/config"))
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!cfg.contains("s3cret"), "{cfg}");
+    assert!(cfg.contains("<redacted>"));
+    // server.log_format: json: every log line on stderr is a JSON object.
+    let lines = gw.proc.stderr.lock().unwrap().clone();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
 }

@@ -45,6 +45,7 @@ fn server_conf(config: &Config) -> ServerConf {
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool,
         // Pingora's `max_retries` bounds tries, the first one included.
         max_retries: crate::proxy::MAX_ATTEMPTS,
+        upgrade_sock: config.server.upgrade_sock.clone(),
         // Work-stealing runtimes (Pingora's default). Measured on 2 cores against a canned
         // upstream: thread-per-core gives ~5 % more req/s at concurrency 64 but adds ~45 µs to
         // the p50 at concurrency 1 (pooled upstream connections stay on the reactor of the
@@ -56,7 +57,10 @@ fn server_conf(config: &Config) -> ServerConf {
 
 /// Runs the gateway until it is told to stop (SIGINT: at once; SIGTERM: after the grace
 /// period); SIGHUP reloads `config_path`. Returns only on a start-up error.
-pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
+///
+/// With `upgrade`, the listening sockets are taken over from a running gateway that receives
+/// SIGQUIT (Pingora's hand-over through `server.upgrade_sock`).
+pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Result<(), StartError> {
     let metrics = Metrics::new()?;
     let listen = config.listen;
     let admin = config.admin;
@@ -66,7 +70,11 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), StartErro
     let conf = server_conf(&config);
     let gateway = Arc::new(Gateway::new(config, metrics, config_path).map_err(StartError::Config)?);
 
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = upgrade.then(|| pingora_core::server::configuration::Opt {
+        upgrade: true,
+        ..Default::default()
+    });
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let mut options = HttpServerOptions::default();

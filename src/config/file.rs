@@ -15,6 +15,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// Admin listener (/metrics /healthz /readyz), `host:port`.
     pub admin: Option<String>,
+    /// Name of an environment variable holding a bearer token the admin listener requires.
+    pub admin_token_env: Option<String>,
     /// Settings of the process itself.
     #[serde(default)]
     pub server: FileServer,
@@ -43,6 +45,13 @@ pub struct FileServer {
     pub upstream_keepalive_pool: Option<i64>,
     /// Access log: `stdout` (default) or `off`.
     pub access_log: Option<String>,
+    /// Log level filter (`info` by default; `RUST_LOG` overrides it), e.g. `warn` or
+    /// `info,pingora_core=warn`.
+    pub log_level: Option<String>,
+    /// Log line format on stderr: `text` (default) or `json`.
+    pub log_format: Option<String>,
+    /// Where the SIGQUIT socket hand-over meets the new process (`run --upgrade`).
+    pub upgrade_sock: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -17,6 +17,9 @@ use crate::balance::Policy;
 pub struct Config {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// The bearer token the admin listener requires, read from the environment variable
+    /// `admin_token_env` names; `None`: no token (keep admin on loopback then).
+    pub admin_token: Option<String>,
     pub server: ServerSettings,
     pub limits: Limits,
     pub timeouts: Timeouts,
@@ -34,6 +37,17 @@ pub struct ServerSettings {
     /// Idle upstream connections kept for reuse.
     pub upstream_keepalive_pool: usize,
     pub access_log: AccessLog,
+    /// Log filter directives (`RUST_LOG` syntax); `RUST_LOG` overrides.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Unix socket of the SIGQUIT hand-over.
+    pub upgrade_sock: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,11 +153,15 @@ impl Config {
         json!({
             "listen": self.listen.to_string(),
             "admin": self.admin.to_string(),
+            "admin_token": self.admin_token.as_ref().map(|_| "<redacted>"),
             "server": {
                 "threads": self.server.threads,
                 "grace_period": d(self.server.grace_period),
                 "upstream_keepalive_pool": self.server.upstream_keepalive_pool,
                 "access_log": match self.server.access_log { AccessLog::Stdout => "stdout", AccessLog::Off => "off" },
+                "log_level": self.server.log_level,
+                "log_format": match self.server.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
+                "upgrade_sock": self.server.upgrade_sock,
             },
             "limits": {
                 "max_body_size": self.limits.max_body_size,
@@ -371,6 +389,20 @@ models:
         assert!(errs[0].starts_with("admin: \"localhost\" is not an IP address"));
         assert!(errs[1].starts_with("limits.max_body_size: \"0\" is not a size"));
         assert!(errs[2].starts_with("timeouts.connect: \"soon\" is not a duration"));
+    }
+
+    #[test]
+    fn log_settings_and_admin_token_variable_are_checked() {
+        let yaml = format!(
+            "{SAMPLE}admin_token_env: SWITCHYARD_TEST_SURELY_UNSET\nserver:\n  log_format: xml\n  log_level: \"info,,=\"\n"
+        );
+        let errs = errors(&yaml);
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].starts_with("server.log_format: \"xml\" is not one of: text, json"));
+        assert!(errs[1].starts_with("server.log_level:"));
+        assert!(errs[2].starts_with(
+            "admin_token_env: environment variable \"SWITCHYARD_TEST_SURELY_UNSET\" is not set"
+        ));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::file::{FileConfig, FileLimits, FilePool, FileServer, FileTimeouts};
 use super::{
-    AccessLog, Config, ConfigError, Engine, Limits, Model, Pool, ServerSettings, ServerSpec,
-    Timeouts,
+    AccessLog, Config, ConfigError, Engine, Limits, LogFormat, Model, Pool, ServerSettings,
+    ServerSpec, Timeouts,
 };
 use crate::balance::Policy;
 
@@ -26,6 +26,8 @@ pub mod defaults {
     pub const CONNECT_SECS: u64 = 3;
     pub const UPSTREAM_IDLE_SECS: u64 = 60;
     pub const UPSTREAM_KEEPALIVE_POOL: usize = 1024;
+    pub const LOG_LEVEL: &str = "info";
+    pub const UPGRADE_SOCK: &str = "/tmp/switchyard_upgrade.sock";
     /// A weight above this makes the smooth round-robin table needlessly large.
     pub const MAX_WEIGHT: u32 = 1000;
 }
@@ -62,6 +64,19 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
         }
     }
     let server = server_settings(&mut errs, &file.server);
+    let admin_token = match file.admin_token_env.as_deref() {
+        None => None,
+        Some(name) => match std::env::var(name) {
+            Ok(token) if !token.trim().is_empty() => Some(token.trim().to_owned()),
+            _ => {
+                errs.push(
+                    "admin_token_env",
+                    format!("environment variable {name:?} is not set or empty"),
+                );
+                None
+            }
+        },
+    };
     let limits = limits(&mut errs, &file.limits);
     let timeouts = timeouts(&mut errs, &file.timeouts);
     let pools: Vec<Pool> = file
@@ -78,6 +93,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
         (Some(listen), Some(admin), true) => Ok(Config {
             listen,
             admin,
+            admin_token,
             server,
             limits,
             timeouts,
@@ -179,7 +195,34 @@ fn server_settings(errs: &mut Errors, s: &FileServer) -> ServerSettings {
             AccessLog::Stdout
         }
     };
+    let log_format = match s.log_format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            errs.push(
+                "server.log_format",
+                format!("{other:?} is not one of: text, json"),
+            );
+            LogFormat::Text
+        }
+    };
+    let log_level = s
+        .log_level
+        .clone()
+        .unwrap_or_else(|| defaults::LOG_LEVEL.to_owned());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        errs.push(
+            "server.log_level",
+            format!("{log_level:?} is not a log filter (e.g. info, warn, info,pingora_core=warn)"),
+        );
+    }
     ServerSettings {
+        log_level,
+        log_format,
+        upgrade_sock: s
+            .upgrade_sock
+            .clone()
+            .unwrap_or_else(|| defaults::UPGRADE_SOCK.to_owned()),
         threads,
         grace_period: duration(
             errs,

@@ -84,9 +84,15 @@ fn pump(
 /// Starts `switchyard ARGS` and waits until it has logged `listening on ADDR (label)` for
 /// every label; returns the process and the addresses in label order.
 pub fn spawn(args: &[&str], labels: &[&str]) -> (Proc, Vec<SocketAddr>) {
+    spawn_env(args, labels, &[])
+}
+
+/// `spawn` with extra environment variables.
+pub fn spawn_env(args: &[&str], labels: &[&str], env: &[(&str, &str)]) -> (Proc, Vec<SocketAddr>) {
     let mut child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -205,10 +211,19 @@ pub struct Gateway {
 impl Gateway {
     /// Runs the gateway on `yaml`, in which `listen` and `admin` are set to port 0 here.
     pub fn start(yaml: &str) -> Self {
+        Self::start_env(yaml, &[])
+    }
+
+    /// `start` with extra environment variables for the gateway.
+    pub fn start_env(yaml: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path: PathBuf = dir.path().join("switchyard.yaml");
         write_config(&path, yaml);
-        let (proc, addrs) = spawn(&["run", "-c", path.to_str().unwrap()], &["api", "admin"]);
+        let (proc, addrs) = spawn_env(
+            &["run", "-c", path.to_str().unwrap()],
+            &["api", "admin"],
+            env,
+        );
         Self {
             proc,
             api: addrs[0],
