@@ -189,3 +189,64 @@ async fn admin_token_guards_everything_but_the_health_probes() {
         assert!(v["level"].is_string(), "{line}");
     }
 }
+
+/// Every metric the shipped Grafana dashboard queries exists in /metrics after traffic, so the
+/// dashboard cannot drift away from the names the gateway exports.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_metrics_the_gateway_exports() {
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/conf/grafana-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&json!({"model": "m", "stream": true, "max_tokens": 3,
+                      "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    resp.text().await.unwrap();
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&json!({"model": "unknown"}))
+        .send()
+        .await
+        .unwrap();
+    let metrics = common::metric_eventually(
+        &gw.admin_url("/metrics"),
+        r#"switchyard_rejected_requests_total{reason="model_not_found"}"#,
+        1.0,
+    )
+    .await;
+    let mut names = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = rest.find("switchyard_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                names.push(name);
+            }
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "dashboard queries {name}, which /metrics does not export"
+        );
+    }
+}
