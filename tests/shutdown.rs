@@ -136,3 +136,20 @@ async fn an_idle_gateway_exits_at_once_on_sigterm() {
         "{took:?} with a 60 s grace period"
     );
 }
+
+#[tokio::test]
+async fn sigint_exits_at_once_even_with_a_stream_in_flight() {
+    let sim = Sim::start(
+        SERVED,
+        &["--decode-step-ms", "20", "--decode-us-per-seq", "0"],
+    );
+    let mut gw = Gateway::single(SERVED, &[sim.url()], "server:\n  grace_period: 60s\n");
+    let _stream = open_stream(&gw, 100_000).await;
+    let ok = Command::new("kill")
+        .args(["-INT", &gw.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let (_, took) = exit_within(&mut gw, Duration::from_secs(5));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
