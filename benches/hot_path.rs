@@ -1,11 +1,123 @@
-//! Hot paths beside their naive versions: the request view (parse + model rewrite) against
-//! a full `serde_json::Value` round trip, and balancer picks over 8 and 256 servers.
+//! Hot paths beside their naive versions: the request view (parse + model rewrite) against a
+//! full `serde_json::Value` round trip; the SSE tracker and usage scanner over a 200-token
+//! stream cut at random boundaries against buffering it whole; route resolution; balancer
+//! picks over 8 and 256 servers. Before the timings, allocations per operation are counted
+//! with a counting global allocator and printed (the target is zero per chunk and per pick).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::alloc::System;
+
+use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use switchyard::balance::{Features, Policy};
+use switchyard::config::Model;
 use switchyard::openai::request::replace_model;
+use switchyard::openai::sse::SseTracker;
+use switchyard::openai::usage::UsageScanner;
 use switchyard::openai::RequestView;
+use switchyard::routing::RouteTable;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// A vLLM-like chat stream of `tokens` content events, a finish event, a usage event, [DONE].
+fn sse_stream(tokens: usize) -> Vec<u8> {
+    let mut out = String::new();
+    for i in 0..tokens {
+        out.push_str(&format!(
+            "data: {{\"id\":\"chatcmpl-8f3a\",\"object\":\"chat.completion.chunk\",\"created\":1795245859,\"model\":\"meta-llama/Llama-3.1-8B-Instruct\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" tok{i}\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+        ));
+    }
+    out.push_str("data: {\"id\":\"chatcmpl-8f3a\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n");
+    out.push_str("data: {\"id\":\"chatcmpl-8f3a\",\"choices\":[],\"usage\":{\"prompt_tokens\":812,\"completion_tokens\":200,\"total_tokens\":1012}}\n\n");
+    out.push_str("data: [DONE]\n\n");
+    out.into_bytes()
+}
+
+/// The stream cut at pseudo-random boundaries (1..=400 bytes), as TCP reads deliver it.
+fn chunks(stream: &[u8]) -> Vec<bytes::Bytes> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < stream.len() {
+        let n = rng.usize(1..=400).min(stream.len() - at);
+        out.push(bytes::Bytes::copy_from_slice(&stream[at..at + n]));
+        at += n;
+    }
+    out
+}
+
+fn routes() -> RouteTable {
+    let models: Vec<Model> = (0..32)
+        .map(|i| Model {
+            name: format!("model-{i}"),
+            aliases: vec![format!("alias-{i}-a"), format!("alias-{i}-b")],
+            pool: i,
+        })
+        .collect();
+    RouteTable::new(&models)
+}
+
+/// Allocations made by `f`, run `n` times, per run.
+fn allocs_per(n: usize, mut f: impl FnMut()) -> f64 {
+    let region = Region::new(GLOBAL);
+    for _ in 0..n {
+        f();
+    }
+    region.change().allocations as f64 / n as f64
+}
+
+fn report_allocations() {
+    let body = chat_body(32 * 1024);
+    let stream = sse_stream(200);
+    let parts = chunks(&stream);
+    let t = routes();
+    let wrr = Policy::WeightedRoundRobin.build(&[3, 1, 2, 5, 1, 1, 2, 4]);
+    let f = Features::default();
+    let mut tracker = SseTracker::default();
+    let mut usage = UsageScanner::default();
+    let per_chunk_sse = allocs_per(1, || {
+        for p in &parts {
+            black_box(tracker.observe(p));
+        }
+    }) / parts.len() as f64;
+    let per_chunk_usage = allocs_per(1, || {
+        for p in &parts {
+            usage.observe(p);
+        }
+    }) / parts.len() as f64;
+    println!("allocations per operation (counting allocator):");
+    println!(
+        "  request view + model splice, 32 KB body: {:.1}",
+        allocs_per(100, || {
+            let v = RequestView::parse(&body).unwrap();
+            black_box(replace_model(&body, v.model_span.clone(), b"\"served\""));
+        })
+    );
+    println!(
+        "  naive serde_json::Value round trip, 32 KB: {:.1}",
+        allocs_per(100, || {
+            black_box(naive(&body));
+        })
+    );
+    println!(
+        "  SSE tracker, per chunk ({} chunks): {per_chunk_sse:.2}",
+        parts.len()
+    );
+    println!("  usage scanner, per chunk: {per_chunk_usage:.2}");
+    println!(
+        "  route resolution: {:.2}",
+        allocs_per(1000, || {
+            black_box(t.resolve("alias-17-b"));
+        })
+    );
+    println!(
+        "  weighted round robin pick, 8 servers: {:.2}",
+        allocs_per(1000, || {
+            black_box(wrr.pick(&f, &|_| true));
+        })
+    );
+}
 
 /// A chat request of about `size` bytes: a system prompt and turns of conversation.
 fn chat_body(size: usize) -> Vec<u8> {
@@ -73,5 +185,59 @@ fn balance(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, request_view, balance);
-criterion_main!(benches);
+fn sse(c: &mut Criterion) {
+    let stream = sse_stream(200);
+    let parts = chunks(&stream);
+    let mut g = c.benchmark_group("sse_200_tokens");
+    g.throughput(Throughput::Bytes(stream.len() as u64));
+    g.bench_function("tracker_and_usage_per_chunk", |b| {
+        b.iter(|| {
+            let mut t = SseTracker::default();
+            let mut u = UsageScanner::default();
+            for p in &parts {
+                t.observe(p);
+                u.observe(p);
+            }
+            (t.events, u.completion_tokens)
+        })
+    });
+    // Naive: buffer the whole stream, split events, parse each as JSON for usage.
+    g.bench_function("naive_buffer_and_parse_events", |b| {
+        b.iter(|| {
+            let mut all = Vec::new();
+            for p in &parts {
+                all.extend_from_slice(p);
+            }
+            let text = String::from_utf8(all).unwrap();
+            let mut completion = None;
+            let mut events = 0;
+            for e in text.split("\n\n").filter(|e| !e.is_empty()) {
+                events += 1;
+                if let Some(json) = e.strip_prefix("data: ").filter(|j| *j != "[DONE]") {
+                    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+                    if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                        completion = Some(n);
+                    }
+                }
+            }
+            (events, completion)
+        })
+    });
+    g.finish();
+}
+
+fn route(c: &mut Criterion) {
+    let t = routes();
+    c.bench_function("route_resolve_alias_of_96", |b| {
+        b.iter(|| t.resolve(black_box("alias-17-b")))
+    });
+}
+
+criterion_group!(benches, request_view, sse, route, balance);
+
+fn main() {
+    // `cargo bench --no-run` builds this; `cargo bench` runs it with `--bench`.
+    report_allocations();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
