@@ -11,13 +11,7 @@ const SERVED: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
 async fn send(gw: &Gateway, n: usize) {
     for _ in 0..n {
-        let resp = client()
-            .post(gw.url("/v1/completions"))
-            .json(&json!({"model": "m", "prompt": "x", "max_tokens": 1}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        assert_eq!(gw.tiny_completion("m").await, 200);
     }
 }
 
@@ -59,14 +53,7 @@ async fn drained_server_gets_no_new_requests_even_across_a_reload_until_undraine
     assert_eq!(gauge("switchyard_upstream_usable", &b), Some(1.0));
     assert_eq!(gauge("switchyard_upstream_inflight", &b), Some(0.0));
 
-    let servers: Value = c
-        .get(gw.admin_url("/admin/servers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let servers = common::get_json(&gw.admin_url("/admin/servers")).await;
     let list = servers["pools"][0]["servers"].as_array().unwrap();
     assert_eq!(servers["pools"][0]["name"], "p");
     assert_eq!(list.len(), 2);
@@ -104,14 +91,7 @@ async fn effective_config_has_defaults_and_admin_paths_are_not_public() {
     let sim = Sim::fast(SERVED);
     let gw = Gateway::single(SERVED, &[sim.url()], "");
     let c = client();
-    let cfg: Value = c
-        .get(gw.admin_url("/admin/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cfg = common::get_json(&gw.admin_url("/admin/config")).await;
     assert_eq!(cfg["timeouts"]["connect"], "3s");
     assert_eq!(cfg["limits"]["max_body_size"], 8 * 1024 * 1024);
     assert_eq!(cfg["pools"][0]["model"], SERVED);
@@ -213,12 +193,8 @@ async fn the_grafana_dashboard_queries_only_metrics_the_gateway_exports() {
         .await
         .unwrap();
     resp.text().await.unwrap();
-    client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&json!({"model": "unknown"}))
-        .send()
-        .await
-        .unwrap();
+    gw.post("/v1/chat/completions", &json!({"model": "unknown"}))
+        .await;
     let metrics = common::metric_eventually(
         &gw.admin_url("/metrics"),
         r#"switchyard_rejected_requests_total{reason="model_not_found"}"#,

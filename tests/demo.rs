@@ -15,14 +15,7 @@ async fn demo_serves_every_model_and_alias_with_metrics() {
     );
     let (api, admin) = (addrs[0], addrs[1]);
     let c = client();
-    let models: Value = c
-        .get(format!("http://{api}/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = common::get_json(&format!("http://{api}/v1/models")).await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()

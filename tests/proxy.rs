@@ -24,14 +24,7 @@ fn bodies(model: &str, padding: usize) -> (String, String) {
 async fn models_list_names_every_model_and_alias() {
     let sim = Sim::fast(SERVED);
     let gw = Gateway::single(SERVED, &[sim.url()], "");
-    let v: Value = client()
-        .get(gw.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = common::get_json(&gw.url("/v1/models")).await;
     assert_eq!(v["object"], "list");
     let ids: Vec<&str> = v["data"]
         .as_array()
@@ -263,15 +256,8 @@ async fn weighted_round_robin_splits_by_weight() {
         a.url(),
         b.url()
     ));
-    let c = client();
     for _ in 0..30 {
-        let resp = c
-            .post(gw.url("/v1/completions"))
-            .json(&json!({"model": "m", "prompt": "hi", "max_tokens": 1}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        assert_eq!(gw.tiny_completion("m").await, 200);
     }
     assert_eq!(a.metric("switchyard_sim_http_requests_total").await, 20.0);
     assert_eq!(b.metric("switchyard_sim_http_requests_total").await, 10.0);
@@ -292,11 +278,8 @@ async fn admin_serves_metrics_health_and_readiness() {
         assert_eq!(resp.status(), 200);
         resp.bytes().await.unwrap();
     }
-    c.post(gw.url("/v1/chat/completions"))
-        .json(&json!({"model": "nope"}))
-        .send()
-        .await
-        .unwrap();
+    gw.post("/v1/chat/completions", &json!({"model": "nope"}))
+        .await;
     let text = common::metric_eventually(
         &gw.admin_url("/metrics"),
         r#"switchyard_rejected_requests_total{reason="model_not_found"}"#,

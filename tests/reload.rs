@@ -25,14 +25,7 @@ fn config(servers: &[&Sim], aliases: &[&str]) -> String {
 }
 
 async fn status_of(gw: &Gateway, model: &str) -> u16 {
-    client()
-        .post(gw.url("/v1/completions"))
-        .json(&json!({"model": model, "prompt": "x", "max_tokens": 1}))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    gw.tiny_completion(model).await
 }
 
 #[tokio::test]

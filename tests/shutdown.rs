@@ -121,13 +121,7 @@ async fn an_idle_gateway_exits_at_once_on_sigterm() {
     let sim = Sim::fast(SERVED);
     let mut gw = Gateway::single(SERVED, &[sim.url()], "");
     // A served request first, so that a keep-alive connection is open.
-    let resp = client()
-        .post(gw.url("/v1/completions"))
-        .json(&json!({"model": "m", "prompt": "x", "max_tokens": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(gw.tiny_completion("m").await, 200);
     sigterm(&gw);
     let (code, took) = exit_within(&mut gw, Duration::from_secs(8));
     assert_eq!(code, 0);

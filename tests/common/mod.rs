@@ -254,6 +254,25 @@ impl Gateway {
         format!("http://{}{path}", self.api)
     }
 
+    /// POSTs a JSON body to the public port.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        client()
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A one-token completion for `model`; returns the status.
+    pub async fn tiny_completion(&self, model: &str) -> u16 {
+        let body = serde_json::json!({"model": model, "prompt": "x", "max_tokens": 1});
+        let resp = self.post("/v1/completions", &body).await;
+        let status = resp.status().as_u16();
+        resp.bytes().await.unwrap();
+        status
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }
@@ -291,6 +310,18 @@ fn write_config(path: &std::path::Path, yaml: &str) {
     )
     .unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// GETs a URL and parses its JSON body.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// An address nothing listens on.
