@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -86,11 +85,7 @@ async fn sighup_reloads_the_file_and_does_not_stop_the_gateway() {
     let sim = Sim::fast(SERVED);
     let gw = Gateway::start(&config(&[&sim], &["old"]));
     gw.rewrite_config(&config(&[&sim], &["new"]));
-    let ok = Command::new("kill")
-        .args(["-HUP", &gw.proc.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    common::signal(gw.proc.pid(), nix::sys::signal::Signal::SIGHUP);
     gw.proc.wait_for_stderr("config reloaded", 1);
     assert_eq!(status_of(&gw, "new").await, 200);
     assert_eq!(status_of(&gw, "old").await, 404);

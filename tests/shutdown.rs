@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{client, Gateway, Sim};
@@ -15,11 +14,7 @@ use serde_json::{json, Value};
 const SERVED: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
 fn sigterm(gw: &Gateway) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &gw.proc.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    common::signal(gw.proc.pid(), nix::sys::signal::Signal::SIGTERM);
 }
 
 /// Waits for the process to exit (up to `limit`) and returns its code and how long it took.
@@ -139,11 +134,7 @@ async fn sigint_exits_at_once_even_with_a_stream_in_flight() {
     );
     let mut gw = Gateway::single(SERVED, &[sim.url()], "server:\n  grace_period: 60s\n");
     let _stream = open_stream(&gw, 100_000).await;
-    let ok = Command::new("kill")
-        .args(["-INT", &gw.proc.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    common::signal(gw.proc.pid(), nix::sys::signal::Signal::SIGINT);
     let (_, took) = exit_within(&mut gw, Duration::from_secs(5));
     assert!(took < Duration::from_secs(5), "{took:?}");
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,11 +92,7 @@ async fn sigquit_hands_the_sockets_to_the_new_process_without_failing_a_request(
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(Command::new("kill")
-            .args(["-QUIT", &old_pid.to_string()])
-            .status()
-            .unwrap()
-            .success());
+        common::signal(old_pid, nix::sys::signal::Signal::SIGQUIT);
     });
     let (new, new_addrs) = tokio::task::spawn_blocking(move || {
         spawn(&["run", "-c", &cfg, "--upgrade"], &["api", "admin"])

@@ -312,6 +312,12 @@ fn write_config(path: &std::path::Path, yaml: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// Sends a signal to a process (no dependency on a `kill` binary).
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, sig).unwrap();
+}
+
 /// GETs a URL and parses its JSON body.
 pub async fn get_json(url: &str) -> serde_json::Value {
     client()
