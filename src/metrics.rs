@@ -72,6 +72,18 @@ impl ModelMetrics {
     }
 }
 
+/// A histogram family labelled by public model and pool.
+fn model_histogram(
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> Result<HistogramVec, prometheus::Error> {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets),
+        &["model", "pool"],
+    )
+}
+
 impl Metrics {
     /// Creates and registers every family. Registration only fails on duplicate names, which
     /// this constructor rules out; such an error is returned rather than hidden.
@@ -84,37 +96,25 @@ impl Metrics {
             ),
             &["model", "pool", "status"],
         )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "switchyard_request_duration_seconds",
-                "Time from the request's arrival to the end of its response.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["model", "pool"],
+        let duration = model_histogram(
+            "switchyard_request_duration_seconds",
+            "Time from the request's arrival to the end of its response.",
+            LATENCY_BUCKETS.to_vec(),
         )?;
-        let ttft = HistogramVec::new(
-            HistogramOpts::new(
-                "switchyard_time_to_first_token_seconds",
-                "Time from the request's arrival to the first response body byte from the upstream.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["model", "pool"],
+        let ttft = model_histogram(
+            "switchyard_time_to_first_token_seconds",
+            "Time from the request's arrival to the first response body byte from the upstream.",
+            LATENCY_BUCKETS.to_vec(),
         )?;
-        let overhead = HistogramVec::new(
-            HistogramOpts::new(
-                "switchyard_gateway_overhead_seconds",
-                "Time spent in the gateway itself per request: arrival until the request was ready for the upstream, plus upstream response header until the client's header was ready. Also sent as x-switchyard-overhead-us.",
-            )
-            .buckets(OVERHEAD_BUCKETS.to_vec()),
-            &["model", "pool"],
+        let overhead = model_histogram(
+            "switchyard_gateway_overhead_seconds",
+            "Time spent in the gateway itself per request: arrival until the request was ready for the upstream, plus upstream response header until the client's header was ready. Also sent as x-switchyard-overhead-us.",
+            OVERHEAD_BUCKETS.to_vec(),
         )?;
-        let itl = HistogramVec::new(
-            HistogramOpts::new(
-                "switchyard_inter_token_latency_seconds",
-                "Gap between consecutive server-sent events relayed to the client (events that arrive together count as 0).",
-            )
-            .buckets(vec![0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5]),
-            &["model", "pool"],
+        let itl = model_histogram(
+            "switchyard_inter_token_latency_seconds",
+            "Gap between consecutive server-sent events relayed to the client (events that arrive together count as 0).",
+            vec![0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5],
         )?;
         let tokens = IntCounterVec::new(
             Opts::new(

@@ -34,14 +34,7 @@ async fn drained_server_gets_no_new_requests_even_across_a_reload_until_undraine
     assert_eq!(a.metric("switchyard_sim_http_requests_total").await, 0.0);
     assert_eq!(b.metric("switchyard_sim_http_requests_total").await, 6.0);
 
-    let metrics = c
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&gw.admin_url("/metrics")).await;
     let gauge = |name: &str, server: &Sim| {
         common::metric_value(
             &metrics,

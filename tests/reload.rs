@@ -59,14 +59,7 @@ async fn admin_reload_applies_a_good_file_and_refuses_a_bad_one_with_its_errors(
     assert_eq!(status_of(&gw, "new").await, 200);
     assert_eq!(status_of(&gw, "newer").await, 404);
 
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&gw.admin_url("/metrics")).await;
     assert_eq!(
         common::metric_value(&metrics, r#"switchyard_config_loads_total{result="ok"}"#),
         Some(2.0)

@@ -20,23 +20,11 @@ fn sigterm(gw: &Gateway) {
 /// Waits for the process to exit (up to `limit`) and returns its code and how long it took.
 fn exit_within(gw: &mut Gateway, limit: Duration) -> (i32, Duration) {
     let start = Instant::now();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let pid = gw.proc.pid();
-    std::thread::spawn(move || {
-        // `wait` for a process we did not spawn in this thread: poll /proc.
-        while std::path::Path::new(&format!("/proc/{pid}/status")).exists()
-            && !std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .unwrap_or_default()
-                .contains("State:\tZ")
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = tx.send(());
-    });
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|_| panic!("gateway still running {limit:?} after SIGTERM"));
-    let code = gw.proc.wait().code().unwrap_or(-1);
-    (code, start.elapsed())
+    let status = gw
+        .proc
+        .wait_timeout(limit)
+        .unwrap_or_else(|| panic!("gateway still running {limit:?} after the signal"));
+    (status.code().unwrap_or(-1), start.elapsed())
 }
 
 async fn open_stream(gw: &Gateway, tokens: u32) -> reqwest::Response {

@@ -349,6 +349,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        // An upstream failure while shutdown ends requests is the shutdown, not the server.
         let answer = ctx.error.take().or_else(|| classify(e)).map(|a| {
             if self.gateway.lifecycle.is_aborting() && a.kind() == "upstream_error" {
                 ApiError::ShuttingDown
@@ -361,8 +362,7 @@ impl ProxyHttp for Proxy {
         {
             if let Some(api) = answer.filter(|_| !sse.done) {
                 let api = match api {
-                    _ if self.gateway.lifecycle.is_aborting() => ApiError::ShuttingDown,
-                    ApiError::UpstreamTimeout => ApiError::UpstreamTimeout,
+                    ApiError::ShuttingDown | ApiError::UpstreamTimeout => api,
                     _ => ApiError::StreamInterrupted,
                 };
                 ctx.interrupted = api.code();

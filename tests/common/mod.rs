@@ -63,6 +63,20 @@ impl Proc {
     pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().expect("wait")
     }
+
+    /// The exit status if the process exits within `limit`.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// Collects lines of `r` into `sink`, forwarding each to `tx` while anyone listens.
@@ -163,12 +177,7 @@ impl Sim {
 
     /// Reads one counter or gauge from the simulator's /metrics.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.url()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = get_text(&format!("{}/metrics", self.url())).await;
         metric_value(&text, name).unwrap_or_else(|| panic!("{name} not in sim metrics:\n{text}"))
     }
 }
@@ -178,7 +187,7 @@ impl Sim {
 pub async fn metric_eventually(url: &str, name: &str, expected: f64) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        let text = get_text(url).await;
         if metric_value(&text, name) == Some(expected) {
             return text;
         }
@@ -316,6 +325,18 @@ fn write_config(path: &std::path::Path, yaml: &str) {
 pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
     nix::sys::signal::kill(pid, sig).unwrap();
+}
+
+/// GETs a URL and returns its body as text.
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// GETs a URL and parses its JSON body.
