@@ -9,7 +9,10 @@ use std::alloc::System;
 
 use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use switchyard::balance::{Features, Policy};
+use std::sync::Arc;
+use switchyard::balance::{Candidates, Features, Policy, PolicySettings};
+use switchyard::upstream::engine_load::EngineLoad;
+use switchyard::upstream::ServerState;
 use switchyard::config::Model;
 use switchyard::openai::request::replace_model;
 use switchyard::openai::sse::SseTracker;
@@ -53,6 +56,8 @@ fn routes() -> RouteTable {
             name: format!("model-{i}"),
             aliases: vec![format!("alias-{i}-a"), format!("alias-{i}-b")],
             pool: i,
+            fallback: vec![],
+            first_token_timeout: std::time::Duration::from_secs(60),
         })
         .collect();
     RouteTable::new(&models)
@@ -72,8 +77,12 @@ fn report_allocations() {
     let stream = sse_stream(200);
     let parts = chunks(&stream);
     let t = routes();
-    let wrr = Policy::WeightedRoundRobin.build(&[3, 1, 2, 5, 1, 1, 2, 4]);
-    let f = Features::default();
+    let weights = [3, 1, 2, 5, 1, 1, 2, 4];
+    let states = server_states(weights.len());
+    let f = Features {
+        session: Some(42),
+        ..Features::default()
+    };
     let mut tracker = SseTracker::default();
     let mut usage = UsageScanner::default();
     let per_chunk_sse = allocs_per(1, || {
@@ -111,12 +120,58 @@ fn report_allocations() {
             black_box(t.resolve("alias-17-b"));
         })
     );
-    println!(
-        "  weighted round robin pick, 8 servers: {:.2}",
-        allocs_per(1000, || {
-            black_box(wrr.pick(&f, &|_| true));
+    for policy in POLICIES {
+        let b = policy.build(&weights, &PolicySettings::default());
+        let c = candidates(&states, &weights, &|_| true);
+        println!(
+            "  {} pick, 8 servers: {:.2}",
+            policy.name(),
+            allocs_per(1000, || {
+                black_box(b.pick(&f, &c));
+            })
+        );
+    }
+}
+
+const POLICIES: [Policy; 4] = [
+    Policy::WeightedRoundRobin,
+    Policy::P2cEwma,
+    Policy::LeastLoad,
+    Policy::ConsistentHash,
+];
+
+/// Server states with some in flight, a measured latency and an engine reading each, so that
+/// every policy does its full work.
+fn server_states(n: usize) -> Vec<Arc<ServerState>> {
+    (0..n)
+        .map(|i| {
+            let s = Arc::new(ServerState::default());
+            s.observe_ttfb(std::time::Duration::from_millis(20 + i as u64 % 7), 1);
+            s.set_engine_load(
+                EngineLoad {
+                    running: (i % 5) as f64,
+                    waiting: (i % 3) as f64,
+                    kv_usage: 0.3,
+                },
+                1,
+            );
+            std::mem::forget(s.start(1));
+            s
         })
-    );
+        .collect()
+}
+
+fn candidates<'a>(
+    states: &'a [Arc<ServerState>],
+    weights: &'a [u32],
+    eligible: &'a dyn Fn(usize) -> bool,
+) -> Candidates<'a> {
+    Candidates {
+        states,
+        weights,
+        eligible,
+        now_ms: 2,
+    }
 }
 
 /// A chat request of about `size` bytes: a system prompt and turns of conversation.
@@ -172,15 +227,23 @@ fn balance(c: &mut Criterion) {
     let mut g = c.benchmark_group("pick");
     for n in [8usize, 256] {
         let weights: Vec<u32> = (0..n as u32).map(|i| 1 + i % 5).collect();
-        let wrr = Policy::WeightedRoundRobin.build(&weights);
-        let f = Features::default();
-        g.bench_function(BenchmarkId::new("weighted_round_robin", n), |b| {
-            b.iter(|| wrr.pick(&f, &|_| true))
-        });
-        // Skipping the first two (tried) servers, as a retry does.
-        g.bench_function(BenchmarkId::new("weighted_round_robin_skip2", n), |b| {
-            b.iter(|| wrr.pick(&f, &|i| i > 1))
-        });
+        let states = server_states(n);
+        let f = Features {
+            session: Some(7),
+            ..Features::default()
+        };
+        for policy in POLICIES {
+            let p = policy.build(&weights, &PolicySettings::default());
+            let all = candidates(&states, &weights, &|_| true);
+            g.bench_function(BenchmarkId::new(policy.name(), n), |b| {
+                b.iter(|| p.pick(&f, &all))
+            });
+            // Skipping the first two (tried) servers, as a retry does.
+            let skip2 = candidates(&states, &weights, &|i| i > 1);
+            g.bench_function(BenchmarkId::new(format!("{}_skip2", policy.name()), n), |b| {
+                b.iter(|| p.pick(&f, &skip2))
+            });
+        }
     }
     g.finish();
 }

@@ -81,7 +81,13 @@ impl Admin {
         m.upstream_inflight.reset();
         m.upstream_usable.reset();
         m.upstream_draining.reset();
-        for pool in runtime.pools.iter() {
+        m.upstream_healthy.reset();
+        m.upstream_breaker.reset();
+        m.upstream_engine_load.reset();
+        m.upstream_kv_usage.reset();
+        m.upstream_ewma.reset();
+        for (pool, spec) in runtime.pools.iter().zip(&runtime.config.pools) {
+            let max_age = spec.policy.load_max_age_ms;
             for s in pool.servers.iter() {
                 let labels = [pool.name.as_str(), s.id.as_str()];
                 m.upstream_inflight
@@ -93,13 +99,28 @@ impl Admin {
                 m.upstream_draining
                     .with_label_values(&labels)
                     .set(i64::from(s.state.is_draining()));
+                m.upstream_healthy
+                    .with_label_values(&labels)
+                    .set(i64::from(s.state.health().takes_traffic()));
+                m.upstream_breaker
+                    .with_label_values(&labels)
+                    .set(i64::from(s.state.breaker_state(now).code()));
+                if let Some((queue, kv)) = s.state.engine_load(now, max_age) {
+                    m.upstream_engine_load.with_label_values(&labels).set(queue);
+                    m.upstream_kv_usage.with_label_values(&labels).set(kv);
+                }
+                if let Some(ms) = s.state.ewma_ms() {
+                    m.upstream_ewma.with_label_values(&labels).set(ms / 1000.0);
+                }
             }
         }
     }
 
-    /// `GET /admin/servers`. `healthy`, `breaker`, `load` and `ewma_ms` are `null` until health
-    /// checks, breakers and load scraping exist: not measured rather than made up.
+    /// `GET /admin/servers`. `healthy` is `null` while a server has not been probed yet (or
+    /// probing is off); `load` is `null` without a fresh engine reading, `ewma_ms` before the
+    /// first measured response: not measured rather than made up.
     fn servers(&self) -> serde_json::Value {
+        use crate::upstream::health::Health;
         use serde_json::json;
         let runtime = self.gateway.runtime();
         let now = crate::upstream::now_ms();
@@ -113,14 +134,18 @@ impl Admin {
                     .iter()
                     .zip(&spec.servers)
                     .map(|(s, sspec)| {
+                        let health = s.state.health();
                         json!({
                             "id": s.id,
                             "url": format!("http://{}", sspec.id),
-                            "healthy": null,
-                            "breaker": null,
+                            "healthy": (health != Health::Unknown).then_some(health == Health::Healthy),
+                            "health": health.name(),
+                            "breaker": s.state.breaker_state(now).name(),
+                            "usable": s.state.is_usable(now),
                             "inflight": s.state.inflight(),
-                            "load": null,
-                            "ewma_ms": null,
+                            "load": s.state.engine_load(now, spec.policy.load_max_age_ms).map(|(q, _)| q),
+                            "kv_cache_usage": s.state.engine_load(now, spec.policy.load_max_age_ms).map(|(_, kv)| kv),
+                            "ewma_ms": s.state.ewma_ms().map(|ms| (ms * 1000.0).round() / 1000.0),
                             "weight": sspec.weight.get(),
                             "draining": s.state.is_draining(),
                             "cooldown_ms": s.state.cooldown_left_ms(now),

@@ -7,7 +7,7 @@
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
 };
-use prometheus::{IntGauge, IntGaugeVec, Registry, TextEncoder};
+use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Registry, TextEncoder};
 
 /// Status codes that get their own label value; others count as `other`.
 const STATUSES: [u16; 14] = [
@@ -43,6 +43,17 @@ pub struct Metrics {
     pub upstream_inflight: IntGaugeVec,
     pub upstream_usable: IntGaugeVec,
     pub upstream_draining: IntGaugeVec,
+    pub upstream_healthy: IntGaugeVec,
+    pub upstream_breaker: IntGaugeVec,
+    pub upstream_engine_load: GaugeVec,
+    pub upstream_kv_usage: GaugeVec,
+    pub upstream_ewma: GaugeVec,
+    /// Retries by pool, reason and outcome (`ok`: the request then succeeded).
+    retries: IntCounterVec,
+    /// Upstream errors by pool and kind.
+    upstream_errors: IntCounterVec,
+    /// Streams the gateway ended early, by model and reason.
+    streams_aborted: IntCounterVec,
 }
 
 /// Handles for one (model, pool) pair, resolved at build time.
@@ -156,6 +167,58 @@ impl Metrics {
             "switchyard_upstream_draining",
             "1 when an operator drained the server.",
         )?;
+        let upstream_healthy = server_gauge(
+            "switchyard_upstream_healthy",
+            "Active health of a server: 1 healthy or not probed yet, 0 down.",
+        )?;
+        let upstream_breaker = server_gauge(
+            "switchyard_upstream_breaker_state",
+            "Circuit breaker of a server: 0 closed, 1 open, 2 half-open.",
+        )?;
+        let float_gauge =
+            |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["pool", "server"]);
+        let upstream_engine_load = float_gauge(
+            "switchyard_upstream_engine_load",
+            "Requests running plus waiting as the engine's own /metrics last reported them (absent without a fresh reading).",
+        )?;
+        let upstream_kv_usage = float_gauge(
+            "switchyard_upstream_kv_cache_usage",
+            "KV cache usage (0..1) as the engine last reported it.",
+        )?;
+        let upstream_ewma = float_gauge(
+            "switchyard_upstream_ttfb_ewma_seconds",
+            "Peak-EWMA of a server's time to first byte, as p2c_ewma sees it.",
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "switchyard_retries_total",
+                "Attempts retried on another server before the first byte, by pool, reason (connect_refused, connect_timeout, reset, timeout, stale_connection, status_429, status_502, status_503, status_504) and outcome (ok: the request then succeeded; failed).",
+            ),
+            &["pool", "reason", "outcome"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_upstream_errors_total",
+                "Upstream failures by pool and kind (connect_refused, connect_timeout, connect_error, reset, timeout, status_5xx).",
+            ),
+            &["pool", "kind"],
+        )?;
+        let streams_aborted = IntCounterVec::new(
+            Opts::new(
+                "switchyard_streams_aborted_total",
+                "Streams that ended before the upstream finished them, by model and reason (client_disconnect, upstream_stream_interrupted, upstream_timeout, server_shutting_down).",
+            ),
+            &["model", "reason"],
+        )?;
+        for c in [&retries, &upstream_errors, &streams_aborted] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        for g in [&upstream_healthy, &upstream_breaker] {
+            registry.register(Box::new(g.clone()))?;
+        }
+        for g in [&upstream_engine_load, &upstream_kv_usage, &upstream_ewma] {
+            registry.register(Box::new(g.clone()))?;
+        }
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(ttft.clone()))?;
@@ -182,6 +245,14 @@ impl Metrics {
             upstream_inflight,
             upstream_usable,
             upstream_draining,
+            upstream_healthy,
+            upstream_breaker,
+            upstream_engine_load,
+            upstream_kv_usage,
+            upstream_ewma,
+            retries,
+            upstream_errors,
+            streams_aborted,
         })
     }
 
@@ -210,6 +281,25 @@ impl Metrics {
     pub fn config_load(&self, ok: bool) {
         self.config_loads
             .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Counts a retry; `reason` is a fixed label, `ok` whether the request then succeeded.
+    pub fn retry(&self, pool: &str, reason: &'static str, ok: bool) {
+        self.retries
+            .with_label_values(&[pool, reason, if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
+    /// Counts an upstream failure of a fixed kind.
+    pub fn upstream_error(&self, pool: &str, kind: &'static str) {
+        self.upstream_errors.with_label_values(&[pool, kind]).inc();
+    }
+
+    /// Counts a stream the gateway ended early.
+    pub fn stream_aborted(&self, model: &str, reason: &'static str) {
+        self.streams_aborted
+            .with_label_values(&[model, reason])
             .inc();
     }
 

@@ -6,6 +6,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,8 +15,8 @@ use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
 use serde::Serialize;
 
-use crate::balance::{Balance, Features};
-use crate::config::{Config, ConfigError, LoadError};
+use crate::balance::{Balance, Candidates, Features, Policy};
+use crate::config::{Config, ConfigError, LoadError, RetryBudget};
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::routing::RouteTable;
 use crate::upstream::{Registry, ServerState};
@@ -35,20 +36,44 @@ pub struct Pool {
     /// The served model name as a JSON string literal, spliced into forwarded bodies.
     pub served_model_json: Bytes,
     pub servers: Box<[Server]>,
+    /// The servers' states and weights in server order, as the policy sees them.
+    states: Box<[Arc<ServerState>]>,
+    weights: Box<[u32]>,
     pub balancer: Box<dyn Balance>,
+    pub policy: Policy,
+    pub slow_start: Duration,
+    pub retry_budget: RetryBudget,
+    /// Retries of requests a server received, in flight now (see `RetryBudget`).
+    pub retries_inflight: Arc<AtomicU64>,
 }
 
 impl Pool {
     /// Picks a usable server for which `allowed` holds (e.g. not tried yet by this request).
+    /// A server in its slow start takes a request with the probability of its ramp; when
+    /// that leaves none, ramping servers are taken anyway rather than failing the request.
     pub fn pick(&self, features: &Features, allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
         let now = crate::upstream::now_ms();
-        self.balancer.pick(features, &|i| {
-            allowed(i) && self.servers.get(i).is_some_and(|s| s.state.is_usable(now))
-        })
+        let usable =
+            |i: usize| allowed(i) && self.servers.get(i).is_some_and(|s| s.state.is_usable(now));
+        let ramped = |i: usize| {
+            usable(i) && {
+                let r = self.states[i].ramp(now, self.slow_start);
+                r >= 1.0 || fastrand::f64() < r
+            }
+        };
+        let mut candidates = Candidates {
+            states: &self.states,
+            weights: &self.weights,
+            eligible: &ramped,
+            now_ms: now,
+        };
+        if let Some(i) = self.balancer.pick(features, &candidates) {
+            return Some(i);
+        }
+        candidates.eligible = &usable;
+        self.balancer.pick(features, &candidates)
     }
-}
 
-impl Pool {
     /// Whether some usable server is left for which `allowed` holds, without advancing the
     /// balancer.
     pub fn has_candidate(&self, allowed: &dyn Fn(usize) -> bool) -> bool {
@@ -58,6 +83,34 @@ impl Pool {
             .enumerate()
             .any(|(i, s)| allowed(i) && s.state.is_usable(now))
     }
+
+    /// Requests in flight to the pool's servers.
+    pub fn inflight(&self) -> u64 {
+        self.states.iter().map(|s| s.inflight()).sum()
+    }
+
+    /// Takes a slot of the retry budget, or `None` when the budget is spent.
+    pub fn take_retry(&self) -> Option<RetryToken> {
+        let limit = (self.retry_budget.ratio * self.inflight() as f64) as u64;
+        let limit = limit.max(self.retry_budget.min);
+        let taken = self.retries_inflight.fetch_add(1, Ordering::Relaxed);
+        if taken >= limit {
+            self.retries_inflight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(RetryToken(self.retries_inflight.clone()))
+    }
+}
+
+/// A slot of a pool's retry budget, given back on drop (when the request ends).
+#[must_use]
+#[derive(Debug)]
+pub struct RetryToken(Arc<AtomicU64>);
+
+impl Drop for RetryToken {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A public model.
@@ -65,6 +118,9 @@ pub struct Model {
     pub name: String,
     /// Index into `Runtime::pools`.
     pub pool: usize,
+    /// Indices into `Runtime::pools`, tried in order when `pool` has no server left.
+    pub fallback: Box<[usize]>,
+    pub first_token_timeout: Duration,
     pub metrics: ModelMetrics,
 }
 
@@ -91,11 +147,15 @@ impl Runtime {
             let mut servers = Vec::with_capacity(p.servers.len());
             for (i, s) in p.servers.iter().enumerate() {
                 match resolve(&s.host, s.port) {
-                    Some(addr) => servers.push(Server {
-                        id: s.id.clone(),
-                        peer: peer(addr, &config),
-                        state: registry.get(&s.id),
-                    }),
+                    Some(addr) => {
+                        let state = registry.get(&s.id);
+                        state.set_breaker_settings(&p.breaker);
+                        servers.push(Server {
+                            id: s.id.clone(),
+                            peer: peer(addr, &config),
+                            state,
+                        })
+                    }
                     None => errors.push(ConfigError {
                         path: format!("pools.{}.servers[{i}].url", p.name),
                         message: format!("cannot resolve host {:?}", s.host),
@@ -106,8 +166,14 @@ impl Runtime {
             pools.push(Pool {
                 name: p.name.clone(),
                 served_model_json: json_string(&p.served_model),
+                states: servers.iter().map(|s| s.state.clone()).collect(),
                 servers: servers.into_boxed_slice(),
-                balancer: p.balance.build(&weights),
+                balancer: p.balance.build(&weights, &p.policy),
+                weights: weights.into_boxed_slice(),
+                policy: p.balance,
+                slow_start: p.slow_start,
+                retry_budget: p.retry_budget,
+                retries_inflight: Arc::new(AtomicU64::new(0)),
             });
         }
         if !errors.is_empty() {
@@ -119,6 +185,8 @@ impl Runtime {
             .map(|m| Model {
                 name: m.name.clone(),
                 pool: m.pool,
+                fallback: m.fallback.clone().into_boxed_slice(),
+                first_token_timeout: m.first_token_timeout,
                 metrics: metrics.model(&m.name, &config.pools[m.pool].name),
             })
             .collect();

@@ -88,7 +88,12 @@ async fn effective_config_has_defaults_and_admin_paths_are_not_public() {
     assert_eq!(cfg["timeouts"]["connect"], "3s");
     assert_eq!(cfg["limits"]["max_body_size"], 8 * 1024 * 1024);
     assert_eq!(cfg["pools"][0]["model"], SERVED);
-    assert_eq!(cfg["pools"][0]["balance"], "weighted_round_robin");
+    // A vLLM pool balances on the engine's own queues; health checks are on by default.
+    assert_eq!(cfg["pools"][0]["balance"], "least_load");
+    assert_eq!(cfg["pools"][0]["health"]["path"], "/health");
+    assert_eq!(cfg["pools"][0]["health"]["interval"], "5s");
+    assert_eq!(cfg["pools"][0]["breaker"]["consecutive_failures"], 5);
+    assert_eq!(cfg["models"][0]["first_token_timeout"], "1m");
     assert_eq!(cfg["models"][0]["aliases"][0], "m-alias");
     for path in ["/admin/servers", "/admin/config"] {
         assert_eq!(

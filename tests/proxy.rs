@@ -252,7 +252,7 @@ async fn weighted_round_robin_splits_by_weight() {
     let a = Sim::fast(SERVED);
     let b = Sim::fast(SERVED);
     let gw = Gateway::start(&format!(
-        "pools:\n  p:\n    model: {SERVED}\n    servers:\n      - url: {}\n        weight: 2\n      - url: {}\nmodels:\n  m:\n    pool: p\n",
+        "pools:\n  p:\n    model: {SERVED}\n    balance: weighted_round_robin\n    servers:\n      - url: {}\n        weight: 2\n      - url: {}\nmodels:\n  m:\n    pool: p\n",
         a.url(),
         b.url()
     ));

@@ -95,6 +95,10 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
         ListeningService::new("switchyard-admin".to_owned(), Admin::new(gateway.clone()));
     server.add_service(BoundService::new(admin_app, admin, "admin").threads(1));
     server.add_service(background_service(
+        "upstream health and load",
+        crate::upstream::monitor::Monitor::new(gateway.clone()),
+    ));
+    server.add_service(background_service(
         "reload on SIGHUP",
         ReloadOnHangup(gateway.clone()),
     ));

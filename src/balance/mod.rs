@@ -1,58 +1,192 @@
 //! Choosing one server of a pool for one request.
 //!
-//! A [`Balance`] implementation holds only what its algorithm needs (a table, a counter);
-//! per-server state that must outlive a config reload (in-flight, health) lives in
-//! `upstream::ServerState` and reaches the policy through the `eligible` filter and, later,
-//! through [`Features`]. One policy per file; [`Policy`] is the config-facing name.
+//! A [`Balance`] implementation holds only what its algorithm needs (a table, a ring, a
+//! counter); per-server state that must outlive a config reload (in-flight, latency, engine
+//! load, health) lives in `upstream::ServerState` and reaches the policy through
+//! [`Candidates`]. What the policy may know about the request is in [`Features`]. One policy
+//! per file; [`Policy`] is the config-facing name.
 
+mod chash;
+mod features;
+mod least_load;
+mod p2c;
 mod wrr;
 
+use std::sync::Arc;
+
+pub use chash::ConsistentHash;
+pub use features::{prefix_hashes, session_hash, PREFIX_BLOCK_BYTES};
+pub use least_load::LeastLoad;
+pub use p2c::P2cEwma;
 pub use wrr::SmoothWeightedRoundRobin;
 
-/// What a policy may know about the request it places. Grows with the policies that need it
-/// (prefix hashes, session key); cheap to build, borrowed from the request context.
-#[derive(Debug, Default, Clone, Copy)]
+use crate::upstream::ServerState;
+
+/// What a policy may know about the request it places; built once per request.
+#[derive(Debug, Default, Clone)]
 pub struct Features {
-    /// Size of the prompt in bytes (a token estimate is bytes / 4).
+    /// Size of the prompt (messages, prompt or input) in bytes.
     pub prompt_bytes: usize,
+    /// Estimated prompt tokens (bytes / 4).
+    pub prompt_tokens: u64,
+    /// Chained hashes of the prompt in blocks of [`PREFIX_BLOCK_BYTES`]: `prefix_hashes[k]`
+    /// identifies the first k+1 blocks of the conversation. Filled only for policies that
+    /// ask for it ([`Policy::wants_prefix`]).
+    pub prefix_hashes: Vec<u64>,
+    /// Hash of the session key (a header, else the body's `user`), when there is one.
+    pub session: Option<u64>,
+}
+
+/// The servers a policy chooses among, with their live state.
+pub struct Candidates<'a> {
+    pub states: &'a [Arc<ServerState>],
+    /// Configured weights, in server order.
+    pub weights: &'a [u32],
+    /// Whether server `i` may take this request (usable, not tried yet, not held back by a
+    /// slow start).
+    pub eligible: &'a dyn Fn(usize) -> bool,
+    pub now_ms: u64,
+}
+
+impl Candidates<'_> {
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    pub fn weight(&self, i: usize) -> f64 {
+        f64::from(self.weights.get(i).copied().unwrap_or(1).max(1))
+    }
+
+    /// The first eligible server at or after `start`, wrapping around.
+    pub fn first_eligible_from(&self, start: usize, skip: Option<usize>) -> Option<usize> {
+        let n = self.len();
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| Some(i) != skip && (self.eligible)(i))
+    }
 }
 
 /// A balancing algorithm over a fixed list of servers (indices `0..n`).
 pub trait Balance: Send + Sync {
-    /// Picks a server for a request, considering only those for which `eligible` is true
-    /// (healthy, not yet tried by this request, breaker closed). Returns `None` when no
-    /// eligible server is left. Must not allocate.
-    fn pick(&self, features: &Features, eligible: &dyn Fn(usize) -> bool) -> Option<usize>;
+    /// Picks an eligible server for a request, or `None` when none is eligible. Must not
+    /// allocate.
+    fn pick(&self, features: &Features, servers: &Candidates<'_>) -> Option<usize>;
 }
 
 /// The balancing policy named in config (`pools.X.balance`); the spelling is also the metric
 /// label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
-    #[default]
     WeightedRoundRobin,
+    P2cEwma,
+    LeastLoad,
+    ConsistentHash,
+}
+
+/// Policy parameters from the pool's config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySettings {
+    /// `least_load`: an engine reading older than this is ignored (3 scrape intervals).
+    pub load_max_age_ms: u64,
+    /// `consistent_hash`: a server more than this factor over the mean load passes the
+    /// request on along the ring (1.25).
+    pub hash_load_factor: f64,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            load_max_age_ms: 15_000,
+            hash_load_factor: 1.25,
+        }
+    }
 }
 
 impl Policy {
-    pub const NAMES: [&'static str; 1] = ["weighted_round_robin"];
+    pub const NAMES: [&'static str; 4] = [
+        "weighted_round_robin",
+        "p2c_ewma",
+        "least_load",
+        "consistent_hash",
+    ];
 
     pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "weighted_round_robin" => Some(Self::WeightedRoundRobin),
-            _ => None,
-        }
+        Some(match name {
+            "weighted_round_robin" => Self::WeightedRoundRobin,
+            "p2c_ewma" => Self::P2cEwma,
+            "least_load" => Self::LeastLoad,
+            "consistent_hash" => Self::ConsistentHash,
+            _ => return None,
+        })
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Self::WeightedRoundRobin => "weighted_round_robin",
+            Self::P2cEwma => "p2c_ewma",
+            Self::LeastLoad => "least_load",
+            Self::ConsistentHash => "consistent_hash",
         }
     }
 
+    /// Whether the request's prefix block hashes must be computed for this policy.
+    pub fn wants_prefix(self) -> bool {
+        false
+    }
+
+    /// Whether the request's session key must be read for this policy.
+    pub fn wants_session(self) -> bool {
+        self == Self::ConsistentHash
+    }
+
     /// Builds the policy for servers with these weights (in server order).
-    pub fn build(self, weights: &[u32]) -> Box<dyn Balance> {
+    pub fn build(self, weights: &[u32], settings: &PolicySettings) -> Box<dyn Balance> {
         match self {
             Self::WeightedRoundRobin => Box::new(SmoothWeightedRoundRobin::new(weights)),
+            Self::P2cEwma => Box::new(P2cEwma),
+            Self::LeastLoad => Box::new(LeastLoad::new(settings.load_max_age_ms)),
+            Self::ConsistentHash => {
+                Box::new(ConsistentHash::new(weights, settings.hash_load_factor))
+            }
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Candidate sets for the policies' unit tests.
+    use super::*;
+
+    pub fn states(n: usize) -> Vec<Arc<ServerState>> {
+        (0..n).map(|_| Arc::new(ServerState::default())).collect()
+    }
+
+    /// Counts how often each server is picked over `n` picks, keeping each pick in flight
+    /// when `hold` is set.
+    pub fn tally(
+        b: &dyn Balance,
+        f: &Features,
+        states: &[Arc<ServerState>],
+        weights: &[u32],
+        n: usize,
+        eligible: &dyn Fn(usize) -> bool,
+    ) -> Vec<usize> {
+        let mut counts = vec![0; states.len()];
+        for _ in 0..n {
+            let c = Candidates {
+                states,
+                weights,
+                eligible,
+                now_ms: 1_000,
+            };
+            if let Some(i) = b.pick(f, &c) {
+                counts[i] += 1;
+            }
+        }
+        counts
     }
 }

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Balance, Features};
+use super::{Balance, Candidates, Features};
 
 pub struct SmoothWeightedRoundRobin {
     /// One period of the smooth sequence, as server indices.
@@ -55,7 +55,7 @@ fn gcd(a: i64, b: i64) -> i64 {
 }
 
 impl Balance for SmoothWeightedRoundRobin {
-    fn pick(&self, _features: &Features, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn pick(&self, _features: &Features, servers: &Candidates<'_>) -> Option<usize> {
         let len = self.table.len();
         if len == 0 {
             return None;
@@ -65,23 +65,35 @@ impl Balance for SmoothWeightedRoundRobin {
         // the remaining servers in their weight ratio.
         (0..len)
             .map(|k| self.table[(start.wrapping_add(k)) % len] as usize)
-            .find(|&i| eligible(i))
+            .find(|&i| (servers.eligible)(i))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::testing::states;
     use proptest::prelude::*;
+
+    fn pick(b: &SmoothWeightedRoundRobin, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+        // The table covers every server; weights and states are not consulted.
+        static STATES: std::sync::LazyLock<Vec<std::sync::Arc<crate::upstream::ServerState>>> =
+            std::sync::LazyLock::new(|| states(64));
+        let c = Candidates {
+            states: &STATES,
+            weights: &[],
+            eligible,
+            now_ms: 0,
+        };
+        b.pick(&Features::default(), &c)
+    }
 
     fn picks(
         b: &SmoothWeightedRoundRobin,
         n: usize,
         eligible: &dyn Fn(usize) -> bool,
     ) -> Vec<usize> {
-        (0..n)
-            .map(|_| b.pick(&Features::default(), eligible).unwrap())
-            .collect()
+        (0..n).map(|_| pick(b, eligible).unwrap()).collect()
     }
 
     #[test]
@@ -94,7 +106,7 @@ mod tests {
     fn ineligible_servers_are_skipped_and_none_when_all_are() {
         let b = SmoothWeightedRoundRobin::new(&[2, 1]);
         assert!(picks(&b, 30, &|i| i != 0).iter().all(|&i| i == 1));
-        assert_eq!(b.pick(&Features::default(), &|_| false), None);
+        assert_eq!(pick(&b, &|_| false), None);
     }
 
     proptest! {

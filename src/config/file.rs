@@ -75,6 +75,10 @@ pub struct FileTimeouts {
     /// Longest gap between two reads from the upstream (time to response headers, time to
     /// first token, gap between tokens).
     pub upstream_idle: Option<String>,
+    /// Longest streamed response (default 30m).
+    pub stream_total: Option<String>,
+    /// Longest non-streamed response (default 10m).
+    pub request_total: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,10 +88,74 @@ pub struct FilePool {
     pub model: String,
     /// vllm | sglang | tgi | llamacpp | ollama | openai
     pub engine: Option<String>,
-    /// Balancing policy; see `balance::Policy`.
+    /// Balancing policy; see `balance::Policy`. Default: `least_load` for GPU engines,
+    /// `p2c_ewma` for `openai`.
     pub balance: Option<String>,
     #[serde(default)]
     pub servers: Vec<FileServerEntry>,
+    /// Active health checks.
+    #[serde(default)]
+    pub health: FileHealth,
+    /// Circuit breaker thresholds.
+    #[serde(default)]
+    pub breaker: FileBreaker,
+    /// Ramp-up time of a server that came back (`0s`: none).
+    pub slow_start: Option<String>,
+    /// Scraping the engine's own /metrics for `least_load`.
+    #[serde(default)]
+    pub engine_metrics: FileEngineMetrics,
+    /// `consistent_hash`: where the session key comes from and how far over the mean a server
+    /// may go.
+    #[serde(default)]
+    pub affinity: FileAffinity,
+    /// Retries of requests a server received, as a share of the pool's in-flight requests.
+    #[serde(default)]
+    pub retry_budget: FileRetryBudget,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub unhealthy_after: Option<i64>,
+    pub healthy_after: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBreaker {
+    pub failure_rate: Option<f64>,
+    pub min_calls: Option<i64>,
+    pub window: Option<String>,
+    pub consecutive_failures: Option<i64>,
+    pub open_for: Option<String>,
+    pub max_open_for: Option<String>,
+    pub half_open_probes: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEngineMetrics {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    pub interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAffinity {
+    pub header: Option<String>,
+    pub load_factor: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetryBudget {
+    pub ratio: Option<f64>,
+    pub min: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,4 +171,9 @@ pub struct FileModel {
     pub pool: String,
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Pools tried in order when the model's own pool has no server left to try.
+    #[serde(default)]
+    pub fallback: Vec<String>,
+    /// Longest wait for the first streamed event before failing over (default 60s).
+    pub first_token_timeout: Option<String>,
 }

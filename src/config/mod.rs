@@ -10,7 +10,9 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::balance::Policy;
+use crate::balance::{Policy, PolicySettings};
+use crate::upstream::breaker::BreakerSettings;
+use crate::upstream::health::HealthSettings;
 
 /// A validated configuration. Every field has its final type and default applied.
 #[derive(Debug, Clone)]
@@ -76,6 +78,10 @@ pub struct Timeouts {
     /// Longest gap between two upstream reads, including the wait for the first token.
     /// Default 60 s.
     pub upstream_idle: Duration,
+    /// Longest streamed response. Default 30 min.
+    pub stream_total: Duration,
+    /// Longest non-streamed response (the wait for its header included). Default 10 min.
+    pub request_total: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -85,7 +91,31 @@ pub struct Pool {
     pub served_model: String,
     pub engine: Engine,
     pub balance: Policy,
+    pub policy: PolicySettings,
     pub servers: Vec<ServerSpec>,
+    pub health: HealthSettings,
+    pub breaker: BreakerSettings,
+    /// Ramp-up of a server that came back; zero: none.
+    pub slow_start: Duration,
+    /// Engine /metrics scraping, for engines that have them (`None`: off).
+    pub engine_metrics: Option<ScrapeSettings>,
+    /// Header carrying the session key for `consistent_hash` (the body's `user` otherwise).
+    pub session_header: http::HeaderName,
+    pub retry_budget: RetryBudget,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapeSettings {
+    pub path: String,
+    pub interval: Duration,
+}
+
+/// Retries of requests a server received may be at most `ratio` of the pool's in-flight
+/// requests, or `min`, whichever is more (a connect failure is not counted: nothing was sent).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub min: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +134,9 @@ pub struct Model {
     pub aliases: Vec<String>,
     /// Index into `Config::pools`.
     pub pool: usize,
+    /// Indices into `Config::pools`, tried in order when `pool` has no server left.
+    pub fallback: Vec<usize>,
+    pub first_token_timeout: Duration,
 }
 
 /// The inference engine behind a pool: decides health and metrics paths later on.
@@ -172,6 +205,8 @@ impl Config {
                 "keepalive_idle": d(self.timeouts.keepalive_idle),
                 "connect": d(self.timeouts.connect),
                 "upstream_idle": d(self.timeouts.upstream_idle),
+                "stream_total": d(self.timeouts.stream_total),
+                "request_total": d(self.timeouts.request_total),
             },
             "pools": self.pools.iter().map(|p| json!({
                 "name": p.name,
@@ -182,11 +217,40 @@ impl Config {
                     "url": format!("http://{}", s.id),
                     "weight": s.weight.get(),
                 })).collect::<Vec<_>>(),
+                "health": {
+                    "enabled": p.health.enabled,
+                    "path": p.health.path,
+                    "interval": d(p.health.interval),
+                    "timeout": d(p.health.timeout),
+                    "unhealthy_after": p.health.unhealthy_after,
+                    "healthy_after": p.health.healthy_after,
+                },
+                "breaker": {
+                    "failure_rate": p.breaker.failure_rate,
+                    "min_calls": p.breaker.min_calls,
+                    "window": d(p.breaker.window),
+                    "consecutive_failures": p.breaker.consecutive,
+                    "open_for": d(p.breaker.open_for),
+                    "max_open_for": d(p.breaker.max_open_for),
+                    "half_open_probes": p.breaker.probes,
+                },
+                "slow_start": d(p.slow_start),
+                "engine_metrics": p.engine_metrics.as_ref().map(|m| json!({
+                    "path": m.path,
+                    "interval": d(m.interval),
+                })),
+                "affinity": {
+                    "header": p.session_header.as_str(),
+                    "load_factor": p.policy.hash_load_factor,
+                },
+                "retry_budget": {"ratio": p.retry_budget.ratio, "min": p.retry_budget.min},
             })).collect::<Vec<_>>(),
             "models": self.models.iter().map(|m| json!({
                 "name": m.name,
                 "aliases": m.aliases,
                 "pool": self.pools.get(m.pool).map(|p| p.name.as_str()),
+                "fallback": m.fallback.iter().filter_map(|&i| self.pools.get(i)).map(|p| p.name.as_str()).collect::<Vec<_>>(),
+                "first_token_timeout": d(m.first_token_timeout),
             })).collect::<Vec<_>>(),
         })
     }

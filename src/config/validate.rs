@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use super::file::{FileConfig, FileLimits, FilePool, FileServer, FileTimeouts};
 use super::{
-    AccessLog, Config, ConfigError, Engine, Limits, LogFormat, Model, Pool, ServerSettings,
-    ServerSpec, Timeouts,
+    AccessLog, Config, ConfigError, Engine, Limits, LogFormat, Model, Pool, RetryBudget,
+    ScrapeSettings, ServerSettings, ServerSpec, Timeouts,
 };
-use crate::balance::Policy;
+use crate::balance::{Policy, PolicySettings};
+use crate::upstream::breaker::BreakerSettings;
+use crate::upstream::health::HealthSettings;
 
 /// Defaults, from ../shared/RELIABILITY.md (what Envoy, nginx and HAProxy do).
 pub mod defaults {
@@ -30,6 +32,12 @@ pub mod defaults {
     pub const UPGRADE_SOCK: &str = "/tmp/switchyard_upgrade.sock";
     /// A weight above this makes the smooth round-robin table needlessly large.
     pub const MAX_WEIGHT: u32 = 1000;
+    pub const STREAM_TOTAL_SECS: u64 = 30 * 60;
+    pub const REQUEST_TOTAL_SECS: u64 = 10 * 60;
+    pub const FIRST_TOKEN_SECS: u64 = 60;
+    pub const SLOW_START_SECS: u64 = 10;
+    pub const SCRAPE_INTERVAL_MS: u64 = 1_000;
+    pub const SESSION_HEADER: &str = "x-session-id";
 }
 
 /// Collects errors while walking the file.
@@ -139,6 +147,56 @@ fn duration(errs: &mut Errors, path: &str, value: Option<&str>, default_secs: u6
                 format!("{value:?} is not a duration (e.g. 3s, 500ms, 30m): {e}"),
             );
             Duration::from_secs(default_secs)
+        }
+    }
+}
+
+/// Like [`duration`], but `0s` is allowed (it turns the feature off).
+fn duration_or_zero(
+    errs: &mut Errors,
+    path: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Duration {
+    match value.map(humantime::parse_duration) {
+        None => default,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            errs.push(
+                path,
+                format!(
+                    "{:?} is not a duration (e.g. 10s, 0s): {e}",
+                    value.unwrap_or_default()
+                ),
+            );
+            default
+        }
+    }
+}
+
+fn duration_ms(errs: &mut Errors, path: &str, value: Option<&str>, default: Duration) -> Duration {
+    match value {
+        None => default,
+        Some(v) => duration(errs, path, Some(v), default.as_secs().max(1)),
+    }
+}
+
+fn fraction(
+    errs: &mut Errors,
+    path: &str,
+    value: Option<f64>,
+    default: f64,
+    range: std::ops::RangeInclusive<f64>,
+) -> f64 {
+    match value {
+        None => default,
+        Some(v) if range.contains(&v) => v,
+        Some(v) => {
+            errs.push(
+                path,
+                format!("{v} is not within {}..={}", range.start(), range.end()),
+            );
+            default
         }
     }
 }
@@ -292,6 +350,18 @@ fn timeouts(errs: &mut Errors, t: &FileTimeouts) -> Timeouts {
             t.upstream_idle.as_deref(),
             defaults::UPSTREAM_IDLE_SECS,
         ),
+        stream_total: duration(
+            errs,
+            "timeouts.stream_total",
+            t.stream_total.as_deref(),
+            defaults::STREAM_TOTAL_SECS,
+        ),
+        request_total: duration(
+            errs,
+            "timeouts.request_total",
+            t.request_total.as_deref(),
+            defaults::REQUEST_TOTAL_SECS,
+        ),
     }
 }
 
@@ -311,15 +381,83 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
             Engine::Openai
         }),
     };
+    // GPU engines report their queues; an unknown OpenAI-compatible server is judged by
+    // its latency.
+    let default_policy = if engine == Engine::Openai {
+        Policy::P2cEwma
+    } else {
+        Policy::LeastLoad
+    };
     let balance = match p.balance.as_deref() {
-        None => Policy::default(),
+        None => default_policy,
         Some(b) => Policy::from_name(b).unwrap_or_else(|| {
             errs.push(
                 format!("{at}.balance"),
                 format!("{b:?} is not one of: {}", Policy::NAMES.join(", ")),
             );
-            Policy::default()
+            default_policy
         }),
+    };
+    let health = health(errs, &at, engine, p);
+    let breaker = breaker(errs, &at, p);
+    let slow_start = duration_or_zero(
+        errs,
+        &format!("{at}.slow_start"),
+        p.slow_start.as_deref(),
+        Duration::from_secs(defaults::SLOW_START_SECS),
+    );
+    let scrape_interval = duration_ms(
+        errs,
+        &format!("{at}.engine_metrics.interval"),
+        p.engine_metrics.interval.as_deref(),
+        Duration::from_millis(defaults::SCRAPE_INTERVAL_MS),
+    );
+    let engine_metrics = (p.engine_metrics.enabled.unwrap_or(true)
+        && crate::upstream::engine_load::scrapes(engine))
+    .then(|| ScrapeSettings {
+        path: p
+            .engine_metrics
+            .path
+            .clone()
+            .unwrap_or_else(|| "/metrics".to_owned()),
+        interval: scrape_interval,
+    });
+    let policy = PolicySettings {
+        load_max_age_ms: 3 * scrape_interval.as_millis() as u64,
+        hash_load_factor: fraction(
+            errs,
+            &format!("{at}.affinity.load_factor"),
+            p.affinity.load_factor,
+            PolicySettings::default().hash_load_factor,
+            1.0..=100.0,
+        ),
+    };
+    let header = p
+        .affinity
+        .header
+        .as_deref()
+        .unwrap_or(defaults::SESSION_HEADER);
+    let session_header = http::HeaderName::from_bytes(header.as_bytes()).unwrap_or_else(|_| {
+        errs.push(
+            format!("{at}.affinity.header"),
+            format!("{header:?} is not a header name"),
+        );
+        http::HeaderName::from_static(defaults::SESSION_HEADER)
+    });
+    let retry_budget = RetryBudget {
+        ratio: fraction(
+            errs,
+            &format!("{at}.retry_budget.ratio"),
+            p.retry_budget.ratio,
+            0.2,
+            0.0..=1.0,
+        ),
+        min: positive(
+            errs,
+            &format!("{at}.retry_budget.min"),
+            p.retry_budget.min,
+            3,
+        ),
     };
     if p.servers.is_empty() {
         errs.push(format!("{at}.servers"), "at least one server is required");
@@ -367,8 +505,107 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
         served_model: p.model.clone(),
         engine,
         balance,
+        policy,
         servers,
+        health,
+        breaker,
+        slow_start,
+        engine_metrics,
+        session_header,
+        retry_budget,
     })
+}
+
+fn count(errs: &mut Errors, path: String, value: Option<i64>, default: u32) -> u32 {
+    u32::try_from(positive(errs, &path, value, u64::from(default))).unwrap_or(u32::MAX)
+}
+
+fn health(errs: &mut Errors, at: &str, engine: Engine, p: &FilePool) -> HealthSettings {
+    let h = &p.health;
+    let d = HealthSettings::for_engine(engine);
+    let at = format!("{at}.health");
+    if let Some(path) = &h.path {
+        if !path.starts_with('/') {
+            errs.push(format!("{at}.path"), format!("{path:?} must start with /"));
+        }
+    }
+    let settings = HealthSettings {
+        enabled: h.enabled.unwrap_or(d.enabled),
+        path: h.path.clone().unwrap_or(d.path),
+        interval: duration_ms(
+            errs,
+            &format!("{at}.interval"),
+            h.interval.as_deref(),
+            d.interval,
+        ),
+        timeout: duration_ms(
+            errs,
+            &format!("{at}.timeout"),
+            h.timeout.as_deref(),
+            d.timeout,
+        ),
+        unhealthy_after: count(
+            errs,
+            format!("{at}.unhealthy_after"),
+            h.unhealthy_after,
+            d.unhealthy_after,
+        ),
+        healthy_after: count(
+            errs,
+            format!("{at}.healthy_after"),
+            h.healthy_after,
+            d.healthy_after,
+        ),
+    };
+    settings
+}
+
+fn breaker(errs: &mut Errors, at: &str, p: &FilePool) -> BreakerSettings {
+    let b = &p.breaker;
+    let d = BreakerSettings::default();
+    let at = format!("{at}.breaker");
+    let settings = BreakerSettings {
+        failure_rate: fraction(
+            errs,
+            &format!("{at}.failure_rate"),
+            b.failure_rate,
+            d.failure_rate,
+            0.01..=1.0,
+        ),
+        min_calls: count(errs, format!("{at}.min_calls"), b.min_calls, d.min_calls),
+        window: duration_ms(errs, &format!("{at}.window"), b.window.as_deref(), d.window),
+        consecutive: count(
+            errs,
+            format!("{at}.consecutive_failures"),
+            b.consecutive_failures,
+            d.consecutive,
+        ),
+        open_for: duration_ms(
+            errs,
+            &format!("{at}.open_for"),
+            b.open_for.as_deref(),
+            d.open_for,
+        ),
+        max_open_for: duration_ms(
+            errs,
+            &format!("{at}.max_open_for"),
+            b.max_open_for.as_deref(),
+            d.max_open_for,
+        ),
+        probes: count(
+            errs,
+            format!("{at}.half_open_probes"),
+            b.half_open_probes,
+            d.probes,
+        ),
+    };
+    if settings.max_open_for < settings.open_for {
+        errs.push(
+            format!("{at}.max_open_for"),
+            "must not be shorter than open_for",
+        );
+    }
+    settings
 }
 
 /// Splits `http://host:port[/]` into host and port. Upstreams are plain HTTP on a private
@@ -423,11 +660,37 @@ fn models(errs: &mut Errors, file: &FileConfig, pools: &[Pool]) -> Vec<Model> {
         if pool.is_none() && !file.pools.contains_key(&m.pool) {
             errs.push(format!("{at}.pool"), format!("no pool named {:?}", m.pool));
         }
+        let mut fallback = Vec::with_capacity(m.fallback.len());
+        for (i, f) in m.fallback.iter().enumerate() {
+            match pools.iter().position(|p| &p.name == f) {
+                Some(_) if f == &m.pool => {
+                    errs.push(format!("{at}.fallback[{i}]"), "is the model's own pool")
+                }
+                Some(p) if fallback.contains(&p) => errs.push(
+                    format!("{at}.fallback[{i}]"),
+                    format!("{f:?} is listed twice"),
+                ),
+                Some(p) => fallback.push(p),
+                None if file.pools.contains_key(f) => {}
+                None => errs.push(
+                    format!("{at}.fallback[{i}]"),
+                    format!("no pool named {f:?}"),
+                ),
+            }
+        }
+        let first_token_timeout = duration(
+            errs,
+            &format!("{at}.first_token_timeout"),
+            m.first_token_timeout.as_deref(),
+            defaults::FIRST_TOKEN_SECS,
+        );
         if let Some(pool) = pool {
             out.push(Model {
                 name: name.clone(),
                 aliases: m.aliases.clone(),
                 pool,
+                fallback,
+                first_token_timeout,
             });
         }
     }

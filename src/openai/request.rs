@@ -25,8 +25,12 @@ pub struct RequestView<'a> {
     pub stream: bool,
     /// `max_completion_tokens`, else `max_tokens`, when given.
     pub max_tokens: Option<u64>,
-    /// Size of the body: the prompt-size feature until a tokenizer-based estimate exists.
-    pub prompt_bytes: usize,
+    /// Byte range of the prompt in the body: the raw `messages`, `prompt` or `input` value
+    /// (empty when there is none). Its size is the prompt-size feature; its bytes are what
+    /// prefix hashes cover.
+    pub prompt_span: Range<usize>,
+    /// The `user` field, when it is a string (a session key for affinity).
+    pub user: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -36,6 +40,21 @@ struct Raw<'a> {
     stream: Option<bool>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
+    #[serde(borrow)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow)]
+    prompt: Option<&'a RawValue>,
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow)]
+    user: Option<&'a RawValue>,
+}
+
+/// The byte range of a value borrowed from `body`.
+fn span_in(body: &[u8], raw: &RawValue) -> Option<Range<usize>> {
+    let start = (raw.get().as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    let end = start.checked_add(raw.get().len())?;
+    (end <= body.len()).then_some(start..end)
 }
 
 impl<'a> RequestView<'a> {
@@ -57,18 +76,24 @@ impl<'a> RequestView<'a> {
         if model.is_empty() {
             return Err(ApiError::invalid("model must not be empty", Some("model")));
         }
-        // The raw value borrows from `body`, so its offset is a pointer difference.
-        let start = (model_raw.get().as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
-        let end = start + model_raw.get().len();
-        if end > body.len() {
-            return Err(ApiError::Internal);
-        }
+        // Raw values borrow from `body`, so their offsets are pointer differences.
+        let model_span = span_in(body, model_raw).ok_or(ApiError::Internal)?;
+        let prompt_span = raw
+            .messages
+            .or(raw.prompt)
+            .or(raw.input)
+            .and_then(|v| span_in(body, v))
+            .unwrap_or(0..0);
+        let user = raw
+            .user
+            .and_then(|u| serde_json::from_str::<Cow<'a, str>>(u.get()).ok());
         Ok(Self {
             model,
-            model_span: start..end,
+            model_span,
             stream: raw.stream.unwrap_or(false),
             max_tokens: raw.max_completion_tokens.or(raw.max_tokens),
-            prompt_bytes: body.len(),
+            prompt_span,
+            user,
         })
     }
 }

@@ -12,34 +12,50 @@ use crate::lifecycle::{RequestGuard, UpstreamHandle};
 use crate::openai::sse::SseTracker;
 use crate::openai::usage::UsageScanner;
 use crate::openai::ApiError;
-use crate::state::Runtime;
+use crate::state::{RetryToken, Runtime};
 use crate::upstream::InflightGuard;
 
-/// At most this many servers are tried for one request (1 + 2 retries; RELIABILITY.md).
-pub const MAX_ATTEMPTS: usize = 3;
+/// At most this many tries per pool: 1 + 2 retries (RELIABILITY.md).
+pub const MAX_ATTEMPTS_PER_POOL: usize = 3;
 
-/// Servers already tried for this request, without allocating.
+/// At most this many tries in all, fallback pools included (Pingora's `max_retries`).
+pub const MAX_ATTEMPTS: usize = 6;
+
+/// Servers already tried for this request, as (pool, server), without allocating.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tried {
-    servers: [u32; MAX_ATTEMPTS],
+    entries: [(u16, u32); MAX_ATTEMPTS],
     len: usize,
 }
 
 impl Tried {
-    pub fn contains(&self, server: usize) -> bool {
-        self.servers[..self.len]
+    pub fn contains(&self, pool: usize, server: usize) -> bool {
+        self.entries[..self.len]
             .iter()
-            .any(|&s| s as usize == server)
+            .any(|&(p, s)| p as usize == pool && s as usize == server)
     }
 
-    /// Records an attempt; returns false when the attempt budget is spent.
-    pub fn push(&mut self, server: usize) -> bool {
-        if self.len == MAX_ATTEMPTS {
+    /// Tries made on `pool`.
+    pub fn in_pool(&self, pool: usize) -> usize {
+        self.entries[..self.len]
+            .iter()
+            .filter(|&&(p, _)| p as usize == pool)
+            .count()
+    }
+
+    /// Records an attempt; false when the pool's or the request's cap is reached.
+    pub fn push(&mut self, pool: usize, server: usize) -> bool {
+        if self.len == MAX_ATTEMPTS || self.in_pool(pool) >= MAX_ATTEMPTS_PER_POOL {
             return false;
         }
-        self.servers[self.len] = server as u32;
+        self.entries[self.len] = (pool as u16, server as u32);
         self.len += 1;
         true
+    }
+
+    /// Whether another try on `pool` is within the caps.
+    pub fn can_retry(&self, pool: usize) -> bool {
+        self.len < MAX_ATTEMPTS && self.in_pool(pool) < MAX_ATTEMPTS_PER_POOL
     }
 
     pub fn attempts(&self) -> usize {
@@ -47,13 +63,19 @@ impl Tried {
     }
 }
 
+/// Why an attempt was retried; a metric label.
+pub type RetryReason = &'static str;
+
 /// The request's route, once its model is known.
 pub struct Routed {
     pub runtime: Arc<Runtime>,
     /// Index into `runtime.models`.
     pub model: usize,
-    /// Index into `runtime.pools`.
+    /// Index into `runtime.pools`: the pool of the current attempt (the model's own, or a
+    /// fallback).
     pub pool: usize,
+    /// How many of the model's fallback pools have been entered.
+    pub fallbacks_used: usize,
 }
 
 pub struct Ctx {
@@ -61,8 +83,12 @@ pub struct Ctx {
     /// `x-request-id`, the client's when valid, else generated.
     pub request_id: Option<HeaderValue>,
     pub routed: Option<Routed>,
-    /// The complete body to forward (model name already rewritten).
+    /// The complete body to forward (model name already rewritten for the current pool).
     pub body: Bytes,
+    /// The body as the client sent it, and the span of its `model` value: a fallback pool
+    /// serves another model name.
+    pub raw_body: Bytes,
+    pub model_span: std::ops::Range<usize>,
     pub stream: bool,
     pub features: Features,
     pub tried: Tried,
@@ -92,6 +118,18 @@ pub struct Ctx {
     pub interrupted: Option<&'static str>,
     /// An upstream status the gateway chose to retry (429/502/503/504 before the first byte).
     pub retry_status: Option<u16>,
+    /// Retries taken, by reason (at most one per extra attempt).
+    pub retries: [Option<RetryReason>; MAX_ATTEMPTS],
+    /// A retry was wanted but the pool's retry budget was spent.
+    pub budget_refused: bool,
+    /// Budget slots held by this request's retries; released when it ends.
+    pub retry_tokens: Vec<RetryToken>,
+    /// The next attempt waits a jittered backoff first (the server had the request).
+    pub backoff: bool,
+    /// The current attempt's outcome reached the server's breaker.
+    pub outcome_recorded: bool,
+    /// The stream was cut by the gateway's own limit (total duration).
+    pub total_limit_hit: bool,
     /// Set by a phase that fails on purpose; `fail_to_proxy` answers with it.
     pub error: Option<ApiError>,
     /// Status sent to the client by the gateway itself (early answers and errors).
@@ -111,6 +149,8 @@ impl Ctx {
             request_id: None,
             routed: None,
             body: Bytes::new(),
+            raw_body: Bytes::new(),
+            model_span: 0..0,
             stream: false,
             features: Features::default(),
             tried: Tried::default(),
@@ -127,6 +167,12 @@ impl Ctx {
             last_event: None,
             usage: UsageScanner::default(),
             retry_status: None,
+            retries: [None; MAX_ATTEMPTS],
+            budget_refused: false,
+            retry_tokens: Vec::new(),
+            backoff: false,
+            outcome_recorded: false,
+            total_limit_hit: false,
             interrupted: None,
             error: None,
             answered: None,
@@ -139,14 +185,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tried_refuses_more_than_max_attempts() {
+    fn tried_caps_attempts_per_pool_and_in_all() {
         let mut t = Tried::default();
-        assert!(t.push(4));
-        assert!(t.push(1));
-        assert!(t.push(7));
-        assert!(!t.push(2));
-        assert!(t.contains(1) && t.contains(4) && t.contains(7));
-        assert!(!t.contains(2));
-        assert_eq!(t.attempts(), 3);
+        assert!(t.push(0, 4));
+        assert!(t.push(0, 1));
+        assert!(t.can_retry(0));
+        assert!(t.push(0, 7));
+        assert!(!t.can_retry(0));
+        assert!(!t.push(0, 2), "a fourth try on one pool");
+        assert!(t.contains(0, 1) && t.contains(0, 4) && t.contains(0, 7));
+        assert!(!t.contains(1, 1), "same index, other pool");
+        assert!(t.push(1, 0) && t.push(1, 1) && t.push(1, 2));
+        assert!(!t.push(2, 0), "six in all");
+        assert_eq!(t.attempts(), 6);
     }
 }

@@ -33,6 +33,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 pub use ctx::{Ctx, MAX_ATTEMPTS};
 
+use crate::balance;
 use crate::openai::sse::SseTracker;
 use crate::openai::{request, ApiError, RequestView, Target};
 use crate::state::{Gateway, Runtime};
@@ -48,6 +49,57 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(gateway: Arc<Gateway>) -> Self {
         Self { gateway }
+    }
+
+    /// Feeds the current attempt's outcome to its server's breaker, once per attempt.
+    fn record(&self, ctx: &mut Ctx, outcome: upstream::Outcome) {
+        if std::mem::replace(&mut ctx.outcome_recorded, true) {
+            return;
+        }
+        self.record_again(ctx, outcome);
+    }
+
+    /// Feeds an outcome even if one was recorded (a stream that died after a good header).
+    fn record_again(&self, ctx: &Ctx, outcome: upstream::Outcome) {
+        let (Some(routed), Some(server)) = (&ctx.routed, ctx.server) else {
+            return;
+        };
+        let pool = &routed.runtime.pools[routed.pool];
+        let s = &pool.servers[server];
+        if let Some(state) = s.state.record(outcome, upstream::now_ms()) {
+            match state {
+                upstream::breaker::BreakerState::Open => tracing::warn!(
+                    pool = %pool.name, server = %s.id, "circuit breaker opened"
+                ),
+                _ => tracing::info!(
+                    pool = %pool.name, server = %s.id, "circuit breaker {}", state.name()
+                ),
+            }
+        }
+    }
+
+    /// Whether another attempt is possible: a server left in the current pool within its
+    /// cap, or a fallback pool with a usable server.
+    fn can_try_again(&self, routed: &Routed, tried: &ctx::Tried) -> bool {
+        if tried.attempts() >= MAX_ATTEMPTS {
+            return false;
+        }
+        let rt = &routed.runtime;
+        let here = tried.can_retry(routed.pool)
+            && rt.pools[routed.pool].has_candidate(&|i| !tried.contains(routed.pool, i));
+        here || rt.models[routed.model]
+            .fallback
+            .iter()
+            .skip(routed.fallbacks_used)
+            .any(|&p| rt.pools[p].has_candidate(&|_| true))
+    }
+
+    /// Notes why the current attempt is retried (a metric label, counted at the end).
+    fn note_retry(&self, ctx: &mut Ctx, reason: ctx::RetryReason) {
+        let n = ctx.tried.attempts();
+        if let Some(slot) = n.checked_sub(1).and_then(|i| ctx.retries.get_mut(i)) {
+            *slot = Some(reason);
+        }
     }
 
     /// Reads, parses and routes an inference request; the body to forward lands in `ctx`.
@@ -77,14 +129,54 @@ impl Proxy {
             &runtime.pools[pool].served_model_json,
         );
         ctx.stream = view.stream;
-        ctx.features.prompt_bytes = view.prompt_bytes;
+        features(ctx, &runtime, pool, &view, &raw, session.req_header());
+        ctx.model_span = view.model_span;
+        ctx.raw_body = raw;
         ctx.routed = Some(Routed {
             runtime,
             model,
             pool,
+            fallbacks_used: 0,
         });
         Ok(())
     }
+}
+
+/// What the pool's policy reads about the request (the prefix chain and session key only
+/// when it uses them).
+fn features(
+    ctx: &mut Ctx,
+    runtime: &Runtime,
+    pool: usize,
+    view: &RequestView<'_>,
+    raw: &[u8],
+    req: &RequestHeader,
+) {
+    let prompt = raw.get(view.prompt_span.clone()).unwrap_or_default();
+    let f = &mut ctx.features;
+    f.prompt_bytes = prompt.len();
+    f.prompt_tokens = (prompt.len() as u64).div_ceil(4);
+    let policy = runtime.pools[pool].policy;
+    if policy.wants_prefix() {
+        f.prefix_hashes = balance::prefix_hashes(prompt);
+    }
+    if policy.wants_session() {
+        let header = &runtime.config.pools[pool].session_header;
+        f.session = req
+            .headers
+            .get(header)
+            .map(|v| v.as_bytes())
+            .filter(|v| !v.is_empty())
+            .or(view.user.as_deref().map(str::as_bytes))
+            .map(balance::session_hash);
+    }
+}
+
+/// Backoff before a retry of a request a server already had: full jitter over 10 ms × 2^n,
+/// at most 200 ms (the next server is another machine; the wait only spreads a burst).
+fn backoff(retry: usize) -> Duration {
+    let cap = (10u64 << retry.min(5)).min(200);
+    Duration::from_millis(fastrand::u64(0..=cap))
 }
 
 #[async_trait]
@@ -146,28 +238,66 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(routed) = &ctx.routed else {
+        if std::mem::take(&mut ctx.backoff) {
+            tokio::time::sleep(backoff(ctx.tried.attempts())).await;
+        }
+        let Some(routed) = &mut ctx.routed else {
             ctx.error = Some(ApiError::Internal);
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
-        let pool = &routed.runtime.pools[routed.pool];
+        let runtime = routed.runtime.clone();
+        let model = &runtime.models[routed.model];
         let tried = ctx.tried;
-        let Some(i) = pool.pick(&ctx.features, &|i| !tried.contains(i)) else {
-            ctx.error = Some(if tried.attempts() == 0 {
-                ApiError::NoHealthyUpstream
-            } else {
-                ApiError::UpstreamUnavailable
-            });
-            return Error::e_explain(ErrorType::HTTPStatus(503), "no server left to try");
+        // The model's pool first, then its fallbacks in order, until one has a server left.
+        let (pool_index, i) = loop {
+            let pool = &runtime.pools[routed.pool];
+            let picked = tried
+                .can_retry(routed.pool)
+                .then(|| pool.pick(&ctx.features, &|i| !tried.contains(routed.pool, i)))
+                .flatten();
+            if let Some(i) = picked {
+                break (routed.pool, i);
+            }
+            let Some(&next) = model.fallback.get(routed.fallbacks_used) else {
+                ctx.error = Some(if tried.attempts() == 0 {
+                    ApiError::NoHealthyUpstream
+                } else {
+                    ApiError::UpstreamUnavailable
+                });
+                return Error::e_explain(ErrorType::HTTPStatus(503), "no server left to try");
+            };
+            routed.fallbacks_used += 1;
+            routed.pool = next;
+            // The fallback pool serves its own model name.
+            ctx.body = request::replace_model(
+                &ctx.raw_body,
+                ctx.model_span.clone(),
+                &runtime.pools[next].served_model_json,
+            );
+            tracing::debug!(model = %model.name, pool = %runtime.pools[next].name, "falling back");
         };
-        if !ctx.tried.push(i) {
+        if !ctx.tried.push(pool_index, i) {
             ctx.error = Some(ApiError::UpstreamUnavailable);
             return Error::e_explain(ErrorType::HTTPStatus(502), "attempt budget spent");
         }
-        let server = &pool.servers[i];
+        let server = &runtime.pools[pool_index].servers[i];
         ctx.server = Some(i);
-        ctx.inflight = Some(server.state.start());
-        Ok(Box::new(server.peer.clone()))
+        ctx.outcome_recorded = false;
+        ctx.inflight = Some(server.state.start(upstream::now_ms()));
+        let mut peer = Box::new(server.peer.clone());
+        let t = &runtime.config.timeouts;
+        peer.options.read_timeout = Some(if ctx.stream {
+            // The wait for the first event and the gaps between events; with per-model first
+            // token timeouts above the idle gap, the longer one bounds both.
+            t.upstream_idle.max(model.first_token_timeout)
+        } else {
+            // A non-streamed answer comes whole after the generation: its header wait is the
+            // request's total limit.
+            t.request_total
+                .saturating_sub(ctx.started.elapsed())
+                .max(Duration::from_millis(1))
+        });
+        Ok(peer)
     }
 
     async fn connected_to_upstream(
@@ -212,7 +342,8 @@ impl ProxyHttp for Proxy {
 
     /// Before anything reached the client: a server that answers 429/502/503/504 is put in
     /// the cooldown its `Retry-After` asks for, and the request goes to another server when
-    /// one is left (the held body is replayed). Otherwise the answer is relayed as is.
+    /// one is left and the pool's retry budget allows (the held body is replayed). Otherwise
+    /// the answer is relayed as is. Every status feeds the server's breaker.
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
@@ -222,27 +353,49 @@ impl ProxyHttp for Proxy {
         let status = upstream.status.as_u16();
         ctx.upstream_status = Some(status);
         ctx.upstream_header = Some(Instant::now());
-        if !matches!(status, 429 | 502 | 503 | 504) {
-            return Ok(());
-        }
         let (Some(routed), Some(server)) = (&ctx.routed, ctx.server) else {
             return Ok(());
         };
         let pool = &routed.runtime.pools[routed.pool];
-        if matches!(status, 429 | 503) {
-            let asked = retry_after::cooldown(&upstream.headers, std::time::SystemTime::now());
-            if let Some(d) = asked {
-                pool.servers[server].state.cool_down(upstream::now_ms(), d);
-            }
+        let asked = matches!(status, 429 | 503)
+            .then(|| retry_after::cooldown(&upstream.headers, std::time::SystemTime::now()))
+            .flatten();
+        if let Some(d) = asked {
+            pool.servers[server].state.cool_down(upstream::now_ms(), d);
         }
-        let tried = ctx.tried;
-        if tried.attempts() < MAX_ATTEMPTS && pool.has_candidate(&|i| !tried.contains(i)) {
-            ctx.retry_status = Some(status);
-            let mut e = Error::explain(ErrorType::HTTPStatus(status), "retryable upstream status");
-            e.set_retry(true);
-            return Err(e);
+        let outcome = match status {
+            429 => upstream::Outcome::Neutral,
+            503 if asked.is_some() => upstream::Outcome::Neutral,
+            500 | 502..=504 => upstream::Outcome::Failure,
+            _ => upstream::Outcome::Success,
+        };
+        if outcome == upstream::Outcome::Failure {
+            self.gateway
+                .metrics
+                .upstream_error(&pool.name, status_kind(status));
         }
-        Ok(())
+        self.record(ctx, outcome);
+        if !matches!(status, 429 | 502 | 503 | 504) {
+            return Ok(());
+        }
+        let (Some(routed), tried) = (&ctx.routed, ctx.tried) else {
+            return Ok(());
+        };
+        if !self.can_try_again(routed, &tried) {
+            return Ok(());
+        }
+        let pool = &routed.runtime.pools[routed.pool];
+        let Some(token) = pool.take_retry() else {
+            ctx.budget_refused = true;
+            return Ok(());
+        };
+        ctx.retry_tokens.push(token);
+        ctx.retry_status = Some(status);
+        ctx.backoff = true;
+        self.note_retry(ctx, status_kind(status));
+        let mut e = Error::explain(ErrorType::HTTPStatus(status), "retryable upstream status");
+        e.set_retry(true);
+        Err(e)
     }
 
     async fn response_filter(
@@ -288,6 +441,23 @@ impl ProxyHttp for Proxy {
         let now = Instant::now();
         if ctx.first_byte.is_none() {
             ctx.first_byte = Some(now);
+            if let (Some(routed), Some(server), Some(sent)) =
+                (&ctx.routed, ctx.server, ctx.upstream_sent)
+            {
+                let state = &routed.runtime.pools[routed.pool].servers[server].state;
+                state.observe_ttfb(now.duration_since(sent), upstream::now_ms());
+            }
+        }
+        if ctx.stream {
+            if let Some(routed) = &ctx.routed {
+                if now.duration_since(ctx.started) > routed.runtime.config.timeouts.stream_total {
+                    ctx.total_limit_hit = true;
+                    return Error::e_explain(
+                        ErrorType::ReadTimedout,
+                        "stream exceeded timeouts.stream_total",
+                    );
+                }
+            }
         }
         ctx.usage.observe(chunk);
         if let Some(sse) = &mut ctx.sse {
@@ -315,9 +485,10 @@ impl ProxyHttp for Proxy {
     }
 
     /// An error after the connection was made. Never retried once the client has seen the
-    /// response header; a retryable status (see `upstream_response_filter`) is retried;
-    /// otherwise Pingora's decision for a dead reused connection is kept even for POST, which
-    /// its default refuses: the body is held in `ctx` and replayed intact.
+    /// response header. A retryable status (see `upstream_response_filter`) is retried. A
+    /// dead pooled connection is retried as Pingora decides, even for POST, which its default
+    /// refuses: the body is held in `ctx` and replayed intact. A reset or a timeout before the
+    /// response header on a fresh connection is retried within the retry budget.
     fn error_while_proxy(
         &self,
         _peer: &HttpPeer,
@@ -326,10 +497,50 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        if session.response_written().is_some() {
+        if ctx.retry_status.take().is_some() {
+            return e;
+        }
+        let upstream_fault = e.esource() == &ErrorSource::Upstream;
+        if upstream_fault && !ctx.outcome_recorded {
+            self.record(ctx, upstream::Outcome::Failure);
+        } else if upstream_fault && session.response_written().is_some() {
+            // Died mid-stream after a good header: a failure all the same.
+            self.record_again(ctx, upstream::Outcome::Failure);
+        }
+        let kind = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+            _ => "reset",
+        };
+        if let Some(routed) = &ctx.routed {
+            if upstream_fault && !ctx.total_limit_hit {
+                let pool = &routed.runtime.pools[routed.pool];
+                self.gateway.metrics.upstream_error(&pool.name, kind);
+            }
+        }
+        if session.response_written().is_some() || !upstream_fault {
             e.set_retry(false);
-        } else if ctx.retry_status.take().is_none() {
-            e.retry.decide_reuse(client_reused);
+            return e;
+        }
+        e.retry.decide_reuse(client_reused);
+        if e.retry() {
+            // A pooled connection the server had closed: nothing was processed.
+            self.note_retry(ctx, "stale_connection");
+            return e;
+        }
+        let Some(routed) = &ctx.routed else {
+            return e;
+        };
+        if !self.can_try_again(routed, &ctx.tried) {
+            return e;
+        }
+        match routed.runtime.pools[routed.pool].take_retry() {
+            Some(token) => {
+                ctx.retry_tokens.push(token);
+                ctx.backoff = true;
+                self.note_retry(ctx, kind);
+                e.set_retry(true);
+            }
+            None => ctx.budget_refused = true,
         }
         e
     }
@@ -341,8 +552,24 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Nothing reached the server: always safe to try another one, within the cap.
-        if ctx.tried.attempts() < MAX_ATTEMPTS {
+        self.record(ctx, upstream::Outcome::Failure);
+        let kind = match e.etype() {
+            ErrorType::ConnectTimedout => "connect_timeout",
+            ErrorType::ConnectRefused => "connect_refused",
+            _ => "connect_error",
+        };
+        if let Some(routed) = &ctx.routed {
+            let pool = &routed.runtime.pools[routed.pool];
+            self.gateway.metrics.upstream_error(&pool.name, kind);
+        }
+        // Nothing reached the server: always safe to try another one, within the cap and
+        // outside the retry budget.
+        if ctx
+            .routed
+            .as_ref()
+            .is_some_and(|r| self.can_try_again(r, &ctx.tried))
+        {
+            self.note_retry(ctx, kind);
             e.set_retry(true);
         }
         e
@@ -350,7 +577,12 @@ impl ProxyHttp for Proxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         // An upstream failure while shutdown ends requests is the shutdown, not the server.
-        let answer = ctx.error.take().or_else(|| classify(e)).map(|a| {
+        let answer = if ctx.total_limit_hit {
+            Some(ApiError::UpstreamTimeout)
+        } else {
+            ctx.error.take().or_else(|| classify(e))
+        };
+        let answer = answer.map(|a| {
             if self.gateway.lifecycle.is_aborting() && a.kind() == "upstream_error" {
                 ApiError::ShuttingDown
             } else {
@@ -421,10 +653,38 @@ impl ProxyHttp for Proxy {
                 m.completion_tokens.inc_by(n);
             }
         }
+        if let Some(routed) = &ctx.routed {
+            let ok = (200..300).contains(&status);
+            let pool = &routed.runtime.pools[routed.pool].name;
+            for reason in ctx.retries.iter().flatten() {
+                self.gateway.metrics.retry(pool, reason, ok);
+            }
+            let model = &routed.runtime.models[routed.model].name;
+            if let Some(reason) = ctx.interrupted {
+                self.gateway.metrics.stream_aborted(model, reason);
+            } else if client_gone && ctx.sse.as_ref().is_some_and(|s| !s.done) {
+                self.gateway
+                    .metrics
+                    .stream_aborted(model, "client_disconnect");
+            }
+        }
         log::access(&self.gateway, ctx, status, client_gone, now);
+        ctx.retry_tokens.clear();
         ctx.inflight = None;
         ctx.upstream_socket = None;
         ctx.request_guard = None;
+    }
+}
+
+/// The metric label of an upstream status that counts as an error or a retry reason.
+fn status_kind(status: u16) -> &'static str {
+    match status {
+        429 => "status_429",
+        500 => "status_500",
+        502 => "status_502",
+        503 => "status_503",
+        504 => "status_504",
+        _ => "status_other",
     }
 }
 

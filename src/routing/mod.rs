@@ -41,11 +41,15 @@ mod tests {
                 name: "llama".into(),
                 aliases: vec!["fast".into()],
                 pool: 0,
+                fallback: vec![],
+                first_token_timeout: std::time::Duration::from_secs(60),
             },
             Model {
                 name: "qwen".into(),
                 aliases: vec![],
                 pool: 1,
+                fallback: vec![],
+                first_token_timeout: std::time::Duration::from_secs(60),
             },
         ];
         let t = RouteTable::new(&models);

@@ -1,14 +1,26 @@
-//! Per-server state that outlives config reloads: in-flight requests and the cooldown a
-//! server asked for (429/503 with Retry-After); health, breaker and latency statistics join
-//! it here. A [`Registry`] hands out one [`ServerState`] per server id
-//! (`host:port`), so a reload that keeps a server keeps its state.
+//! Per-server state that outlives config reloads: in-flight requests, the cooldown a server
+//! asked for (429/503 with Retry-After), active health, the circuit breaker, a peak-EWMA of
+//! time to first byte, the load the engine reports, and when the server came back (slow
+//! start). A [`Registry`] hands out one [`ServerState`] per server id (`host:port`), so a
+//! reload that keeps a server keeps its state.
+//!
+//! Everything read on the request path is an atomic; the breaker's state machine sits behind
+//! a mutex that the common case (breaker closed) never takes to decide.
 
+pub mod breaker;
+pub mod engine_load;
+pub mod health;
+pub mod monitor;
 pub mod retry_after;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+use breaker::{Breaker, BreakerSettings, BreakerState};
+use engine_load::EngineLoad;
+use health::Health;
 
 /// Milliseconds on a process-wide monotonic clock (0 = first call).
 pub fn now_ms() -> u64 {
@@ -16,14 +28,72 @@ pub fn now_ms() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
+/// Decay time of the latency EWMA: a measurement counts half after ~7 s.
+const EWMA_DECAY_MS: f64 = 10_000.0;
+
+/// What a finished attempt tells about its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered (any status the server meant, 4xx included).
+    Success,
+    /// A server-side failure: connect error, reset, timeout, 5xx without Retry-After.
+    Failure,
+    /// The server asked for a pause (429, or 503 with Retry-After): not its fault.
+    Neutral,
+}
+
 /// Live state of one upstream server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServerState {
     inflight: AtomicU64,
     /// `now_ms()` before which the server gets no new requests (0: none).
     cooldown_until_ms: AtomicU64,
     /// Drained by an operator: no new requests; in-flight ones finish.
     draining: AtomicBool,
+    /// `Health::code()` of the active health state.
+    health: AtomicU8,
+    breaker: Mutex<Breaker>,
+    /// `BreakerState::code()` as of the last transition; `Closed` skips the lock.
+    breaker_code: AtomicU8,
+    /// Peak-EWMA of time to first byte in microseconds (f64 bits; 0: not measured yet).
+    ewma_us: AtomicU64,
+    ewma_at_ms: AtomicU64,
+    /// Last engine reading: running + waiting, and KV usage (f64 bits).
+    engine_queue: AtomicU64,
+    engine_kv: AtomicU64,
+    /// When the reading was taken (0: never) and the gateway's in-flight count then.
+    scraped_at_ms: AtomicU64,
+    inflight_at_scrape: AtomicU64,
+    /// When the server came back (health up, breaker closed); 0: not ramping.
+    recovered_at_ms: AtomicU64,
+}
+
+impl Default for ServerState {
+    fn default() -> Self {
+        Self {
+            inflight: AtomicU64::new(0),
+            cooldown_until_ms: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            health: AtomicU8::new(Health::Unknown.code()),
+            breaker: Mutex::new(Breaker::new(BreakerSettings::default())),
+            breaker_code: AtomicU8::new(BreakerState::Closed.code()),
+            ewma_us: AtomicU64::new(0),
+            ewma_at_ms: AtomicU64::new(0),
+            engine_queue: AtomicU64::new(0),
+            engine_kv: AtomicU64::new(0),
+            scraped_at_ms: AtomicU64::new(0),
+            inflight_at_scrape: AtomicU64::new(0),
+            recovered_at_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+fn load_f64(a: &AtomicU64) -> f64 {
+    f64::from_bits(a.load(Ordering::Relaxed))
+}
+
+fn store_f64(a: &AtomicU64, v: f64) {
+    a.store(v.to_bits(), Ordering::Relaxed);
 }
 
 impl ServerState {
@@ -32,16 +102,24 @@ impl ServerState {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    /// Counts a request as in flight until the guard is dropped.
-    pub fn start(self: &Arc<Self>) -> InflightGuard {
+    /// Counts a request as in flight until the guard is dropped; in half-open, the request
+    /// is one of the breaker's probes.
+    pub fn start(self: &Arc<Self>, now_ms: u64) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::Relaxed);
+        if self.breaker_code.load(Ordering::Relaxed) != BreakerState::Closed.code() {
+            self.lock_breaker().on_dispatch(now_ms);
+        }
         InflightGuard(self.clone())
     }
 
-    /// Whether the server may take new requests at `now_ms` (see [`now_ms`]): not drained and
-    /// not in a cooldown it asked for. Health checks and breakers will join this decision.
+    /// Whether the server may take new requests at `now_ms` (see [`now_ms`]): not drained,
+    /// not in a cooldown it asked for, not known to be down, breaker not open.
     pub fn is_usable(&self, now_ms: u64) -> bool {
-        !self.is_draining() && now_ms >= self.cooldown_until_ms.load(Ordering::Relaxed)
+        !self.is_draining()
+            && now_ms >= self.cooldown_until_ms.load(Ordering::Relaxed)
+            && self.health().takes_traffic()
+            && (self.breaker_code.load(Ordering::Relaxed) == BreakerState::Closed.code()
+                || self.lock_breaker().allows(now_ms))
     }
 
     /// Milliseconds of cooldown left at `now_ms` (0 when none).
@@ -64,6 +142,129 @@ impl ServerState {
     pub fn cool_down(&self, now_ms: u64, d: Duration) {
         let until = now_ms.saturating_add(d.as_millis() as u64);
         self.cooldown_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    pub fn health(&self) -> Health {
+        Health::from_code(self.health.load(Ordering::Relaxed))
+    }
+
+    /// Sets the active health state; coming back from `Unhealthy` starts the slow start.
+    pub fn set_health(&self, health: Health, now_ms: u64) {
+        let before = Health::from_code(self.health.swap(health.code(), Ordering::Relaxed));
+        if before == Health::Unhealthy && health != Health::Unhealthy {
+            self.recovered_at_ms.store(now_ms.max(1), Ordering::Relaxed);
+        }
+    }
+
+    fn lock_breaker(&self) -> MutexGuard<'_, Breaker> {
+        // The breaker is plain data; a panic elsewhere cannot leave it half-updated.
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a pool's breaker thresholds (at runtime build); the state is kept.
+    pub fn set_breaker_settings(&self, settings: &BreakerSettings) {
+        let mut b = self.lock_breaker();
+        if b.settings() != settings {
+            b.set_settings(settings.clone());
+        }
+    }
+
+    pub fn breaker_state(&self, now_ms: u64) -> BreakerState {
+        if self.breaker_code.load(Ordering::Relaxed) == BreakerState::Closed.code() {
+            return BreakerState::Closed;
+        }
+        self.lock_breaker().state(now_ms)
+    }
+
+    /// Feeds one attempt's outcome to the breaker. Returns the breaker's new state when it
+    /// changed (for the log); closing after probes starts the slow start.
+    pub fn record(&self, outcome: Outcome, now_ms: u64) -> Option<BreakerState> {
+        let closed = self.breaker_code.load(Ordering::Relaxed) == BreakerState::Closed.code();
+        // Held for a few instructions: a bucket update, sometimes a transition.
+        let mut b = self.lock_breaker();
+        let change = match outcome {
+            Outcome::Success => b.on_success(now_ms),
+            Outcome::Failure => b.on_failure(now_ms),
+            Outcome::Neutral => None,
+        };
+        if let Some(state) = change {
+            self.breaker_code.store(state.code(), Ordering::Relaxed);
+            if state == BreakerState::Closed && !closed {
+                self.recovered_at_ms.store(now_ms.max(1), Ordering::Relaxed);
+            }
+        }
+        change
+    }
+
+    /// Share of traffic a recovering server may take at `now_ms`: ramps from 10 % to 100 %
+    /// over `slow_start` after it came back; 1 when not ramping.
+    pub fn ramp(&self, now_ms: u64, slow_start: Duration) -> f64 {
+        let since = self.recovered_at_ms.load(Ordering::Relaxed);
+        if since == 0 || slow_start.is_zero() {
+            return 1.0;
+        }
+        let elapsed = now_ms.saturating_sub(since) as f64;
+        let total = slow_start.as_millis() as f64;
+        if elapsed >= total {
+            self.recovered_at_ms.store(0, Ordering::Relaxed);
+            return 1.0;
+        }
+        (elapsed / total).max(0.1)
+    }
+
+    /// Adds a time-to-first-byte sample to the peak-EWMA: a slower sample takes over at once,
+    /// a faster one is blended in with a weight that grows with the time since the last.
+    pub fn observe_ttfb(&self, sample: Duration, now_ms: u64) {
+        let sample_us = sample.as_micros() as f64;
+        let prev = load_f64(&self.ewma_us);
+        let at = self.ewma_at_ms.swap(now_ms, Ordering::Relaxed);
+        let next = if prev == 0.0 || sample_us > prev {
+            sample_us
+        } else {
+            let w = (-(now_ms.saturating_sub(at) as f64) / EWMA_DECAY_MS).exp();
+            prev * w + sample_us * (1.0 - w)
+        };
+        store_f64(&self.ewma_us, next);
+    }
+
+    /// The latency estimate in milliseconds (`None` before the first sample).
+    pub fn ewma_ms(&self) -> Option<f64> {
+        let us = load_f64(&self.ewma_us);
+        (us > 0.0).then_some(us / 1000.0)
+    }
+
+    /// Stores an engine reading taken at `now_ms`.
+    pub fn set_engine_load(&self, load: EngineLoad, now_ms: u64) {
+        store_f64(&self.engine_queue, load.running + load.waiting);
+        store_f64(&self.engine_kv, load.kv_usage);
+        self.inflight_at_scrape
+            .store(self.inflight(), Ordering::Relaxed);
+        self.scraped_at_ms.store(now_ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Forgets the engine reading (scrapes failing): the load falls back to in-flight.
+    pub fn clear_engine_load(&self) {
+        self.scraped_at_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// The load `least_load` compares: the engine's running + waiting requests plus what the
+    /// gateway sent since that reading, and its KV usage (0..1) as a tie-breaker. Without a
+    /// reading no older than `max_age_ms`: the gateway's own in-flight count.
+    pub fn load(&self, now_ms: u64, max_age_ms: u64) -> f64 {
+        let inflight = self.inflight();
+        let at = self.scraped_at_ms.load(Ordering::Relaxed);
+        if at == 0 || now_ms.saturating_sub(at) > max_age_ms {
+            return inflight as f64;
+        }
+        let since = inflight.saturating_sub(self.inflight_at_scrape.load(Ordering::Relaxed));
+        load_f64(&self.engine_queue) + since as f64 + load_f64(&self.engine_kv)
+    }
+
+    /// The last engine reading, when there is a fresh one.
+    pub fn engine_load(&self, now_ms: u64, max_age_ms: u64) -> Option<(f64, f64)> {
+        let at = self.scraped_at_ms.load(Ordering::Relaxed);
+        (at != 0 && now_ms.saturating_sub(at) <= max_age_ms)
+            .then(|| (load_f64(&self.engine_queue), load_f64(&self.engine_kv)))
     }
 }
 
@@ -103,8 +304,8 @@ mod tests {
     #[test]
     fn inflight_guard_counts_until_dropped() {
         let s = Arc::new(ServerState::default());
-        let a = s.start();
-        let b = s.start();
+        let a = s.start(0);
+        let b = s.start(0);
         assert_eq!(s.inflight(), 2);
         drop(a);
         assert_eq!(s.inflight(), 1);
@@ -136,8 +337,115 @@ mod tests {
     fn registry_returns_the_same_state_for_the_same_id() {
         let r = Registry::default();
         let a = r.get("10.0.0.1:8000");
-        let _guard = a.start();
+        let _guard = a.start(0);
         assert_eq!(r.get("10.0.0.1:8000").inflight(), 1);
         assert_eq!(r.get("10.0.0.2:8000").inflight(), 0);
+    }
+
+    #[test]
+    fn an_open_breaker_or_a_down_server_takes_nothing() {
+        let s = ServerState::default();
+        for i in 0..4 {
+            assert_eq!(s.record(Outcome::Failure, i), None);
+        }
+        assert_eq!(
+            s.record(Outcome::Neutral, 5),
+            None,
+            "a cooldown is no failure"
+        );
+        assert!(s.is_usable(5));
+        assert_eq!(s.record(Outcome::Failure, 6), Some(BreakerState::Open));
+        assert!(!s.is_usable(7));
+        assert_eq!(s.breaker_state(7), BreakerState::Open);
+        assert!(s.is_usable(30_006), "half-open after the open period");
+
+        let s = ServerState::default();
+        s.set_health(Health::Unhealthy, 10);
+        assert!(!s.is_usable(11));
+        s.set_health(Health::Healthy, 20);
+        assert!(s.is_usable(21));
+    }
+
+    #[test]
+    fn probes_that_succeed_close_the_breaker_and_start_the_slow_start() {
+        let s = Arc::new(ServerState::default());
+        for i in 0..5 {
+            s.record(Outcome::Failure, i);
+        }
+        let now = 40_000;
+        let probes: Vec<_> = (0..3).map(|_| s.start(now)).collect();
+        assert!(!s.is_usable(now), "every probe slot is taken");
+        for _ in 0..2 {
+            assert_eq!(s.record(Outcome::Success, now + 10), None);
+        }
+        assert_eq!(
+            s.record(Outcome::Success, now + 10),
+            Some(BreakerState::Closed)
+        );
+        drop(probes);
+        let slow = Duration::from_secs(10);
+        assert!((s.ramp(now + 10, slow) - 0.1).abs() < 1e-9);
+        assert!((s.ramp(now + 5_010, slow) - 0.5).abs() < 1e-9);
+        assert_eq!(s.ramp(now + 10_010, slow), 1.0);
+        assert_eq!(s.ramp(now + 10, slow), 1.0, "the ramp is over for good");
+    }
+
+    #[test]
+    fn a_server_back_from_unhealthy_ramps_up() {
+        let s = ServerState::default();
+        s.set_health(Health::Healthy, 5);
+        assert_eq!(
+            s.ramp(6, Duration::from_secs(10)),
+            1.0,
+            "never down: no ramp"
+        );
+        s.set_health(Health::Unhealthy, 10);
+        s.set_health(Health::Healthy, 1_000);
+        assert!((s.ramp(3_000, Duration::from_secs(10)) - 0.2).abs() < 1e-9);
+        assert_eq!(s.ramp(3_000, Duration::ZERO), 1.0);
+    }
+
+    #[test]
+    fn the_ewma_jumps_to_peaks_and_decays_towards_faster_samples() {
+        let s = ServerState::default();
+        assert_eq!(s.ewma_ms(), None);
+        s.observe_ttfb(Duration::from_millis(100), 1_000);
+        assert_eq!(s.ewma_ms(), Some(100.0));
+        s.observe_ttfb(Duration::from_millis(400), 1_001);
+        assert_eq!(s.ewma_ms(), Some(400.0), "a peak takes over at once");
+        s.observe_ttfb(Duration::from_millis(100), 1_002);
+        let barely = s.ewma_ms().unwrap();
+        assert!(
+            barely > 399.0,
+            "1 ms later a fast sample barely counts: {barely}"
+        );
+        s.observe_ttfb(Duration::from_millis(100), 60_000);
+        let later = s.ewma_ms().unwrap();
+        assert!(
+            (100.0..101.0).contains(&later),
+            "a minute later it does: {later}"
+        );
+    }
+
+    #[test]
+    fn load_blends_the_engine_reading_with_requests_sent_since() {
+        let s = Arc::new(ServerState::default());
+        let _a = s.start(0);
+        assert_eq!(s.load(0, 1_000), 1.0, "no reading: in-flight");
+        s.set_engine_load(
+            EngineLoad {
+                running: 4.0,
+                waiting: 6.0,
+                kv_usage: 0.5,
+            },
+            100,
+        );
+        assert_eq!(s.load(200, 1_000), 10.5);
+        let _b = s.start(0);
+        let _c = s.start(0);
+        assert_eq!(s.load(200, 1_000), 12.5);
+        assert_eq!(s.load(2_000, 1_000), 3.0, "a stale reading is ignored");
+        s.clear_engine_load();
+        assert_eq!(s.load(200, 1_000), 3.0);
     }
 }

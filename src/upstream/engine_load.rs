@@ -1,0 +1,162 @@
+//! The load an inference engine reports on its own `/metrics` (Prometheus text format):
+//! requests running and waiting, and how full its KV cache is. Scraped in the background by
+//! `upstream::monitor`; read by the `least_load` policy.
+
+use crate::config::Engine;
+
+/// One scrape's reading.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct EngineLoad {
+    pub running: f64,
+    pub waiting: f64,
+    /// KV cache (or token) usage, 0..1; 0 when the engine does not report it.
+    pub kv_usage: f64,
+}
+
+/// Metric names per engine: (running, waiting, kv usage).
+struct Names {
+    running: &'static [&'static str],
+    waiting: &'static [&'static str],
+    kv: &'static [&'static str],
+}
+
+fn names(engine: Engine) -> Option<Names> {
+    Some(match engine {
+        Engine::Vllm => Names {
+            running: &["vllm:num_requests_running"],
+            waiting: &["vllm:num_requests_waiting"],
+            // The name changed in vLLM 0.10; older servers report the second.
+            kv: &["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"],
+        },
+        Engine::Sglang => Names {
+            running: &["sglang:num_running_reqs"],
+            waiting: &["sglang:num_queue_reqs"],
+            kv: &["sglang:token_usage"],
+        },
+        Engine::Tgi => Names {
+            running: &["tgi_batch_current_size"],
+            waiting: &["tgi_queue_size"],
+            kv: &[],
+        },
+        Engine::Llamacpp => Names {
+            running: &["llamacpp:requests_processing"],
+            waiting: &["llamacpp:requests_deferred"],
+            kv: &["llamacpp:kv_cache_usage_ratio"],
+        },
+        // Ollama has no metrics; an unknown OpenAI-compatible server may not either.
+        Engine::Ollama | Engine::Openai => return None,
+    })
+}
+
+/// Whether the engine exposes load metrics worth scraping.
+pub fn scrapes(engine: Engine) -> bool {
+    names(engine).is_some()
+}
+
+/// Reads the load out of a `/metrics` body. Series of one name are summed (vLLM labels them by
+/// model). `None` when neither the running nor the waiting metric is there: not this engine,
+/// or not its metrics endpoint.
+pub fn parse(engine: Engine, text: &str) -> Option<EngineLoad> {
+    let names = names(engine)?;
+    let mut load = EngineLoad::default();
+    let mut seen = false;
+    for line in text.lines() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((name, value)) = sample(line) else {
+            continue;
+        };
+        if names.running.contains(&name) {
+            load.running += value;
+            seen = true;
+        } else if names.waiting.contains(&name) {
+            load.waiting += value;
+            seen = true;
+        } else if names.kv.contains(&name) {
+            load.kv_usage = load.kv_usage.max(value);
+        }
+    }
+    seen.then_some(load)
+}
+
+/// Splits `name{labels} value [timestamp]` into name and value.
+fn sample(line: &str) -> Option<(&str, f64)> {
+    let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
+    let name = &line[..name_end];
+    let rest = &line[name_end..];
+    let rest = if rest.starts_with('{') {
+        // Label values may hold spaces and braces inside quotes; the set ends at the last '}'.
+        &rest[rest.rfind('}')? + 1..]
+    } else {
+        rest
+    };
+    let value: f64 = rest.split_whitespace().next()?.parse().ok()?;
+    value.is_finite().then_some((name, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_vllm_metrics_and_sums_series() {
+        let text = "\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine=\"0\",model_name=\"llama\"} 3.0
+vllm:num_requests_running{engine=\"1\",model_name=\"llama\"} 2.0
+vllm:num_requests_waiting{engine=\"0\",model_name=\"llama\"} 7.0
+vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"llama\"} 0.42
+vllm:num_requests_waiting_by_reason{reason=\"x\"} 100
+";
+        let load = parse(Engine::Vllm, text).unwrap();
+        assert_eq!(
+            load,
+            EngineLoad {
+                running: 5.0,
+                waiting: 7.0,
+                kv_usage: 0.42
+            }
+        );
+    }
+
+    #[test]
+    fn reads_sglang_tgi_and_llamacpp() {
+        let sg = "sglang:num_running_reqs{model_name=\"q\"} 4\nsglang:num_queue_reqs{model_name=\"q\"} 1\nsglang:token_usage{model_name=\"q\"} 0.5\n";
+        assert_eq!(
+            parse(Engine::Sglang, sg),
+            Some(EngineLoad {
+                running: 4.0,
+                waiting: 1.0,
+                kv_usage: 0.5
+            })
+        );
+        let tgi = "tgi_queue_size 6\ntgi_batch_current_size 8\n";
+        assert_eq!(
+            parse(Engine::Tgi, tgi),
+            Some(EngineLoad {
+                running: 8.0,
+                waiting: 6.0,
+                kv_usage: 0.0
+            })
+        );
+        let ll = "llamacpp:requests_processing 1\nllamacpp:requests_deferred 2\n";
+        assert_eq!(parse(Engine::Llamacpp, ll).map(|l| l.waiting), Some(2.0));
+    }
+
+    #[test]
+    fn labels_with_spaces_and_garbage_lines_are_handled() {
+        let text = "vllm:num_requests_running{model_name=\"a b}c\"} 2 1700000000\nnot a metric\nvllm:num_requests_waiting NaN\n";
+        let load = parse(Engine::Vllm, text).unwrap();
+        assert_eq!(load.running, 2.0);
+        assert_eq!(load.waiting, 0.0);
+    }
+
+    #[test]
+    fn other_metrics_are_not_a_reading() {
+        assert_eq!(parse(Engine::Vllm, "process_cpu_seconds_total 3\n"), None);
+        assert_eq!(parse(Engine::Ollama, "anything 1\n"), None);
+    }
+}
