@@ -11,14 +11,14 @@ use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::sync::Arc;
 use switchyard::balance::{Candidates, Features, Policy, PolicySettings};
-use switchyard::upstream::engine_load::EngineLoad;
-use switchyard::upstream::ServerState;
 use switchyard::config::Model;
 use switchyard::openai::request::replace_model;
 use switchyard::openai::sse::SseTracker;
 use switchyard::openai::usage::UsageScanner;
 use switchyard::openai::RequestView;
 use switchyard::routing::RouteTable;
+use switchyard::upstream::engine_load::EngineLoad;
+use switchyard::upstream::ServerState;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -240,9 +240,10 @@ fn balance(c: &mut Criterion) {
             });
             // Skipping the first two (tried) servers, as a retry does.
             let skip2 = candidates(&states, &weights, &|i| i > 1);
-            g.bench_function(BenchmarkId::new(format!("{}_skip2", policy.name()), n), |b| {
-                b.iter(|| p.pick(&f, &skip2))
-            });
+            g.bench_function(
+                BenchmarkId::new(format!("{}_skip2", policy.name()), n),
+                |b| b.iter(|| p.pick(&f, &skip2)),
+            );
         }
     }
     g.finish();

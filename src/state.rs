@@ -369,3 +369,65 @@ impl Gateway {
                 .all(|p| p.servers.iter().any(|s| s.state.is_usable(now)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(extra: &str) -> Runtime {
+        let yaml = format!(
+            "pools:\n  p:\n    model: x\n{extra}    servers:\n      - url: http://127.0.0.1:9\n      - url: http://127.0.0.1:10\nmodels:\n  m:\n    pool: p\n"
+        );
+        let config = crate::config::parse(&yaml).unwrap();
+        Runtime::build(config, &Registry::default(), &Metrics::new().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_retry_budget_is_a_share_of_in_flight_with_a_floor() {
+        let rt = runtime("");
+        let pool = &rt.pools[0];
+        // Idle pool: the floor of 3.
+        let tokens: Vec<_> = (0..3).map(|_| pool.take_retry().unwrap()).collect();
+        assert!(pool.take_retry().is_none());
+        drop(tokens);
+        // 40 in flight: 20 % is 8.
+        let _held: Vec<_> = (0..40)
+            .map(|i| pool.servers[i % 2].state.start(0))
+            .collect();
+        let tokens: Vec<_> = (0..8).map(|_| pool.take_retry().unwrap()).collect();
+        assert!(pool.take_retry().is_none());
+        drop(tokens);
+        assert!(
+            pool.take_retry().is_some(),
+            "slots come back when requests end"
+        );
+    }
+
+    #[test]
+    fn the_budget_follows_config() {
+        let rt = runtime("    retry_budget:\n      ratio: 0.5\n      min: 1\n");
+        let pool = &rt.pools[0];
+        let _t = pool.take_retry().unwrap();
+        assert!(pool.take_retry().is_none());
+    }
+
+    #[test]
+    fn a_ramping_server_is_still_picked_when_it_is_the_only_one() {
+        let rt = runtime("    balance: weighted_round_robin\n    slow_start: 1h\n");
+        let pool = &rt.pools[0];
+        let s = &pool.servers[0].state;
+        s.set_health(crate::upstream::health::Health::Unhealthy, 1);
+        s.set_health(
+            crate::upstream::health::Health::Healthy,
+            crate::upstream::now_ms(),
+        );
+        let f = Features::default();
+        // Ramping at 10 %: of 1 000 picks between both servers it gets few…
+        let n = (0..1_000)
+            .filter(|_| pool.pick(&f, &|_| true) == Some(0))
+            .count();
+        assert!((20..=250).contains(&n), "{n}");
+        // …but alone it gets every request.
+        assert!((0..100).all(|_| pool.pick(&f, &|i| i == 0) == Some(0)));
+    }
+}

@@ -174,6 +174,7 @@ pub struct FileModel {
     /// Pools tried in order when the model's own pool has no server left to try.
     #[serde(default)]
     pub fallback: Vec<String>,
-    /// Longest wait for the first streamed event before failing over (default 60s).
+    /// Streams: longest wait for the first event (a server silent before its response
+    /// header is failed over) and for each event after it. Default: `timeouts.upstream_idle`.
     pub first_token_timeout: Option<String>,
 }

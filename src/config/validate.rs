@@ -34,7 +34,6 @@ pub mod defaults {
     pub const MAX_WEIGHT: u32 = 1000;
     pub const STREAM_TOTAL_SECS: u64 = 30 * 60;
     pub const REQUEST_TOTAL_SECS: u64 = 10 * 60;
-    pub const FIRST_TOKEN_SECS: u64 = 60;
     pub const SLOW_START_SECS: u64 = 10;
     pub const SCRAPE_INTERVAL_MS: u64 = 1_000;
     pub const SESSION_HEADER: &str = "x-session-id";
@@ -92,7 +91,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
         .iter()
         .filter_map(|(name, pool)| self::pool(&mut errs, name, pool))
         .collect();
-    let models = models(&mut errs, &file, &pools);
+    let models = models(&mut errs, &file, &pools, timeouts.upstream_idle);
     if file.models.is_empty() {
         errs.push("models", "at least one model is required");
     }
@@ -631,7 +630,12 @@ fn parse_url(url: &str) -> Result<(String, u16), String> {
     }
 }
 
-fn models(errs: &mut Errors, file: &FileConfig, pools: &[Pool]) -> Vec<Model> {
+fn models(
+    errs: &mut Errors,
+    file: &FileConfig,
+    pools: &[Pool],
+    upstream_idle: Duration,
+) -> Vec<Model> {
     // Every public name and alias resolves to exactly one model.
     let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
     let mut out = Vec::with_capacity(file.models.len());
@@ -678,11 +682,11 @@ fn models(errs: &mut Errors, file: &FileConfig, pools: &[Pool]) -> Vec<Model> {
                 ),
             }
         }
-        let first_token_timeout = duration(
+        let first_token_timeout = duration_ms(
             errs,
             &format!("{at}.first_token_timeout"),
             m.first_token_timeout.as_deref(),
-            defaults::FIRST_TOKEN_SECS,
+            upstream_idle,
         );
         if let Some(pool) = pool {
             out.push(Model {

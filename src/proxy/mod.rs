@@ -287,9 +287,10 @@ impl ProxyHttp for Proxy {
         let mut peer = Box::new(server.peer.clone());
         let t = &runtime.config.timeouts;
         peer.options.read_timeout = Some(if ctx.stream {
-            // The wait for the first event and the gaps between events; with per-model first
-            // token timeouts above the idle gap, the longer one bounds both.
-            t.upstream_idle.max(model.first_token_timeout)
+            // Pingora has one read timeout per connection: it bounds the wait for the first
+            // event and every gap after it. A silent server before the response header is
+            // failed over; after it, the stream ends with an error event.
+            model.first_token_timeout
         } else {
             // A non-streamed answer comes whole after the generation: its header wait is the
             // request's total limit.

@@ -1,0 +1,231 @@
+//! Health checks, circuit breakers, fallback pools, first-token and total timeouts, through
+//! the real gateway against simulator servers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{client, dead_addr, get_json, get_text, metric_value, Gateway, Sim};
+use serde_json::{json, Value};
+
+const SERVED: &str = "meta-llama/Llama-3.1-8B-Instruct";
+
+/// Polls `/admin/servers` until `check` holds for server `i` of pool `p` (index), or fails
+/// after 10 s with the last answer.
+async fn server_eventually(gw: &Gateway, pool: usize, i: usize, check: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let servers = get_json(&gw.admin_url("/admin/servers")).await;
+        if check(&servers["pools"][pool]["servers"][i]) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "condition never held: {servers}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn counter(gw: &Gateway, name: &str) -> f64 {
+    metric_value(&get_text(&gw.admin_url("/metrics")).await, name).unwrap_or(0.0)
+}
+
+/// A server that refuses connections is marked down by the first probe, so within one
+/// interval no request is even attempted on it.
+#[tokio::test]
+async fn a_refusing_server_is_out_of_rotation_within_one_interval() {
+    let sim = Sim::fast(SERVED);
+    let dead = dead_addr();
+    let started = Instant::now();
+    let gw = Gateway::start(&format!(
+        "pools:\n  p:\n    model: {SERVED}\n    engine: vllm\n    balance: weighted_round_robin\n    health:\n      interval: 2s\n    servers:\n      - url: http://{dead}\n      - url: {}\nmodels:\n  m:\n    pool: p\n",
+        sim.url()
+    ));
+    server_eventually(&gw, 0, 0, |s| s["health"] == "unhealthy").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    server_eventually(&gw, 0, 1, |s| s["health"] == "healthy").await;
+    let refused = r#"switchyard_upstream_errors_total{kind="connect_refused",pool="p"}"#;
+    let before = counter(&gw, refused).await;
+    for _ in 0..10 {
+        assert_eq!(gw.tiny_completion("m").await, 200);
+    }
+    assert_eq!(counter(&gw, refused).await, before);
+    for line in gw.access_log_lines(10).await {
+        assert_eq!(line["attempts"], 1, "{line}");
+    }
+    let metrics = get_text(&gw.admin_url("/metrics")).await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            &format!("switchyard_upstream_healthy{{pool=\"p\",server=\"{dead}\"}}")
+        ),
+        Some(0.0)
+    );
+}
+
+/// Five 502s in a row open the server's breaker: it gets no more requests, the client never
+/// sees the failures (each was retried on the healthy server).
+#[tokio::test]
+async fn consecutive_failures_open_the_breaker_and_traffic_stops() {
+    let broken = Sim::start(SERVED, &["--zero-delay", "--fault", "status=502"]);
+    let good = Sim::fast(SERVED);
+    let gw = Gateway::start(&format!(
+        "pools:\n  p:\n    model: {SERVED}\n    balance: weighted_round_robin\n    servers:\n      - url: {}\n      - url: {}\nmodels:\n  m:\n    pool: p\n",
+        broken.url(),
+        good.url()
+    ));
+    for _ in 0..30 {
+        assert_eq!(gw.tiny_completion("m").await, 200);
+    }
+    assert_eq!(
+        broken.metric("switchyard_sim_http_requests_total").await,
+        5.0
+    );
+    server_eventually(&gw, 0, 0, |s| {
+        s["breaker"] == "open" && s["usable"] == false
+    })
+    .await;
+    let metrics = get_text(&gw.admin_url("/metrics")).await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"switchyard_retries_total{outcome="ok",pool="p",reason="status_502"}"#
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"switchyard_upstream_errors_total{kind="status_502",pool="p"}"#
+        ),
+        Some(5.0)
+    );
+}
+
+/// An open breaker sends nothing until its time is up; then a probe that succeeds closes it.
+#[tokio::test]
+async fn a_successful_probe_closes_the_breaker() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::start(&format!(
+        "pools:\n  p:\n    model: {SERVED}\n    breaker:\n      consecutive_failures: 2\n      open_for: 1s\n      half_open_probes: 1\n    servers:\n      - url: {}\nmodels:\n  m:\n    pool: p\n",
+        sim.url()
+    ));
+    let c = client();
+    let body = json!({"model": "m", "prompt": "x", "max_tokens": 1});
+    for _ in 0..2 {
+        let resp = c
+            .post(gw.url("/v1/completions"))
+            .header("x-sim-fault", "status=500")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500);
+    }
+    // Open: the gateway answers itself and says a client retry cannot help.
+    let resp = gw.post("/v1/completions", &body).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["x-should-retry"], "false");
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "no_healthy_upstream");
+    assert_eq!(sim.metric("switchyard_sim_http_requests_total").await, 2.0);
+    // After the open period the next request is the probe.
+    server_eventually(&gw, 0, 0, |s| s["breaker"] == "half_open").await;
+    assert_eq!(gw.tiny_completion("m").await, 200);
+    server_eventually(&gw, 0, 0, |s| s["breaker"] == "closed").await;
+    assert_eq!(gw.tiny_completion("m").await, 200);
+}
+
+/// A model whose pool is down falls back to the pool it names, which gets the request with
+/// its own served model name.
+#[tokio::test]
+async fn a_model_falls_back_to_the_next_pool_with_its_served_name() {
+    let small = Sim::fast("small-model");
+    let dead = dead_addr();
+    let dead2 = dead_addr();
+    let gw = Gateway::start(&format!(
+        "pools:\n  big:\n    model: big-model\n    health:\n      enabled: false\n    servers:\n      - url: http://{dead}\n      - url: http://{dead2}\n  small:\n    model: small-model\n    servers:\n      - url: {}\nmodels:\n  m:\n    pool: big\n    fallback: [small]\n",
+        small.url()
+    ));
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-sim-echo", "body")
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echoed: Value = resp.json().await.unwrap();
+    assert_eq!(echoed["model"], "small-model");
+    assert_eq!(echoed["messages"][0]["content"], "hi");
+    let line = &gw.access_log_lines(1).await[0];
+    assert_eq!(line["pool"], "small");
+    assert_eq!(
+        line["attempts"], 3,
+        "two dead servers, then the fallback: {line}"
+    );
+}
+
+/// A stream whose server sends nothing, not even a response header, is failed over once the
+/// model's first-token timeout passes.
+#[tokio::test]
+async fn a_silent_server_is_failed_over_after_the_first_token_timeout() {
+    let silent = Sim::start(SERVED, &["--zero-delay", "--fault", "hang"]);
+    let good = Sim::fast(SERVED);
+    let gw = Gateway::start(&format!(
+        "pools:\n  p:\n    model: {SERVED}\n    balance: weighted_round_robin\n    health:\n      enabled: false\n    servers:\n      - url: {}\n      - url: {}\nmodels:\n  m:\n    pool: p\n    first_token_timeout: 300ms\n",
+        silent.url(),
+        good.url()
+    ));
+    for _ in 0..4 {
+        let resp = gw
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "m", "stream": true, "max_tokens": 3,
+                        "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert!(!text.contains("\"error\""), "{text}");
+    }
+    let metrics = get_text(&gw.admin_url("/metrics")).await;
+    let retried = metric_value(
+        &metrics,
+        r#"switchyard_retries_total{outcome="ok",pool="p",reason="timeout"}"#,
+    );
+    assert!(retried.is_some_and(|n| n >= 1.0), "{metrics}");
+}
+
+/// A stream longer than `timeouts.stream_total` is ended honestly: the events so far, an
+/// error event, `[DONE]`.
+#[tokio::test]
+async fn a_stream_over_the_total_limit_ends_with_an_error_event() {
+    let sim = Sim::start(SERVED, &["--decode-step-ms", "100"]);
+    let gw = Gateway::single(SERVED, &[sim.url()], "timeouts:\n  stream_total: 1s\n");
+    let resp = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "m", "stream": true, "max_tokens": 100,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert!(events.len() > 3, "{text}");
+    assert_eq!(events[events.len() - 1], "data: [DONE]");
+    let error: Value =
+        serde_json::from_str(events[events.len() - 2].trim_start_matches("data: ")).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_timeout");
+    common::metric_eventually(
+        &gw.admin_url("/metrics"),
+        r#"switchyard_streams_aborted_total{model="m",reason="upstream_timeout"}"#,
+        1.0,
+    )
+    .await;
+}
