@@ -181,16 +181,33 @@ async fn the_grafana_dashboard_queries_only_metrics_the_gateway_exports() {
     )
     .unwrap();
     let sim = Sim::fast(SERVED);
-    let gw = Gateway::single(SERVED, &[sim.url()], "");
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&json!({"model": "m", "stream": true, "max_tokens": 3,
-                      "stream_options": {"include_usage": true},
-                      "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
+    // A dead server (upstream errors, retries) beside a scraped vLLM-like one (engine load).
+    let dead = common::dead_addr();
+    let gw = Gateway::start(&format!(
+        "pools:\n  p:\n    model: {SERVED}\n    engine: vllm\n    balance: weighted_round_robin\n    health:\n      enabled: false\n    servers:\n      - url: http://{dead}\n      - url: {}\nmodels:\n  m:\n    pool: p\n",
+        sim.url()
+    ));
+    // Round robin puts the dead server first for one of the first two requests.
+    for fault in ["", "", "die_after=1"] {
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("x-sim-fault", fault)
+            .json(&json!({"model": "m", "stream": true, "max_tokens": 3,
+                          "stream_options": {"include_usage": true},
+                          "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        resp.text().await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !common::get_text(&gw.admin_url("/metrics"))
         .await
-        .unwrap();
-    resp.text().await.unwrap();
+        .contains("switchyard_upstream_engine_load{")
+    {
+        assert!(std::time::Instant::now() < deadline, "engine load never scraped");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     gw.post("/v1/chat/completions", &json!({"model": "unknown"}))
         .await;
     let metrics = common::metric_eventually(
