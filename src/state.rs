@@ -262,7 +262,7 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     pub registry: Registry,
     pub metrics: Metrics,
-    pub lifecycle: crate::lifecycle::Lifecycle,
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// The file reloads read; `None` for a config that did not come from a file (the demo).
     config_path: Option<PathBuf>,
     /// Serialises reloads so that two of them cannot interleave read, build and swap.

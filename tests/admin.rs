@@ -205,7 +205,10 @@ async fn the_grafana_dashboard_queries_only_metrics_the_gateway_exports() {
         .await
         .contains("switchyard_upstream_engine_load{")
     {
-        assert!(std::time::Instant::now() < deadline, "engine load never scraped");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "engine load never scraped"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     gw.post("/v1/chat/completions", &json!({"model": "unknown"}))

@@ -229,3 +229,41 @@ async fn a_stream_over_the_total_limit_ends_with_an_error_event() {
     )
     .await;
 }
+
+/// A server that answers `200 text/event-stream` at once and then stays silent is failed
+/// over too: the gateway holds the response header back until the first event, so the
+/// client sees only the other server's complete stream.
+#[tokio::test]
+async fn a_server_silent_after_its_header_is_failed_over_before_the_client_sees_it() {
+    let silent = Sim::start(
+        SERVED,
+        &["--zero-delay", "--fault", "first_token_delay_ms=60000"],
+    );
+    let good = Sim::fast(SERVED);
+    let gw = Gateway::start(&format!(
+        "pools:\n  p:\n    model: {SERVED}\n    balance: weighted_round_robin\n    health:\n      enabled: false\n    servers:\n      - url: {}\n      - url: {}\nmodels:\n  m:\n    pool: p\n    first_token_timeout: 300ms\n",
+        silent.url(),
+        good.url()
+    ));
+    for _ in 0..4 {
+        let started = Instant::now();
+        let resp = gw
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "m", "stream": true, "max_tokens": 3,
+                        "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert!(!text.contains("\"error\""), "{text}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    let metrics = get_text(&gw.admin_url("/metrics")).await;
+    let retried = metric_value(
+        &metrics,
+        r#"switchyard_retries_total{outcome="ok",pool="p",reason="timeout"}"#,
+    );
+    assert!(retried.is_some_and(|n| n >= 1.0), "{metrics}");
+}

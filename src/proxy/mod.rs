@@ -18,6 +18,7 @@
 mod body;
 mod ctx;
 mod headers;
+mod hold;
 mod log;
 mod respond;
 
@@ -286,6 +287,14 @@ impl ProxyHttp for Proxy {
         ctx.inflight = Some(server.state.start(upstream::now_ms()));
         let mut peer = Box::new(server.peer.clone());
         let t = &runtime.config.timeouts;
+        if ctx.stream {
+            // Streams connect through the hold (hold.rs), in their own connection group.
+            peer.options.custom_l4 = Some(Arc::new(hold::HoldConnect::new(
+                t.connect,
+                self.gateway.lifecycle.clone(),
+            )));
+            peer.group_key = 1;
+        }
         peer.options.read_timeout = Some(if ctx.stream {
             // Pingora has one read timeout per connection: it bounds the wait for the first
             // event and every gap after it. A silent server before the response header is
@@ -310,7 +319,10 @@ impl ProxyHttp for Proxy {
         _digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream_socket = Some(self.gateway.lifecycle.register_upstream(fd));
+        // A held stream's socket (fd -1 to Pingora) registered itself when it connected.
+        if fd >= 0 {
+            ctx.upstream_socket = Some(self.gateway.lifecycle.register_upstream(fd));
+        }
         Ok(())
     }
 
@@ -326,7 +338,12 @@ impl ProxyHttp for Proxy {
             .as_ref()
             .zip(ctx.server)
             .map(|(r, s)| r.runtime.pools[r.pool].servers[s].id.as_str());
-        headers::to_upstream(upstream, session.client_addr(), host, ctx)
+        headers::to_upstream(upstream, session.client_addr(), host, ctx)?;
+        if ctx.stream {
+            // One request per held connection (hold.rs).
+            upstream.insert_header(http::header::CONNECTION, "close")?;
+        }
+        Ok(())
     }
 
     async fn request_body_filter(
