@@ -237,7 +237,9 @@ done
 echo >> "$OUT"
 
 # --- memory with idle streams --------------------------------------------------------------
-$BIN sim --listen 127.0.0.1:0 --model "$MODEL" --fault first_token_delay_ms=600000 \
+# Each stream gets its first event (the gateway holds a stream's header until then), then the
+# server goes silent with the connection open.
+$BIN sim --listen 127.0.0.1:0 --model "$MODEL" --zero-delay --fault stall_after=1 \
   --max-num-seqs 20000 --num-blocks 2000000 2>"$WORK/sim-idle.log" >/dev/null &
 PIDS+=($!)
 SIM_IDLE=$(wait_listen "$WORK/sim-idle.log" sim)

@@ -3,7 +3,8 @@
 //! `stream` mode: N concurrent streaming chat completions against a simulator started with
 //! `--event-timestamps`; reports time to first event (client-measured) and per-event lag
 //! (client receive time minus the simulator's send stamp; same machine, same clock).
-//! `idle` mode: opens N streams that stay silent (simulator with a long first-token delay),
+//! `idle` mode: opens N streams that stay silent after their first event (simulator with
+//! `--fault stall_after=1`),
 //! waits until every response header arrived, then reports the RSS of a process (the
 //! gateway) so that load.sh can divide the growth by N.
 //!

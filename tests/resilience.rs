@@ -267,3 +267,22 @@ async fn a_server_silent_after_its_header_is_failed_over_before_the_client_sees_
     );
     assert!(retried.is_some_and(|n| n >= 1.0), "{metrics}");
 }
+
+/// A non-streamed answer that does not come within `timeouts.request_total` is a 504 in
+/// OpenAI's shape (the header wait of a non-streamed request is its whole generation).
+#[tokio::test]
+async fn a_non_streamed_request_over_the_total_limit_is_a_504() {
+    let sim = Sim::start(SERVED, &["--zero-delay", "--fault", "hang"]);
+    let gw = Gateway::single(SERVED, &[sim.url()], "timeouts:\n  request_total: 300ms\n");
+    let started = Instant::now();
+    let resp = gw
+        .post(
+            "/v1/completions",
+            &json!({"model": "m", "prompt": "x", "max_tokens": 1}),
+        )
+        .await;
+    assert_eq!(resp.status(), 504);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -4,7 +4,8 @@
 //! Syntax: comma-separated items — `status=503`, `retry_after=2` (sent verbatim, so an
 //! HTTP-date or garbage works too), `retry_after_ms=1500`, `refuse` (close the connection
 //! without an answer), `hang` (never answer), `first_token_delay_ms=500`, `die_after=5`
-//! (cut the connection after 5 tokens), `garbage` (malformed SSE after the first token).
+//! (cut the connection after 5 tokens), `stall_after=1` (streams: go silent after 1 token,
+//! connection open), `garbage` (malformed SSE after the first token).
 
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ pub struct Faults {
     pub hang: bool,
     pub first_token_delay: Option<Duration>,
     pub die_after: Option<u32>,
+    /// Streams: after this many tokens, go silent with the connection open.
+    pub stall_after: Option<u32>,
     pub garbage: bool,
 }
 
@@ -55,6 +58,7 @@ impl Faults {
                     self.first_token_delay = Some(Duration::from_millis(num(value)?));
                 }
                 "die_after" => self.die_after = Some(num(value)? as u32),
+                "stall_after" => self.stall_after = Some(num(value)? as u32),
                 "garbage" => self.garbage = true,
                 _ => return Err(format!("unknown fault {key:?}")),
             }

@@ -212,6 +212,7 @@ impl Sim {
                 gen,
                 include_usage,
                 die_after: faults.die_after,
+                stall_after: faults.stall_after,
                 garbage: faults.garbage,
                 sent: 0,
                 done: false,
@@ -434,6 +435,7 @@ struct SseBody {
     gen: Generation,
     include_usage: bool,
     die_after: Option<u32>,
+    stall_after: Option<u32>,
     garbage: bool,
     sent: u32,
     done: bool,
@@ -454,6 +456,10 @@ impl Body for SseBody {
         if let Some(delay) = &mut this.delay {
             ready!(delay.as_mut().poll(cx));
             this.delay = None;
+        }
+        if this.stall_after == Some(this.sent) {
+            // Silent for good; nothing will wake this body (the client may still hang up).
+            return Poll::Pending;
         }
         let event = ready!(this.rx.poll_recv(cx));
         let text = match event {
