@@ -25,6 +25,32 @@ async fn server_eventually(gw: &Gateway, pool: usize, i: usize, check: impl Fn(&
     }
 }
 
+/// Four streams through a pool of a silent and a good server (round robin) each come back
+/// whole, without an error event, and at least one of them was retried after a timeout.
+async fn clean_streams_after_timeout_retries(gw: &Gateway) {
+    for _ in 0..4 {
+        let started = Instant::now();
+        let resp = gw
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "m", "stream": true, "max_tokens": 3,
+                        "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert!(!text.contains("\"error\""), "{text}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    let metrics = get_text(&gw.admin_url("/metrics")).await;
+    let retried = metric_value(
+        &metrics,
+        r#"switchyard_retries_total{outcome="ok",pool="p",reason="timeout"}"#,
+    );
+    assert!(retried.is_some_and(|n| n >= 1.0), "{metrics}");
+}
+
 async fn counter(gw: &Gateway, name: &str) -> f64 {
     metric_value(&get_text(&gw.admin_url("/metrics")).await, name).unwrap_or(0.0)
 }
@@ -180,25 +206,7 @@ async fn a_silent_server_is_failed_over_after_the_first_token_timeout() {
         silent.url(),
         good.url()
     ));
-    for _ in 0..4 {
-        let resp = gw
-            .post(
-                "/v1/chat/completions",
-                &json!({"model": "m", "stream": true, "max_tokens": 3,
-                        "messages": [{"role": "user", "content": "hi"}]}),
-            )
-            .await;
-        assert_eq!(resp.status(), 200);
-        let text = resp.text().await.unwrap();
-        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-        assert!(!text.contains("\"error\""), "{text}");
-    }
-    let metrics = get_text(&gw.admin_url("/metrics")).await;
-    let retried = metric_value(
-        &metrics,
-        r#"switchyard_retries_total{outcome="ok",pool="p",reason="timeout"}"#,
-    );
-    assert!(retried.is_some_and(|n| n >= 1.0), "{metrics}");
+    clean_streams_after_timeout_retries(&gw).await;
 }
 
 /// A stream longer than `timeouts.stream_total` is ended honestly: the events so far, an
@@ -245,27 +253,7 @@ async fn a_server_silent_after_its_header_is_failed_over_before_the_client_sees_
         silent.url(),
         good.url()
     ));
-    for _ in 0..4 {
-        let started = Instant::now();
-        let resp = gw
-            .post(
-                "/v1/chat/completions",
-                &json!({"model": "m", "stream": true, "max_tokens": 3,
-                        "messages": [{"role": "user", "content": "hi"}]}),
-            )
-            .await;
-        assert_eq!(resp.status(), 200);
-        let text = resp.text().await.unwrap();
-        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-        assert!(!text.contains("\"error\""), "{text}");
-        assert!(started.elapsed() < Duration::from_secs(5));
-    }
-    let metrics = get_text(&gw.admin_url("/metrics")).await;
-    let retried = metric_value(
-        &metrics,
-        r#"switchyard_retries_total{outcome="ok",pool="p",reason="timeout"}"#,
-    );
-    assert!(retried.is_some_and(|n| n >= 1.0), "{metrics}");
+    clean_streams_after_timeout_retries(&gw).await;
 }
 
 /// A non-streamed answer that does not come within `timeouts.request_total` is a 504 in

@@ -240,17 +240,20 @@ mod tests {
         assert_eq!(header_end(b"HTTP/1.1 200 OK\r\n"), None);
     }
 
-    /// A real socket pair: the header alone is held; a body byte releases both.
+    /// A held connection and the server side of it, on a real socket pair.
+    async fn pair() -> (Stream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = SocketAddr::Inet(listener.local_addr().unwrap());
+        let connector = HoldConnect::new(Duration::from_secs(1), Arc::new(Lifecycle::default()));
+        let (stream, accepted) = tokio::join!(connector.connect(&target), listener.accept());
+        (stream.unwrap(), accepted.unwrap().0)
+    }
+
+    /// The header alone is held; a body byte releases both.
     #[tokio::test]
     async fn the_header_waits_for_the_first_body_byte() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connector = HoldConnect::new(Duration::from_secs(1), Arc::new(Lifecycle::default()));
-        let target = SocketAddr::Inet(addr);
-        let (stream, accepted) = tokio::join!(connector.connect(&target), listener.accept());
-        let mut stream = stream.unwrap();
-        let (mut server, _) = accepted.unwrap();
+        let (mut stream, mut server) = pair().await;
         let header = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n";
         server.write_all(header).await.unwrap();
         let mut buf = [0u8; 256];
@@ -270,13 +273,7 @@ mod tests {
     #[tokio::test]
     async fn other_responses_pass_at_once() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connector = HoldConnect::new(Duration::from_secs(1), Arc::new(Lifecycle::default()));
-        let target = SocketAddr::Inet(addr);
-        let (stream, accepted) = tokio::join!(connector.connect(&target), listener.accept());
-        let mut stream = stream.unwrap();
-        let (mut server, _) = accepted.unwrap();
+        let (mut stream, mut server) = pair().await;
         let header = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
         server.write_all(header).await.unwrap();
         let mut buf = [0u8; 256];

@@ -21,6 +21,7 @@ mod headers;
 mod hold;
 mod log;
 mod respond;
+mod retry;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,57 +51,6 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(gateway: Arc<Gateway>) -> Self {
         Self { gateway }
-    }
-
-    /// Feeds the current attempt's outcome to its server's breaker, once per attempt.
-    fn record(&self, ctx: &mut Ctx, outcome: upstream::Outcome) {
-        if std::mem::replace(&mut ctx.outcome_recorded, true) {
-            return;
-        }
-        self.record_again(ctx, outcome);
-    }
-
-    /// Feeds an outcome even if one was recorded (a stream that died after a good header).
-    fn record_again(&self, ctx: &Ctx, outcome: upstream::Outcome) {
-        let (Some(routed), Some(server)) = (&ctx.routed, ctx.server) else {
-            return;
-        };
-        let pool = &routed.runtime.pools[routed.pool];
-        let s = &pool.servers[server];
-        if let Some(state) = s.state.record(outcome, upstream::now_ms()) {
-            match state {
-                upstream::breaker::BreakerState::Open => tracing::warn!(
-                    pool = %pool.name, server = %s.id, "circuit breaker opened"
-                ),
-                _ => tracing::info!(
-                    pool = %pool.name, server = %s.id, "circuit breaker {}", state.name()
-                ),
-            }
-        }
-    }
-
-    /// Whether another attempt is possible: a server left in the current pool within its
-    /// cap, or a fallback pool with a usable server.
-    fn can_try_again(&self, routed: &Routed, tried: &ctx::Tried) -> bool {
-        if tried.attempts() >= MAX_ATTEMPTS {
-            return false;
-        }
-        let rt = &routed.runtime;
-        let here = tried.can_retry(routed.pool)
-            && rt.pools[routed.pool].has_candidate(&|i| !tried.contains(routed.pool, i));
-        here || rt.models[routed.model]
-            .fallback
-            .iter()
-            .skip(routed.fallbacks_used)
-            .any(|&p| rt.pools[p].has_candidate(&|_| true))
-    }
-
-    /// Notes why the current attempt is retried (a metric label, counted at the end).
-    fn note_retry(&self, ctx: &mut Ctx, reason: ctx::RetryReason) {
-        let n = ctx.tried.attempts();
-        if let Some(slot) = n.checked_sub(1).and_then(|i| ctx.retries.get_mut(i)) {
-            *slot = Some(reason);
-        }
     }
 
     /// Reads, parses and routes an inference request; the body to forward lands in `ctx`.
@@ -173,13 +123,6 @@ fn features(
     }
 }
 
-/// Backoff before a retry of a request a server already had: full jitter over 10 ms × 2^n,
-/// at most 200 ms (the next server is another machine; the wait only spreads a burst).
-fn backoff(retry: usize) -> Duration {
-    let cap = (10u64 << retry.min(5)).min(200);
-    Duration::from_millis(fastrand::u64(0..=cap))
-}
-
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
@@ -240,7 +183,7 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         if std::mem::take(&mut ctx.backoff) {
-            tokio::time::sleep(backoff(ctx.tried.attempts())).await;
+            tokio::time::sleep(retry::backoff(ctx.tried.attempts())).await;
         }
         let Some(routed) = &mut ctx.routed else {
             ctx.error = Some(ApiError::Internal);
@@ -390,7 +333,7 @@ impl ProxyHttp for Proxy {
         if outcome == upstream::Outcome::Failure {
             self.gateway
                 .metrics
-                .upstream_error(&pool.name, status_kind(status));
+                .upstream_error(&pool.name, retry::status_kind(status));
         }
         self.record(ctx, outcome);
         if !matches!(status, 429 | 502 | 503 | 504) {
@@ -410,7 +353,7 @@ impl ProxyHttp for Proxy {
         ctx.retry_tokens.push(token);
         ctx.retry_status = Some(status);
         ctx.backoff = true;
-        self.note_retry(ctx, status_kind(status));
+        self.note_retry(ctx, retry::status_kind(status));
         let mut e = Error::explain(ErrorType::HTTPStatus(status), "retryable upstream status");
         e.set_retry(true);
         Err(e)
@@ -691,18 +634,6 @@ impl ProxyHttp for Proxy {
         ctx.inflight = None;
         ctx.upstream_socket = None;
         ctx.request_guard = None;
-    }
-}
-
-/// The metric label of an upstream status that counts as an error or a retry reason.
-fn status_kind(status: u16) -> &'static str {
-    match status {
-        429 => "status_429",
-        500 => "status_500",
-        502 => "status_502",
-        503 => "status_503",
-        504 => "status_504",
-        _ => "status_other",
     }
 }
 
