@@ -135,6 +135,7 @@ impl Admin {
                     .zip(&spec.servers)
                     .map(|(s, sspec)| {
                         let health = s.state.health();
+                        let reading = s.state.engine_load(now, spec.policy.load_max_age_ms);
                         json!({
                             "id": s.id,
                             "url": format!("http://{}", sspec.id),
@@ -143,8 +144,8 @@ impl Admin {
                             "breaker": s.state.breaker_state(now).name(),
                             "usable": s.state.is_usable(now),
                             "inflight": s.state.inflight(),
-                            "load": s.state.engine_load(now, spec.policy.load_max_age_ms).map(|(q, _)| q),
-                            "kv_cache_usage": s.state.engine_load(now, spec.policy.load_max_age_ms).map(|(_, kv)| kv),
+                            "load": reading.map(|(queue, _)| queue),
+                            "kv_cache_usage": reading.map(|(_, kv)| kv),
                             "ewma_ms": s.state.ewma_ms().map(|ms| (ms * 1000.0).round() / 1000.0),
                             "weight": sspec.weight.get(),
                             "draining": s.state.is_draining(),

@@ -25,9 +25,17 @@ async fn server_eventually(gw: &Gateway, pool: usize, i: usize, check: impl Fn(&
     }
 }
 
-/// Four streams through a pool of a silent and a good server (round robin) each come back
-/// whole, without an error event, and at least one of them was retried after a timeout.
-async fn clean_streams_after_timeout_retries(gw: &Gateway) {
+/// Four streams through a pool of a server silent with `fault` and a good one (round robin,
+/// first_token_timeout 300 ms) each come back whole, without an error event, and at least
+/// one of them was retried after a timeout.
+async fn silent_beside_good(fault: &str) {
+    let silent = Sim::start(SERVED, &["--zero-delay", "--fault", fault]);
+    let good = Sim::fast(SERVED);
+    let gw = Gateway::start(&format!(
+        "pools:\n  p:\n    model: {SERVED}\n    balance: weighted_round_robin\n    health:\n      enabled: false\n    servers:\n      - url: {}\n      - url: {}\nmodels:\n  m:\n    pool: p\n    first_token_timeout: 300ms\n",
+        silent.url(),
+        good.url()
+    ));
     for _ in 0..4 {
         let started = Instant::now();
         let resp = gw
@@ -199,14 +207,7 @@ async fn a_model_falls_back_to_the_next_pool_with_its_served_name() {
 /// model's first-token timeout passes.
 #[tokio::test]
 async fn a_silent_server_is_failed_over_after_the_first_token_timeout() {
-    let silent = Sim::start(SERVED, &["--zero-delay", "--fault", "hang"]);
-    let good = Sim::fast(SERVED);
-    let gw = Gateway::start(&format!(
-        "pools:\n  p:\n    model: {SERVED}\n    balance: weighted_round_robin\n    health:\n      enabled: false\n    servers:\n      - url: {}\n      - url: {}\nmodels:\n  m:\n    pool: p\n    first_token_timeout: 300ms\n",
-        silent.url(),
-        good.url()
-    ));
-    clean_streams_after_timeout_retries(&gw).await;
+    silent_beside_good("hang").await;
 }
 
 /// A stream longer than `timeouts.stream_total` is ended honestly: the events so far, an
@@ -243,17 +244,7 @@ async fn a_stream_over_the_total_limit_ends_with_an_error_event() {
 /// client sees only the other server's complete stream.
 #[tokio::test]
 async fn a_server_silent_after_its_header_is_failed_over_before_the_client_sees_it() {
-    let silent = Sim::start(
-        SERVED,
-        &["--zero-delay", "--fault", "first_token_delay_ms=60000"],
-    );
-    let good = Sim::fast(SERVED);
-    let gw = Gateway::start(&format!(
-        "pools:\n  p:\n    model: {SERVED}\n    balance: weighted_round_robin\n    health:\n      enabled: false\n    servers:\n      - url: {}\n      - url: {}\nmodels:\n  m:\n    pool: p\n    first_token_timeout: 300ms\n",
-        silent.url(),
-        good.url()
-    ));
-    clean_streams_after_timeout_retries(&gw).await;
+    silent_beside_good("first_token_delay_ms=60000").await;
 }
 
 /// A non-streamed answer that does not come within `timeouts.request_total` is a 504 in
