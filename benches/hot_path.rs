@@ -14,6 +14,7 @@ use switchyard::balance::{Candidates, Features, Policy, PolicySettings};
 use switchyard::config::Model;
 use switchyard::openai::request::replace_model;
 use switchyard::openai::sse::SseTracker;
+use switchyard::openai::strip::UsageStrip;
 use switchyard::openai::usage::UsageScanner;
 use switchyard::openai::RequestView;
 use switchyard::routing::RouteTable;
@@ -58,6 +59,9 @@ fn routes() -> RouteTable {
             pool: i,
             fallback: vec![],
             first_token_timeout: std::time::Duration::from_secs(60),
+            limits: Default::default(),
+            default_max_tokens: 1024,
+            bytes_per_token: 4.0,
         })
         .collect();
     RouteTable::new(&models)
@@ -114,6 +118,29 @@ fn report_allocations() {
         parts.len()
     );
     println!("  usage scanner, per chunk: {per_chunk_usage:.2}");
+    // The usage strip holds an event cut by a chunk boundary until its end: that costs an
+    // allocation; chunks that end on event boundaries (one event per upstream write, as
+    // vLLM writes them) cost none.
+    let mut strip = UsageStrip::default();
+    let per_chunk_strip = allocs_per(1, || {
+        for p in &parts {
+            black_box(strip.filter(p));
+        }
+    }) / parts.len() as f64;
+    let events: Vec<bytes::Bytes> = stream
+        .split_inclusive(|&b| b == b'\n')
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|e| bytes::Bytes::from(e.concat()))
+        .collect();
+    let mut strip = UsageStrip::default();
+    let per_event_strip = allocs_per(1, || {
+        for e in &events {
+            black_box(strip.filter(e));
+        }
+    }) / events.len() as f64;
+    println!("  usage strip, per chunk at random boundaries: {per_chunk_strip:.2}");
+    println!("  usage strip, per chunk of one event: {per_event_strip:.2} (the usage event's chunk is copied once)");
     println!(
         "  route resolution: {:.2}",
         allocs_per(1000, || {

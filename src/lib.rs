@@ -6,6 +6,7 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod proxy;

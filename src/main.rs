@@ -43,6 +43,20 @@ enum Command {
     },
     /// One simulated inference server (vLLM-like API and metrics).
     Sim(SimArgs),
+    /// API keys for `tenants.*.keys`.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Print the `sha256:<hex>` digest of the key read from stdin (one line; the key never
+    /// goes on a command line or into the config).
+    Hash,
+    /// Print a new random key and, on stderr, its digest.
+    New,
 }
 
 /// The demo config; its server ports are replaced by the simulators' bound ports.
@@ -71,6 +85,7 @@ fn main() -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Demo { listen, admin } => demo(listen, admin),
         Command::Sim(args) => run_sim(args),
+        Command::Key { action } => key(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,6 +121,41 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn key(action: KeyAction) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    use switchyard::limits::keys;
+    match action {
+        KeyAction::Hash => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("reading the key from stdin")?;
+            let key = input.trim_end_matches(['\r', '\n']);
+            if key.is_empty() {
+                return Err(anyhow!(
+                    "no key on stdin (e.g. `printf %s \"$KEY\" | switchyard key hash`)"
+                ));
+            }
+            println!("{}", keys::format(&keys::digest(key.as_bytes())));
+        }
+        KeyAction::New => {
+            let mut random = [0u8; 24];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut random))
+                .context("reading /dev/urandom")?;
+            let key: String = std::iter::once("sk-sy-".to_owned())
+                .chain(random.iter().map(|b| format!("{b:02x}")))
+                .collect();
+            println!("{key}");
+            eprintln!(
+                "digest for the config: {}",
+                keys::format(&keys::digest(key.as_bytes()))
+            );
+        }
+    }
+    Ok(())
 }
 
 fn run_sim(args: SimArgs) -> anyhow::Result<()> {

@@ -4,10 +4,10 @@
 //! list (anything else is `other`). Per-request code touches only handles resolved when a
 //! runtime is built ([`ModelMetrics`]), never a label lookup.
 
+use prometheus::{Counter, CounterVec, GaugeVec, IntGauge, IntGaugeVec, Registry, TextEncoder};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
 };
-use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Registry, TextEncoder};
 
 /// Status codes that get their own label value; others count as `other`.
 const STATUSES: [u16; 14] = [
@@ -54,6 +54,39 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     /// Streams the gateway ended early, by model and reason.
     streams_aborted: IntCounterVec,
+    /// Tokens by tenant, model, kind and source (usage: the server's count; estimated).
+    tenant_tokens: IntCounterVec,
+    /// Dollars spent by tenant.
+    tenant_spend: CounterVec,
+    /// Requests refused by tenant and reason.
+    tenant_rejections: IntCounterVec,
+}
+
+/// Handles of one tenant, resolved at build time (tenant and model names come from config).
+pub struct TenantMetrics {
+    name: String,
+    /// Per model index: prompt (usage, estimated), completion (usage, estimated).
+    tokens: Box<[[IntCounter; 4]]>,
+    pub spend: Counter,
+    rejections: IntCounterVec,
+}
+
+impl TenantMetrics {
+    /// Counts tokens of a finished request; `exact`: the server reported them.
+    pub fn tokens(&self, model: usize, prompt: u64, completion: u64, exact: bool) {
+        if let Some(c) = self.tokens.get(model) {
+            let i = usize::from(!exact);
+            c[i].inc_by(prompt);
+            c[2 + i].inc_by(completion);
+        }
+    }
+
+    /// Counts a refused request; `reason` is a fixed label.
+    pub fn reject(&self, reason: &'static str) {
+        self.rejections
+            .with_label_values(&[&self.name, reason])
+            .inc();
+    }
 }
 
 /// Handles for one (model, pool) pair, resolved at build time.
@@ -210,6 +243,31 @@ impl Metrics {
             ),
             &["model", "reason"],
         )?;
+        let tenant_tokens = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tenant_tokens_total",
+                "Tokens by tenant, model, kind (prompt, completion) and source (usage: as the server reported them; estimated: prompt bytes and streamed events, when usage was missing).",
+            ),
+            &["tenant", "model", "kind", "source"],
+        )?;
+        let tenant_spend = CounterVec::new(
+            Opts::new(
+                "switchyard_tenant_spend_usd_total",
+                "Dollars spent by tenant, from token counts and pools' cost.",
+            ),
+            &["tenant"],
+        )?;
+        let tenant_rejections = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tenant_rejections_total",
+                "Requests of a tenant refused by the gateway, by reason (requests_per_minute, tokens_per_minute, request_too_large, concurrent_requests, budget_exceeded, model_not_found).",
+            ),
+            &["tenant", "reason"],
+        )?;
+        registry.register(Box::new(tenant_spend.clone()))?;
+        for c in [&tenant_tokens, &tenant_rejections] {
+            registry.register(Box::new(c.clone()))?;
+        }
         for c in [&retries, &upstream_errors, &streams_aborted] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -253,7 +311,34 @@ impl Metrics {
             retries,
             upstream_errors,
             streams_aborted,
+            tenant_tokens,
+            tenant_spend,
+            tenant_rejections,
         })
+    }
+
+    /// Resolves the handles of one tenant for the given models (in model index order).
+    pub fn tenant<'a>(&self, name: &str, models: impl Iterator<Item = &'a str>) -> TenantMetrics {
+        let tokens = models
+            .map(|m| {
+                let c = |kind: &str, source: &str| {
+                    self.tenant_tokens
+                        .with_label_values(&[name, m, kind, source])
+                };
+                [
+                    c("prompt", "usage"),
+                    c("prompt", "estimated"),
+                    c("completion", "usage"),
+                    c("completion", "estimated"),
+                ]
+            })
+            .collect();
+        TenantMetrics {
+            name: name.to_owned(),
+            tokens,
+            spend: self.tenant_spend.with_label_values(&[name]),
+            rejections: self.tenant_rejections.clone(),
+        }
     }
 
     /// Resolves the handles of one model served by one pool.

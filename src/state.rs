@@ -17,6 +17,10 @@ use serde::Serialize;
 
 use crate::balance::{Balance, Candidates, Features, Policy};
 use crate::config::{Config, ConfigError, LoadError, RetryBudget};
+use crate::limits::budget::Cost;
+use crate::limits::per_ip::PerIp;
+use crate::limits::store::LocalStore;
+use crate::limits::Tenants;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::routing::RouteTable;
 use crate::upstream::{Registry, ServerState};
@@ -45,6 +49,9 @@ pub struct Pool {
     pub retry_budget: RetryBudget,
     /// Retries of requests a server received, in flight now (see `RetryBudget`).
     pub retries_inflight: Arc<AtomicU64>,
+    pub cost: Cost,
+    /// `Bearer <key>` for the upstream, when the pool has a key.
+    pub upstream_auth: Option<http::HeaderValue>,
 }
 
 impl Pool {
@@ -122,6 +129,9 @@ pub struct Model {
     pub fallback: Box<[usize]>,
     pub first_token_timeout: Duration,
     pub metrics: ModelMetrics,
+    /// Completion tokens reserved when a request sets no `max_tokens`.
+    pub default_max_tokens: u64,
+    pub bytes_per_token: f64,
 }
 
 /// Everything a request needs, immutable once built.
@@ -130,8 +140,9 @@ pub struct Runtime {
     pub routes: RouteTable,
     pub models: Box<[Model]>,
     pub pools: Box<[Pool]>,
-    /// Prebuilt `GET /v1/models` response body.
+    /// Prebuilt `GET /v1/models` response body (of an open gateway; tenants have their own).
     pub models_body: Bytes,
+    pub tenants: Tenants,
 }
 
 impl Runtime {
@@ -139,6 +150,7 @@ impl Runtime {
     pub fn build(
         config: Config,
         registry: &Registry,
+        store: &LocalStore,
         metrics: &Metrics,
     ) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
@@ -174,6 +186,12 @@ impl Runtime {
                 slow_start: p.slow_start,
                 retry_budget: p.retry_budget,
                 retries_inflight: Arc::new(AtomicU64::new(0)),
+                cost: p.cost,
+                upstream_auth: p.api_key.as_ref().and_then(|k| {
+                    let mut v = http::HeaderValue::try_from(format!("Bearer {k}")).ok()?;
+                    v.set_sensitive(true);
+                    Some(v)
+                }),
             });
         }
         if !errors.is_empty() {
@@ -188,11 +206,16 @@ impl Runtime {
                 fallback: m.fallback.clone().into_boxed_slice(),
                 first_token_timeout: m.first_token_timeout,
                 metrics: metrics.model(&m.name, &config.pools[m.pool].name),
+                default_max_tokens: m.default_max_tokens,
+                bytes_per_token: m.bytes_per_token,
             })
             .collect();
         Ok(Self {
             routes: RouteTable::new(&config.models),
-            models_body: models_body(&config),
+            models_body: models_body(&config, None),
+            tenants: Tenants::build(&config, store, metrics, |allowed| {
+                models_body(&config, allowed)
+            }),
             models,
             pools: pools.into_boxed_slice(),
             config,
@@ -234,15 +257,18 @@ struct ModelEntry<'a> {
     owned_by: &'static str,
 }
 
-/// OpenAI's `GET /v1/models` list: every public name and every alias, each usable as `model`.
-fn models_body(config: &Config) -> Bytes {
+/// OpenAI's `GET /v1/models` list: every public name and every alias, each usable as `model`;
+/// only the `allowed` models' (indices) when given.
+fn models_body(config: &Config, allowed: Option<&[usize]>) -> Bytes {
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let data = config
         .models
         .iter()
-        .flat_map(|m| std::iter::once(&m.name).chain(&m.aliases))
+        .enumerate()
+        .filter(|(i, _)| allowed.is_none_or(|a| a.contains(i)))
+        .flat_map(|(_, m)| std::iter::once(&m.name).chain(&m.aliases))
         .map(|id| ModelEntry {
             id,
             object: "model",
@@ -263,6 +289,10 @@ pub struct Gateway {
     pub registry: Registry,
     pub metrics: Metrics,
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// Limiter state (rate buckets, concurrency, spend); outlives runtimes.
+    pub store: LocalStore,
+    /// Per client IP counters.
+    pub per_ip: PerIp,
     /// The file reloads read; `None` for a config that did not come from a file (the demo).
     config_path: Option<PathBuf>,
     /// Serialises reloads so that two of them cannot interleave read, build and swap.
@@ -299,11 +329,14 @@ impl Gateway {
         config_path: Option<PathBuf>,
     ) -> Result<Self, Vec<ConfigError>> {
         let registry = Registry::default();
-        let runtime = Runtime::build(config, &registry, &metrics)?;
+        let store = LocalStore::default();
+        let runtime = Runtime::build(config, &registry, &store, &metrics)?;
         metrics.config_load(true);
         Ok(Self {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
+            store,
+            per_ip: PerIp::default(),
             metrics,
             lifecycle: Default::default(),
             config_path,
@@ -332,6 +365,8 @@ impl Gateway {
                     }
                 }
                 self.runtime.store(Arc::new(runtime));
+                drop(old);
+                self.store.prune();
                 tracing::info!("config reloaded");
                 Ok(())
             }
@@ -347,7 +382,7 @@ impl Gateway {
     fn build_from_file(&self) -> Result<Runtime, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
         let config = crate::config::load(path)?;
-        Runtime::build(config, &self.registry, &self.metrics)
+        Runtime::build(config, &self.registry, &self.store, &self.metrics)
             .map_err(|errs| ReloadError::Load(LoadError::Invalid(errs)))
     }
 
@@ -379,7 +414,13 @@ mod tests {
             "pools:\n  p:\n    model: x\n{extra}    servers:\n      - url: http://127.0.0.1:9\n      - url: http://127.0.0.1:10\nmodels:\n  m:\n    pool: p\n"
         );
         let config = crate::config::parse(&yaml).unwrap();
-        Runtime::build(config, &Registry::default(), &Metrics::new().unwrap()).unwrap()
+        Runtime::build(
+            config,
+            &Registry::default(),
+            &LocalStore::default(),
+            &Metrics::new().unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]

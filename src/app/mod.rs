@@ -14,7 +14,6 @@ use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::listening::Service as ListeningService;
-use pingora_proxy::ProxyServiceBuilder;
 
 pub use listener::BoundService;
 
@@ -80,10 +79,13 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     options.keepalive_request_limit = Some(max_requests);
-    let api = ProxyServiceBuilder::new(&server.configuration, Proxy::new(gateway.clone()))
-        .name("switchyard-api")
-        .server_options(options)
-        .build();
+    let mut proxy = pingora_proxy::http_proxy(&server.configuration, Proxy::new(gateway.clone()));
+    proxy.server_options = Some(options);
+    // Behind the per-IP connection cap (limits.connections_per_ip; a pass-through when off).
+    let api = ListeningService::new(
+        "switchyard-api".to_owned(),
+        crate::limits::per_ip::ConnectionCap::new(proxy, gateway.clone()),
+    );
     let (drain, drained) = tokio::sync::watch::channel(false);
     server.add_service(
         BoundService::new(api, listen, "api")

@@ -32,6 +32,67 @@ pub struct FileConfig {
     /// Public model names, by name.
     #[serde(default)]
     pub models: BTreeMap<String, FileModel>,
+    /// `required` (default when tenants exist) or `optional` (keyless requests belong to the
+    /// tenant named `anonymous`).
+    pub auth: Option<String>,
+    /// Tenants by name: their API key digests, models and limits.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, FileTenant>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTenant {
+    /// `sha256:<64 hex digits>` digests of the tenant's keys.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Public names or aliases the tenant may use; `"*"` (the default) for all.
+    pub models: Option<FileModels>,
+    #[serde(default)]
+    pub limits: FileTenantLimits,
+    #[serde(default)]
+    pub budget: FileBudget,
+}
+
+/// `"*"` or a list of names.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileModels {
+    One(String),
+    List(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTenantLimits {
+    pub requests_per_minute: Option<i64>,
+    pub tokens_per_minute: Option<i64>,
+    pub concurrent_requests: Option<i64>,
+    /// The same limits for one model (by public name or alias), on top of the tenant's.
+    #[serde(default)]
+    pub per_model: BTreeMap<String, FileLimitSet>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimitSet {
+    pub requests_per_minute: Option<i64>,
+    pub tokens_per_minute: Option<i64>,
+    pub concurrent_requests: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBudget {
+    pub usd_per_day: Option<f64>,
+    pub usd_per_month: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCost {
+    pub input_per_mtok: Option<f64>,
+    pub output_per_mtok: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +122,11 @@ pub struct FileLimits {
     pub max_body_size: Option<String>,
     /// Requests served on one client connection before it is closed.
     pub max_requests_per_connection: Option<i64>,
+    /// Open connections from one client IP (more are answered 429 and closed). Off by default.
+    pub connections_per_ip: Option<i64>,
+    /// New requests per second from one client IP, checked before the body is read. Off by
+    /// default.
+    pub requests_per_second_per_ip: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +177,11 @@ pub struct FilePool {
     /// Retries of requests a server received, as a share of the pool's in-flight requests.
     #[serde(default)]
     pub retry_budget: FileRetryBudget,
+    /// Prices in dollars per million tokens, for spend and budgets.
+    #[serde(default)]
+    pub cost: FileCost,
+    /// Environment variable holding the key sent upstream as `Authorization: Bearer`.
+    pub api_key_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,4 +248,11 @@ pub struct FileModel {
     /// Streams: longest wait for the first event (a server silent before its response
     /// header is failed over) and for each event after it. Default: `timeouts.upstream_idle`.
     pub first_token_timeout: Option<String>,
+    /// Limits protecting the model whatever the tenant.
+    #[serde(default)]
+    pub limits: FileLimitSet,
+    /// Completion tokens reserved when a request sets no `max_tokens` (default 1024).
+    pub default_max_tokens: Option<i64>,
+    /// Prompt bytes per token for the estimate made before the server counts (default 4).
+    pub bytes_per_token: Option<f64>,
 }

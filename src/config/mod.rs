@@ -2,6 +2,7 @@
 //! Loading is parse → validate; building the runtime from a `Config` is `state::Runtime::build`.
 
 pub mod file;
+mod tenants;
 pub mod validate;
 
 use std::fmt;
@@ -11,6 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::balance::{Policy, PolicySettings};
+use crate::limits::budget::{Cost, Period};
+use crate::limits::keys::KeyDigest;
 use crate::upstream::breaker::BreakerSettings;
 use crate::upstream::health::HealthSettings;
 
@@ -28,6 +31,68 @@ pub struct Config {
     /// In the file's (sorted) order; `Model::pool` indexes into it.
     pub pools: Vec<Pool>,
     pub models: Vec<Model>,
+    pub auth: Auth,
+    /// In the file's (sorted) order.
+    pub tenants: Vec<Tenant>,
+}
+
+/// Who may call the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// No tenants configured: anyone, without limits.
+    Open,
+    /// Every request needs a tenant's key.
+    Required,
+    /// Keyless requests belong to the tenant named [`ANONYMOUS`] (refused without one).
+    Optional,
+}
+
+impl Auth {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Required => "required",
+            Self::Optional => "optional",
+        }
+    }
+}
+
+/// The tenant keyless requests belong to under `auth: optional`.
+pub const ANONYMOUS: &str = "anonymous";
+
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub name: String,
+    pub keys: Vec<KeyDigest>,
+    /// Indices into `Config::models`; `None`: every model.
+    pub models: Option<Vec<usize>>,
+    pub limits: LimitSet,
+    /// Limits of this tenant on one model (index into `Config::models`).
+    pub per_model: Vec<(usize, LimitSet)>,
+    /// Dollars per period.
+    pub budget: Vec<(Period, f64)>,
+}
+
+/// Limits of one scope (a tenant, a tenant on a model, a model); `None`: unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitSet {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub concurrent_requests: Option<u64>,
+}
+
+impl LimitSet {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn to_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "requests_per_minute": self.requests_per_minute,
+            "tokens_per_minute": self.tokens_per_minute,
+            "concurrent_requests": self.concurrent_requests,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +130,10 @@ pub struct Limits {
     pub max_body_size: usize,
     /// Requests per client connection before it is closed. Default 1000.
     pub max_requests_per_connection: u32,
+    /// Open connections per client IP; `None`: no cap.
+    pub connections_per_ip: Option<u64>,
+    /// New requests per second per client IP; `None`: no cap.
+    pub requests_per_second_per_ip: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +171,10 @@ pub struct Pool {
     /// Header carrying the session key for `consistent_hash` (the body's `user` otherwise).
     pub session_header: http::HeaderName,
     pub retry_budget: RetryBudget,
+    pub cost: Cost,
+    /// The key sent upstream (`Authorization: Bearer`), read from `api_key_env`.
+    pub api_key: Option<String>,
+    pub api_key_env: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -137,6 +210,11 @@ pub struct Model {
     /// Indices into `Config::pools`, tried in order when `pool` has no server left.
     pub fallback: Vec<usize>,
     pub first_token_timeout: Duration,
+    pub limits: LimitSet,
+    /// Completion tokens reserved when a request sets no `max_tokens`.
+    pub default_max_tokens: u64,
+    /// Prompt bytes per token for the estimate made before the server counts.
+    pub bytes_per_token: f64,
 }
 
 /// The inference engine behind a pool: decides health and metrics paths later on.
@@ -178,8 +256,9 @@ impl Engine {
 }
 
 impl Config {
-    /// The effective configuration (defaults applied) as JSON, for `GET /admin/config`. Holds
-    /// no secrets today; fields that will (upstream keys) must be redacted here.
+    /// The effective configuration (defaults applied) as JSON, for `GET /admin/config`.
+    /// Secrets are redacted: the admin token and upstream keys are never shown; key digests
+    /// are only counted.
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::json;
         let d = |d: Duration| humantime::format_duration(d).to_string();
@@ -199,7 +278,18 @@ impl Config {
             "limits": {
                 "max_body_size": self.limits.max_body_size,
                 "max_requests_per_connection": self.limits.max_requests_per_connection,
+                "connections_per_ip": self.limits.connections_per_ip,
+                "requests_per_second_per_ip": self.limits.requests_per_second_per_ip,
             },
+            "auth": self.auth.name(),
+            "tenants": self.tenants.iter().map(|t| json!({
+                "name": t.name,
+                "keys": t.keys.len(),
+                "models": t.models.as_ref().map(|ms| ms.iter().filter_map(|&i| self.models.get(i)).map(|m| m.name.as_str()).collect::<Vec<_>>()),
+                "limits": t.limits.to_json(),
+                "per_model": t.per_model.iter().filter_map(|(i, l)| Some((self.models.get(*i)?.name.clone(), l.to_json()))).collect::<serde_json::Map<_, _>>(),
+                "budget": t.budget.iter().map(|(p, usd)| (format!("usd_per_{}", p.name()), json!(usd))).collect::<serde_json::Map<_, _>>(),
+            })).collect::<Vec<_>>(),
             "timeouts": {
                 "request_body": d(self.timeouts.request_body),
                 "keepalive_idle": d(self.timeouts.keepalive_idle),
@@ -244,6 +334,9 @@ impl Config {
                     "load_factor": p.policy.hash_load_factor,
                 },
                 "retry_budget": {"ratio": p.retry_budget.ratio, "min": p.retry_budget.min},
+                "cost": {"input_per_mtok": p.cost.input_per_mtok, "output_per_mtok": p.cost.output_per_mtok},
+                "api_key_env": p.api_key_env,
+                "api_key": p.api_key.as_ref().map(|_| "<redacted>"),
             })).collect::<Vec<_>>(),
             "models": self.models.iter().map(|m| json!({
                 "name": m.name,
@@ -251,6 +344,9 @@ impl Config {
                 "pool": self.pools.get(m.pool).map(|p| p.name.as_str()),
                 "fallback": m.fallback.iter().filter_map(|&i| self.pools.get(i)).map(|p| p.name.as_str()).collect::<Vec<_>>(),
                 "first_token_timeout": d(m.first_token_timeout),
+                "limits": m.limits.to_json(),
+                "default_max_tokens": m.default_max_tokens,
+                "bytes_per_token": m.bytes_per_token,
             })).collect::<Vec<_>>(),
         })
     }

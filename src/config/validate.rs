@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use super::file::{FileConfig, FileLimits, FilePool, FileServer, FileTimeouts};
+use super::file::{FileConfig, FileLimitSet, FileLimits, FilePool, FileServer, FileTimeouts};
 use super::{
-    AccessLog, Config, ConfigError, Engine, Limits, LogFormat, Model, Pool, RetryBudget,
+    AccessLog, Config, ConfigError, Engine, LimitSet, Limits, LogFormat, Model, Pool, RetryBudget,
     ScrapeSettings, ServerSettings, ServerSpec, Timeouts,
 };
 use crate::balance::{Policy, PolicySettings};
+use crate::limits::budget::Cost;
 use crate::upstream::breaker::BreakerSettings;
 use crate::upstream::health::HealthSettings;
 
@@ -37,14 +38,16 @@ pub mod defaults {
     pub const SLOW_START_SECS: u64 = 10;
     pub const SCRAPE_INTERVAL_MS: u64 = 1_000;
     pub const SESSION_HEADER: &str = "x-session-id";
+    pub const DEFAULT_MAX_TOKENS: u64 = 1024;
+    pub const BYTES_PER_TOKEN: f64 = 4.0;
 }
 
 /// Collects errors while walking the file.
 #[derive(Default)]
-struct Errors(Vec<ConfigError>);
+pub(super) struct Errors(pub(super) Vec<ConfigError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError {
             path: path.into(),
             message: message.into(),
@@ -71,19 +74,10 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
         }
     }
     let server = server_settings(&mut errs, &file.server);
-    let admin_token = match file.admin_token_env.as_deref() {
-        None => None,
-        Some(name) => match std::env::var(name) {
-            Ok(token) if !token.trim().is_empty() => Some(token.trim().to_owned()),
-            _ => {
-                errs.push(
-                    "admin_token_env",
-                    format!("environment variable {name:?} is not set or empty"),
-                );
-                None
-            }
-        },
-    };
+    let admin_token = file
+        .admin_token_env
+        .as_deref()
+        .and_then(|name| env_secret(&mut errs, "admin_token_env", name));
     let limits = limits(&mut errs, &file.limits);
     let timeouts = timeouts(&mut errs, &file.timeouts);
     let pools: Vec<Pool> = file
@@ -95,6 +89,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
     if file.models.is_empty() {
         errs.push("models", "at least one model is required");
     }
+    let (auth, tenants) = super::tenants::validate(&mut errs, &file, &models);
 
     match (listen, admin, errs.0.is_empty()) {
         (Some(listen), Some(admin), true) => Ok(Config {
@@ -106,6 +101,8 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
             timeouts,
             pools,
             models,
+            auth,
+            tenants,
         }),
         _ => Err(errs.0),
     }
@@ -221,6 +218,63 @@ pub fn parse_size(value: &str) -> Option<usize> {
     n.checked_mul(mult)
 }
 
+/// An optional limit: absent is `None`, present must be greater than 0.
+pub(super) fn optional_positive(errs: &mut Errors, path: &str, value: Option<i64>) -> Option<u64> {
+    match value {
+        None => None,
+        Some(v) if v > 0 => Some(v as u64),
+        Some(_) => {
+            errs.push(path, "must be greater than 0 (leave it out for no limit)");
+            None
+        }
+    }
+}
+
+pub(super) fn limit_set(errs: &mut Errors, at: &str, l: &FileLimitSet) -> LimitSet {
+    LimitSet {
+        requests_per_minute: optional_positive(
+            errs,
+            &format!("{at}.requests_per_minute"),
+            l.requests_per_minute,
+        ),
+        tokens_per_minute: optional_positive(
+            errs,
+            &format!("{at}.tokens_per_minute"),
+            l.tokens_per_minute,
+        ),
+        concurrent_requests: optional_positive(
+            errs,
+            &format!("{at}.concurrent_requests"),
+            l.concurrent_requests,
+        ),
+    }
+}
+
+/// A price or an amount of dollars: finite and not negative.
+pub(super) fn dollars(errs: &mut Errors, path: &str, value: Option<f64>) -> Option<f64> {
+    match value {
+        Some(v) if !(v.is_finite() && v >= 0.0) => {
+            errs.push(path, format!("{v} is not an amount of dollars (0 or more)"));
+            None
+        }
+        v => v,
+    }
+}
+
+/// The value of environment variable `name`, or an error at `path`.
+fn env_secret(errs: &mut Errors, path: &str, name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => Some(v.trim().to_owned()),
+        _ => {
+            errs.push(
+                path,
+                format!("environment variable {name:?} is not set or empty"),
+            );
+            None
+        }
+    }
+}
+
 fn positive(errs: &mut Errors, path: &str, value: Option<i64>, default: u64) -> u64 {
     match value {
         None => default,
@@ -320,6 +374,16 @@ fn limits(errs: &mut Errors, l: &FileLimits) -> Limits {
     Limits {
         max_body_size,
         max_requests_per_connection: u32::try_from(max_requests).unwrap_or(u32::MAX),
+        connections_per_ip: optional_positive(
+            errs,
+            "limits.connections_per_ip",
+            l.connections_per_ip,
+        ),
+        requests_per_second_per_ip: optional_positive(
+            errs,
+            "limits.requests_per_second_per_ip",
+            l.requests_per_second_per_ip,
+        ),
     }
 }
 
@@ -458,6 +522,24 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
             3,
         ),
     };
+    let cost = Cost {
+        input_per_mtok: dollars(
+            errs,
+            &format!("{at}.cost.input_per_mtok"),
+            p.cost.input_per_mtok,
+        )
+        .unwrap_or(0.0),
+        output_per_mtok: dollars(
+            errs,
+            &format!("{at}.cost.output_per_mtok"),
+            p.cost.output_per_mtok,
+        )
+        .unwrap_or(0.0),
+    };
+    let api_key = p
+        .api_key_env
+        .as_deref()
+        .and_then(|name| env_secret(errs, &format!("{at}.api_key_env"), name));
     if p.servers.is_empty() {
         errs.push(format!("{at}.servers"), "at least one server is required");
     }
@@ -512,6 +594,9 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
         engine_metrics,
         session_header,
         retry_budget,
+        cost,
+        api_key,
+        api_key_env: p.api_key_env.clone(),
     })
 }
 
@@ -688,6 +773,20 @@ fn models(
             m.first_token_timeout.as_deref(),
             upstream_idle,
         );
+        let limits = limit_set(errs, &format!("{at}.limits"), &m.limits);
+        let default_max_tokens = positive(
+            errs,
+            &format!("{at}.default_max_tokens"),
+            m.default_max_tokens,
+            defaults::DEFAULT_MAX_TOKENS,
+        );
+        let bytes_per_token = fraction(
+            errs,
+            &format!("{at}.bytes_per_token"),
+            m.bytes_per_token,
+            defaults::BYTES_PER_TOKEN,
+            0.5..=64.0,
+        );
         if let Some(pool) = pool {
             out.push(Model {
                 name: name.clone(),
@@ -695,6 +794,9 @@ fn models(
                 pool,
                 fallback,
                 first_token_timeout,
+                limits,
+                default_max_tokens,
+                bytes_per_token,
             });
         }
     }

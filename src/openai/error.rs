@@ -44,6 +44,27 @@ pub enum ApiError {
     ShuttingDown,
     #[error("The gateway hit an internal error.")]
     Internal,
+    #[error(
+        "You didn't provide an API key. Send it in the Authorization header as `Bearer <key>`."
+    )]
+    MissingApiKey,
+    #[error("Incorrect API key provided.")]
+    InvalidApiKey,
+    /// A tenant's or a model's limit, or a budget.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        /// OpenAI's error type: `requests`, `tokens` or `insufficient_quota`.
+        kind: &'static str,
+        code: &'static str,
+        retry_after_secs: u64,
+        /// Whether waiting `retry_after_secs` can help (not for a request above the limit).
+        retry: bool,
+    },
+    #[error("Too many open connections from your address; close some and retry.")]
+    TooManyConnections,
+    #[error("Too many requests per second from your address; slow down.")]
+    IpRateLimited,
 }
 
 /// `{"error": {...}}`
@@ -82,6 +103,8 @@ impl ApiError {
             Self::UpstreamUnavailable | Self::StreamInterrupted => 502,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
+            Self::MissingApiKey | Self::InvalidApiKey => 401,
+            Self::RateLimited { .. } | Self::TooManyConnections | Self::IpRateLimited => 429,
         }
     }
 
@@ -100,6 +123,9 @@ impl ApiError {
             | Self::UpstreamTimeout
             | Self::StreamInterrupted => "upstream_error",
             Self::Internal | Self::ShuttingDown => "server_error",
+            Self::MissingApiKey | Self::InvalidApiKey => "authentication_error",
+            Self::RateLimited { kind, .. } => kind,
+            Self::TooManyConnections | Self::IpRateLimited => "requests",
         }
     }
 
@@ -119,6 +145,9 @@ impl ApiError {
             Self::StreamInterrupted => Some("upstream_stream_interrupted"),
             Self::Internal => Some("internal_error"),
             Self::ShuttingDown => Some("server_shutting_down"),
+            Self::MissingApiKey | Self::InvalidApiKey => Some("invalid_api_key"),
+            Self::RateLimited { code, .. } => Some(code),
+            Self::TooManyConnections | Self::IpRateLimited => Some("rate_limit_exceeded"),
         }
     }
 
@@ -131,9 +160,16 @@ impl ApiError {
     }
 
     /// Seconds a client should wait before retrying, when the answer says so.
-    pub fn retry_after(&self) -> Option<u32> {
+    pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::NoHealthyUpstream | Self::UpstreamUnavailable | Self::ShuttingDown => Some(1),
+            Self::NoHealthyUpstream
+            | Self::UpstreamUnavailable
+            | Self::ShuttingDown
+            | Self::TooManyConnections
+            | Self::IpRateLimited => Some(1),
+            Self::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
             _ => None,
         }
     }
@@ -141,7 +177,10 @@ impl ApiError {
     /// Whether a client retry cannot help right now (`x-should-retry: false`): every server is
     /// out of rotation, so an immediate retry would only add load.
     pub fn should_not_retry(&self) -> bool {
-        matches!(self, Self::NoHealthyUpstream)
+        matches!(
+            self,
+            Self::NoHealthyUpstream | Self::RateLimited { retry: false, .. }
+        )
     }
 
     /// Whether the connection must be closed after answering: the request body may still be
@@ -149,7 +188,13 @@ impl ApiError {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            Self::BodyTooLarge { .. } | Self::LengthRequired { .. } | Self::BodyTimeout
+            Self::BodyTooLarge { .. }
+                | Self::LengthRequired { .. }
+                | Self::BodyTimeout
+                | Self::MissingApiKey
+                | Self::InvalidApiKey
+                | Self::IpRateLimited
+                | Self::TooManyConnections
         )
     }
 

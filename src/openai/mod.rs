@@ -4,6 +4,7 @@
 pub mod error;
 pub mod request;
 pub mod sse;
+pub mod strip;
 pub mod usage;
 
 pub use error::ApiError;

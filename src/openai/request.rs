@@ -31,6 +31,15 @@ pub struct RequestView<'a> {
     pub prompt_span: Range<usize>,
     /// The `user` field, when it is a string (a session key for affinity).
     pub user: Option<Cow<'a, str>>,
+    /// Byte range of the `stream_options` value, when present.
+    pub stream_options_span: Option<Range<usize>>,
+    /// The client asked for the usage chunk (`stream_options.include_usage: true`).
+    pub include_usage: bool,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +57,13 @@ struct Raw<'a> {
     input: Option<&'a RawValue>,
     #[serde(borrow)]
     user: Option<&'a RawValue>,
+    /// Kept even when `null`, so that its span is known and it can be replaced.
+    #[serde(borrow, default, deserialize_with = "present")]
+    stream_options: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// The byte range of a value borrowed from `body`.
@@ -87,6 +103,12 @@ impl<'a> RequestView<'a> {
         let user = raw
             .user
             .and_then(|u| serde_json::from_str::<Cow<'a, str>>(u.get()).ok());
+        let include_usage = raw
+            .stream_options
+            .and_then(|o| serde_json::from_str::<Option<StreamOptions>>(o.get()).ok())
+            .flatten()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
         Ok(Self {
             model,
             model_span,
@@ -94,6 +116,8 @@ impl<'a> RequestView<'a> {
             max_tokens: raw.max_completion_tokens.or(raw.max_tokens),
             prompt_span,
             user,
+            stream_options_span: raw.stream_options.and_then(|o| span_in(body, o)),
+            include_usage,
         })
     }
 }
@@ -181,9 +205,85 @@ pub fn replace_model(body: &[u8], span: Range<usize>, quoted: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// The body with `stream_options.include_usage` set to true (other stream options kept), and
+/// where the model value moved to. `None` when `stream_options` is not an object or null (the
+/// server will refuse the request as it is).
+pub fn ask_for_usage(
+    body: &[u8],
+    stream_options: Option<Range<usize>>,
+    model_span: Range<usize>,
+) -> Option<(Bytes, Range<usize>)> {
+    let (at, text) = match stream_options {
+        None => {
+            // Right after the opening brace; the object has a `model`, so a comma follows.
+            let open = body.iter().position(|&b| b == b'{')? + 1;
+            (
+                open..open,
+                br#""stream_options":{"include_usage":true},"#.to_vec(),
+            )
+        }
+        Some(span) => {
+            let mut options: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice::<Option<_>>(body.get(span.clone())?)
+                    .ok()?
+                    .unwrap_or_default();
+            options.insert("include_usage".to_owned(), true.into());
+            (span, serde_json::to_vec(&options).ok()?)
+        }
+    };
+    let mut out = BytesMut::with_capacity(body.len() + text.len());
+    out.extend_from_slice(&body[..at.start]);
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&body[at.end..]);
+    let model = if at.start <= model_span.start {
+        let shift = |i: usize| i + text.len() - at.len();
+        shift(model_span.start)..shift(model_span.end)
+    } else {
+        model_span
+    };
+    Some((out.freeze(), model))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_is_asked_for_with_or_without_stream_options_and_the_model_span_follows() {
+        let cases: [(&[u8], &str); 4] = [
+            (
+                br#"{"model":"m","stream":true}"#,
+                r#"{"stream_options":{"include_usage":true},"model":"m","stream":true}"#,
+            ),
+            (
+                br#" {"stream_options":{"include_usage":false,"x":1},"model":"m"}"#,
+                r#" {"stream_options":{"include_usage":true,"x":1},"model":"m"}"#,
+            ),
+            (
+                br#"{"model":"m","stream_options":null}"#,
+                r#"{"model":"m","stream_options":{"include_usage":true}}"#,
+            ),
+            (
+                br#"{"model":"m","stream_options":{}}"#,
+                r#"{"model":"m","stream_options":{"include_usage":true}}"#,
+            ),
+        ];
+        for (body, want) in cases {
+            let v = RequestView::parse(body).unwrap();
+            assert!(!v.include_usage);
+            let (out, model) = ask_for_usage(body, v.stream_options_span, v.model_span).unwrap();
+            assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+            assert_eq!(&out[model], br#""m""#);
+            assert!(RequestView::parse(&out).unwrap().include_usage);
+        }
+        let v = RequestView::parse(br#"{"model":"m","stream_options":[1]}"#);
+        assert!(v.is_ok_and(|v| ask_for_usage(
+            br#"{"model":"m","stream_options":[1]}"#,
+            v.stream_options_span,
+            v.model_span
+        )
+        .is_none()));
+    }
 
     #[test]
     fn parses_model_stream_and_max_tokens() {

@@ -9,7 +9,9 @@ use http::HeaderValue;
 
 use crate::balance::Features;
 use crate::lifecycle::{RequestGuard, UpstreamHandle};
+use crate::limits::{Admission, RateHeaders};
 use crate::openai::sse::SseTracker;
+use crate::openai::strip::UsageStrip;
 use crate::openai::usage::UsageScanner;
 use crate::openai::ApiError;
 use crate::state::{RetryToken, Runtime};
@@ -134,6 +136,20 @@ pub struct Ctx {
     pub error: Option<ApiError>,
     /// Status sent to the client by the gateway itself (early answers and errors).
     pub answered: Option<u16>,
+    /// The caller's tenant (index into `runtime.tenants.list`); `None` on an open gateway.
+    pub tenant: Option<usize>,
+    /// Its name, for the access log.
+    pub tenant_name: Option<Arc<str>>,
+    /// Permits and token reservations; settled and released when the request ends.
+    pub admission: Option<Admission>,
+    /// `x-ratelimit-*` values for the response.
+    pub rate_headers: Option<RateHeaders>,
+    /// Prompt tokens estimated before the server counted them.
+    pub prompt_estimate: u64,
+    /// Set when the gateway asked for the usage chunk the client did not want.
+    pub strip: Option<UsageStrip>,
+    /// Response body bytes relayed (the completion estimate when usage is missing).
+    pub response_bytes: u64,
 }
 
 impl Default for Ctx {
@@ -176,6 +192,13 @@ impl Ctx {
             interrupted: None,
             error: None,
             answered: None,
+            tenant: None,
+            tenant_name: None,
+            admission: None,
+            rate_headers: None,
+            prompt_estimate: 0,
+            strip: None,
+            response_bytes: 0,
         }
     }
 }

@@ -5,9 +5,21 @@ use std::fmt::Write as _;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_error::Result;
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::Ctx;
+use crate::limits::{reset_text, RateHeaders};
+
+/// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers.
+pub fn rate_limits(resp: &mut ResponseHeader, h: &RateHeaders) -> Result<()> {
+    for (kind, snapshot) in [("requests", h.requests), ("tokens", h.tokens)] {
+        let Some(s) = snapshot else { continue };
+        resp.insert_header(format!("x-ratelimit-limit-{kind}"), s.limit)?;
+        resp.insert_header(format!("x-ratelimit-remaining-{kind}"), s.remaining)?;
+        resp.insert_header(format!("x-ratelimit-reset-{kind}"), reset_text(s.reset_ms))?;
+    }
+    Ok(())
+}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and client-supplied forwarding or credential headers:
 /// none of them may reach the upstream as the client sent them.

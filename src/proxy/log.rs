@@ -13,6 +13,7 @@ use crate::state::Gateway;
 struct Line<'a> {
     time: String,
     request_id: &'a str,
+    tenant: Option<&'a str>,
     model: Option<&'a str>,
     pool: Option<&'a str>,
     server: Option<&'a str>,
@@ -47,6 +48,7 @@ pub fn access(gateway: &Gateway, ctx: &Ctx, status: u16, client_gone: bool, now:
         _ if client_gone => "client_abort",
         _ if ctx.interrupted == Some("upstream_timeout") => "timeout",
         _ if ctx.interrupted.is_some() => "upstream_error",
+        401 | 429 if ctx.answered.is_some() => "rejected",
         _ if routed.is_none() => "rejected",
         504 if ctx.answered.is_some() => "timeout",
         _ if ctx.answered.is_some() => "upstream_error",
@@ -60,6 +62,7 @@ pub fn access(gateway: &Gateway, ctx: &Ctx, status: u16, client_gone: bool, now:
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .unwrap_or(""),
+        tenant: ctx.tenant_name.as_deref(),
         model: routed.map(|r| r.runtime.models[r.model].name.as_str()),
         pool: pool.map(|p| p.name.as_str()),
         server: pool

@@ -22,6 +22,7 @@ mod hold;
 mod log;
 mod respond;
 mod retry;
+mod tenancy;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ pub use ctx::{Ctx, MAX_ATTEMPTS};
 
 use crate::balance;
 use crate::openai::sse::SseTracker;
-use crate::openai::{request, ApiError, RequestView, Target};
+use crate::openai::{request, ApiError, Endpoint, RequestView, Target};
 use crate::state::{Gateway, Runtime};
 use crate::upstream::{self, retry_after};
 use body::BodyError;
@@ -59,6 +60,7 @@ impl Proxy {
         session: &mut Session,
         ctx: &mut Ctx,
         runtime: Arc<Runtime>,
+        endpoint: Endpoint,
     ) -> Result<(), BodyError> {
         let limits = &runtime.config.limits;
         let raw = body::read(
@@ -74,21 +76,22 @@ impl Proxy {
             }));
         };
         let pool = runtime.models[model].pool;
-        ctx.body = request::replace_model(
-            &raw,
-            view.model_span.clone(),
-            &runtime.pools[pool].served_model_json,
-        );
         ctx.stream = view.stream;
         features(ctx, &runtime, pool, &view, &raw, session.req_header());
-        ctx.model_span = view.model_span;
-        ctx.raw_body = raw;
+        ctx.model_span = view.model_span.clone();
+        ctx.raw_body = raw.clone();
         ctx.routed = Some(Routed {
-            runtime,
+            runtime: runtime.clone(),
             model,
             pool,
             fallbacks_used: 0,
         });
+        tenancy::admit(&runtime, ctx, model, endpoint, &view).map_err(BodyError::Reject)?;
+        ctx.body = request::replace_model(
+            &ctx.raw_body,
+            ctx.model_span.clone(),
+            &runtime.pools[pool].served_model_json,
+        );
         Ok(())
     }
 }
@@ -141,24 +144,36 @@ impl ProxyHttp for Proxy {
             let req = session.req_header();
             Target::classify(&req.method, req.uri.path())
         };
-        let answer = match target {
-            Target::Inference(_) => match self.admit(session, ctx, runtime).await {
-                Ok(()) => return Ok(false),
-                Err(BodyError::Reject(e)) => e,
-                Err(BodyError::ClientGone) => {
-                    return Error::e_explain(
-                        ErrorType::ConnectionClosed,
-                        "client closed during upload",
-                    )
-                    .map_err(|e| e.into_down())
+        let identified = match target {
+            Target::Inference(_) | Target::ListModels => {
+                tenancy::identify(&self.gateway, &runtime, session, ctx)
+            }
+            _ => Ok(()),
+        };
+        let answer = match (target, identified) {
+            (_, Err(e)) => e,
+            (Target::Inference(endpoint), _) => {
+                match self.admit(session, ctx, runtime, endpoint).await {
+                    Ok(()) => return Ok(false),
+                    Err(BodyError::Reject(e)) => e,
+                    Err(BodyError::ClientGone) => {
+                        return Error::e_explain(
+                            ErrorType::ConnectionClosed,
+                            "client closed during upload",
+                        )
+                        .map_err(|e| e.into_down())
+                    }
                 }
-            },
-            Target::ListModels => {
-                let body = runtime.models_body.clone();
+            }
+            (Target::ListModels, _) => {
+                let body = ctx
+                    .tenant
+                    .and_then(|t| runtime.tenants.list.get(t))
+                    .map_or_else(|| runtime.models_body.clone(), |t| t.models_body.clone());
                 respond::json(session, ctx, 200, body).await?;
                 return Ok(true);
             }
-            Target::WrongMethod { allow } => {
+            (Target::WrongMethod { allow }, _) => {
                 let req = session.req_header();
                 ApiError::MethodNotAllowed {
                     method: req.method.to_string(),
@@ -166,7 +181,7 @@ impl ProxyHttp for Proxy {
                     allow,
                 }
             }
-            Target::Unknown => {
+            (Target::Unknown, _) => {
                 let req = session.req_header();
                 ApiError::UnknownPath {
                     method: req.method.to_string(),
@@ -286,6 +301,13 @@ impl ProxyHttp for Proxy {
             // One request per held connection (hold.rs).
             upstream.insert_header(http::header::CONNECTION, "close")?;
         }
+        if let Some(key) = ctx
+            .routed
+            .as_ref()
+            .and_then(|r| r.runtime.pools[r.pool].upstream_auth.clone())
+        {
+            upstream.insert_header(http::header::AUTHORIZATION, key)?;
+        }
         Ok(())
     }
 
@@ -368,6 +390,9 @@ impl ProxyHttp for Proxy {
         if let Some(id) = &ctx.request_id {
             response.insert_header("x-request-id", id.clone())?;
         }
+        if let Some(h) = &ctx.rate_headers {
+            headers::rate_limits(response, h)?;
+        }
         if let (Some(sent), Some(header)) = (ctx.upstream_sent, ctx.upstream_header) {
             // The gateway's own time: arrival until the request was ready for the upstream,
             // plus upstream header until now. The upstream's own work is not in it.
@@ -381,6 +406,12 @@ impl ProxyHttp for Proxy {
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         if is_sse {
             ctx.sse = Some(SseTracker::default());
+            if ctx.strip.is_some() {
+                // Events may be taken out: the length changes.
+                response.remove_header(&http::header::CONTENT_LENGTH);
+            }
+        } else {
+            ctx.strip = None;
         }
         Ok(())
     }
@@ -395,6 +426,22 @@ impl ProxyHttp for Proxy {
         if end_of_stream {
             // The upstream is done with: its socket goes back to Pingora's pool now.
             ctx.upstream_socket = None;
+        }
+        if let Some(chunk) = body.as_ref() {
+            // Usage is read before the usage event may be taken out.
+            ctx.usage.observe(chunk);
+            ctx.response_bytes += chunk.len() as u64;
+        }
+        if let Some(strip) = &mut ctx.strip {
+            let mut out = body.as_ref().map(|b| strip.filter(b)).unwrap_or_default();
+            if end_of_stream {
+                if let Some(rest) = strip.finish() {
+                    let mut joined = bytes::BytesMut::from(&out[..]);
+                    joined.extend_from_slice(&rest);
+                    out = joined.freeze();
+                }
+            }
+            *body = Some(out);
         }
         let Some(chunk) = body.as_ref().filter(|b| !b.is_empty()) else {
             return Ok(None);
@@ -420,7 +467,6 @@ impl ProxyHttp for Proxy {
                 }
             }
         }
-        ctx.usage.observe(chunk);
         if let Some(sse) = &mut ctx.sse {
             let events = sse.observe(chunk);
             if events > 0 {
@@ -594,6 +640,7 @@ impl ProxyHttp for Proxy {
                 .or_else(|| session.response_written().map(|r| r.status.as_u16()))
                 .unwrap_or(0)
         };
+        tenancy::settle(ctx);
         let now = Instant::now();
         if let Some(routed) = &ctx.routed {
             let m = &routed.runtime.models[routed.model].metrics;
@@ -631,6 +678,7 @@ impl ProxyHttp for Proxy {
         }
         log::access(&self.gateway, ctx, status, client_gone, now);
         ctx.retry_tokens.clear();
+        ctx.admission = None;
         ctx.inflight = None;
         ctx.upstream_socket = None;
         ctx.request_guard = None;

@@ -40,6 +40,12 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &ApiError) -> Result
     if let ApiError::MethodNotAllowed { allow, .. } = e {
         resp.insert_header("allow", *allow)?;
     }
+    if e.status() == 401 {
+        resp.insert_header("www-authenticate", "Bearer")?;
+    }
+    if let Some(h) = &ctx.rate_headers {
+        super::headers::rate_limits(&mut resp, h)?;
+    }
     if e.closes_connection() {
         session.set_keepalive(None);
         resp.insert_header("connection", "close")?;

@@ -43,6 +43,9 @@ mod tests {
                 pool: 0,
                 fallback: vec![],
                 first_token_timeout: std::time::Duration::from_secs(60),
+                limits: Default::default(),
+                default_max_tokens: 16,
+                bytes_per_token: 4.0,
             },
             Model {
                 name: "qwen".into(),
@@ -50,6 +53,9 @@ mod tests {
                 pool: 1,
                 fallback: vec![],
                 first_token_timeout: std::time::Duration::from_secs(60),
+                limits: Default::default(),
+                default_max_tokens: 16,
+                bytes_per_token: 4.0,
             },
         ];
         let t = RouteTable::new(&models);

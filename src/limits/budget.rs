@@ -1,0 +1,124 @@
+//! Spend budgets: UTC calendar days and months, and what a request costs.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A budget period, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Month,
+}
+
+const DAY_SECS: u64 = 86_400;
+
+/// (year, month 1..=12) of a day count since 1970-01-01 (Howard Hinnant's civil_from_days).
+fn civil(days: u64) -> (u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month)
+}
+
+/// Days since 1970-01-01 of the first day of (year, month) (days_from_civil).
+fn first_day(year: u64, month: u64) -> u64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).saturating_sub(719_468)
+}
+
+impl Period {
+    /// The index of the period holding `unix_secs`, and the seconds left in it.
+    pub fn at(self, unix_secs: u64) -> (u64, u64) {
+        let days = unix_secs / DAY_SECS;
+        match self {
+            Self::Day => (days, (days + 1) * DAY_SECS - unix_secs),
+            Self::Month => {
+                let (y, m) = civil(days);
+                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                (y * 12 + m, first_day(ny, nm) * DAY_SECS - unix_secs)
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Month => "month",
+        }
+    }
+}
+
+pub fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Prices of a pool in dollars per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Cost {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+impl Cost {
+    /// Micro-dollars for the given tokens (1 $/Mtok is one micro-dollar per token).
+    pub fn micros(&self, prompt: u64, completion: u64) -> u64 {
+        let m = prompt as f64 * self.input_per_mtok + completion as f64 * self.output_per_mtok;
+        m.round() as u64
+    }
+
+    pub fn is_free(&self) -> bool {
+        self.input_per_mtok == 0.0 && self.output_per_mtok == 0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_and_months_end_at_utc_midnight() {
+        // 2026-11-21T13:00:00Z
+        let t = 1_795_266_000;
+        let (day, left) = Period::Day.at(t);
+        assert_eq!(day, t / 86_400);
+        assert_eq!(left, 11 * 3600);
+        let (month, left) = Period::Month.at(t);
+        assert_eq!(month, 2026 * 12 + 11);
+        // Until 2026-12-01T00:00:00Z: the rest of the 21st and 9 more days.
+        assert_eq!(left, 11 * 3600 + 9 * 86_400);
+        // Year end and a leap February.
+        assert_eq!(Period::Month.at(1_798_761_599), (2026 * 12 + 12, 1));
+        assert_eq!(
+            Period::Month.at(1_709_164_800).0,
+            2024 * 12 + 2,
+            "2024-02-29"
+        );
+        assert_eq!(
+            Period::Month.at(1_709_251_200).0,
+            2024 * 12 + 3,
+            "2024-03-01"
+        );
+    }
+
+    #[test]
+    fn cost_in_micro_dollars() {
+        let c = Cost {
+            input_per_mtok: 0.10,
+            output_per_mtok: 0.20,
+        };
+        assert_eq!(c.micros(1_000_000, 0), 100_000);
+        assert_eq!(c.micros(30, 20), 7);
+        assert!(Cost::default().is_free());
+    }
+}

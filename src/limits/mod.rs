@@ -1,0 +1,534 @@
+//! Tenants, API keys and admission: who is calling, may they use this model, and is there
+//! room under their limits, the model's limits and their budget.
+//!
+//! A request is admitted in one step before it goes upstream: budget, then concurrency
+//! permits, then one request and the estimated tokens (prompt estimate + `max_tokens`) from
+//! every rate limit that applies (the tenant's, the tenant's on this model, the model's).
+//! Whatever was taken is put back when a later limit refuses. When the response ends, the
+//! token reservation is settled to what the server reported (or what was counted), and the
+//! spend is added.
+
+pub mod bucket;
+pub mod budget;
+pub mod keys;
+pub mod per_ip;
+pub mod store;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::{Auth, Config, LimitSet, ANONYMOUS};
+use crate::metrics::{Metrics, TenantMetrics};
+use bucket::{Rate, Snapshot, Take};
+use budget::Period;
+use store::{Concurrency, LocalStore, Permit, RateLimiter, SpendCounter};
+
+/// One scope's limits resolved to store handles.
+pub struct Scope {
+    requests: Option<(Rate, Arc<RateLimiter>)>,
+    tokens: Option<(Rate, Arc<RateLimiter>)>,
+    concurrency: Option<(u64, Arc<Concurrency>)>,
+}
+
+impl Scope {
+    /// `None` when the set has no limit.
+    pub fn build(store: &LocalStore, key: &str, set: &LimitSet) -> Option<Self> {
+        if set.is_empty() {
+            return None;
+        }
+        let rate = |kind: &str, limit: Option<u64>| {
+            limit.map(|l| (Rate::per_minute(l), store.rate(&format!("{key}/{kind}"))))
+        };
+        Some(Self {
+            requests: rate("requests_per_minute", set.requests_per_minute),
+            tokens: rate("tokens_per_minute", set.tokens_per_minute),
+            concurrency: set
+                .concurrent_requests
+                .map(|l| (l, store.concurrency(&format!("{key}/concurrent_requests")))),
+        })
+    }
+}
+
+/// A budget: at most `limit` micro-dollars per period.
+struct Budget {
+    period: Period,
+    limit: u64,
+    spent: Arc<SpendCounter>,
+}
+
+/// A tenant, ready for the request path.
+pub struct Tenant {
+    pub name: Arc<str>,
+    /// Per model index: may this tenant use it (`None`: every model).
+    models: Option<Box<[bool]>>,
+    scope: Option<Scope>,
+    /// Per model index.
+    per_model: Box<[Option<Scope>]>,
+    budgets: Box<[Budget]>,
+    /// Spend of the current day and month, counted for every tenant.
+    pub metrics: TenantMetrics,
+    /// `GET /v1/models` as this tenant sees it.
+    pub models_body: Bytes,
+}
+
+impl Tenant {
+    pub fn allows(&self, model: usize) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|m| m.get(model).copied().unwrap_or(false))
+    }
+
+    /// Adds what a request cost to the tenant's budgets and spend metric.
+    pub fn spend(&self, micros: u64, unix_secs: u64) {
+        if micros == 0 {
+            return;
+        }
+        for b in self.budgets.iter() {
+            b.spent.add(b.period.at(unix_secs).0, micros);
+        }
+        self.metrics.spend.inc_by(micros as f64 / 1e6);
+    }
+}
+
+/// Why a request had no tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// No key, and no anonymous tenant to fall back on.
+    Missing,
+    /// A key no tenant owns, or a malformed Authorization header.
+    Invalid,
+}
+
+/// Every tenant and the key table.
+pub struct Tenants {
+    pub auth: Auth,
+    keys: keys::KeyTable,
+    pub list: Box<[Tenant]>,
+    anonymous: Option<usize>,
+    /// Per model index: the model's own limits.
+    models: Box<[Option<Scope>]>,
+}
+
+impl Tenants {
+    /// Resolves the config's tenants and limits to handles of `store`.
+    pub fn build(
+        config: &Config,
+        store: &LocalStore,
+        metrics: &Metrics,
+        models_body: impl Fn(Option<&[usize]>) -> Bytes,
+    ) -> Self {
+        let mut table = keys::KeyTable::default();
+        let list: Vec<Tenant> = config
+            .tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                for d in &t.keys {
+                    table.insert(*d, i);
+                }
+                let key = format!("tenant/{}", t.name);
+                let mut per_model: Vec<Option<Scope>> =
+                    config.models.iter().map(|_| None).collect();
+                for (m, set) in &t.per_model {
+                    if let (Some(slot), Some(model)) =
+                        (per_model.get_mut(*m), config.models.get(*m))
+                    {
+                        *slot = Scope::build(store, &format!("{key}/model/{}", model.name), set);
+                    }
+                }
+                let budgets: Vec<Budget> = t
+                    .budget
+                    .iter()
+                    .map(|&(period, usd)| Budget {
+                        period,
+                        limit: (usd * 1e6).round() as u64,
+                        spent: store.spend(&format!("{key}/spend/{}", period.name())),
+                    })
+                    .collect();
+                Tenant {
+                    name: Arc::from(t.name.as_str()),
+                    models: t.models.as_ref().map(|allowed| {
+                        (0..config.models.len())
+                            .map(|m| allowed.contains(&m))
+                            .collect()
+                    }),
+                    scope: Scope::build(store, &key, &t.limits),
+                    per_model: per_model.into_boxed_slice(),
+                    budgets: budgets.into_boxed_slice(),
+                    metrics: metrics.tenant(&t.name, config.models.iter().map(|m| m.name.as_str())),
+                    models_body: models_body(t.models.as_deref()),
+                }
+            })
+            .collect();
+        let models = config
+            .models
+            .iter()
+            .map(|m| Scope::build(store, &format!("model/{}", m.name), &m.limits))
+            .collect();
+        Self {
+            auth: config.auth,
+            keys: table,
+            anonymous: list.iter().position(|t| &*t.name == ANONYMOUS),
+            list: list.into_boxed_slice(),
+            models,
+        }
+    }
+
+    /// The tenant of a request from its `Authorization` header value; `Ok(None)` when the
+    /// gateway is open (no tenants).
+    pub fn identify(&self, authorization: Option<&[u8]>) -> Result<Option<usize>, AuthError> {
+        if self.auth == Auth::Open {
+            return Ok(None);
+        }
+        match authorization {
+            Some(value) => keys::bearer(value)
+                .and_then(|key| self.keys.find(key))
+                .map(Some)
+                .ok_or(AuthError::Invalid),
+            None if self.auth == Auth::Optional => {
+                self.anonymous.map(Some).ok_or(AuthError::Missing)
+            }
+            None => Err(AuthError::Missing),
+        }
+    }
+
+    /// Whether a request of `tenant` on `model` passes through any rate limit.
+    fn scopes<'a>(&'a self, tenant: Option<&'a Tenant>, model: usize) -> [Option<&'a Scope>; 3] {
+        [
+            tenant.and_then(|t| t.scope.as_ref()),
+            tenant
+                .and_then(|t| t.per_model.get(model))
+                .and_then(Option::as_ref),
+            self.models.get(model).and_then(Option::as_ref),
+        ]
+    }
+
+    /// Admits a request of `tokens` estimated tokens, or says why not.
+    pub fn admit(
+        &self,
+        tenant: Option<&Tenant>,
+        model: usize,
+        tokens: u64,
+        now_ms: u64,
+        unix_secs: u64,
+    ) -> Result<Admission, Refusal> {
+        let scopes = self.scopes(tenant, model);
+        let mut admission = Admission {
+            reserved: tokens,
+            ..Admission::default()
+        };
+        if let Some(t) = tenant {
+            for b in t.budgets.iter() {
+                let (period, left) = b.period.at(unix_secs);
+                if b.spent.spent(period) >= b.limit {
+                    return Err(Refusal {
+                        reason: RefusalReason::Budget {
+                            period: b.period,
+                            retry_after_secs: left,
+                        },
+                        headers: headers(&scopes, now_ms),
+                    });
+                }
+            }
+        }
+        for (slot, scope) in admission.permits.iter_mut().zip(scopes) {
+            if let Some((limit, gauge)) = scope.and_then(|s| s.concurrency.as_ref()) {
+                match gauge.acquire(*limit) {
+                    Some(p) => *slot = Some(p),
+                    None => {
+                        return Err(Refusal {
+                            reason: RefusalReason::Concurrency { limit: *limit },
+                            headers: headers(&scopes, now_ms),
+                        })
+                    }
+                }
+            }
+        }
+        let mut taken: [Option<(Rate, &Arc<RateLimiter>, u64)>; 6] = Default::default();
+        let (mut n, mut held) = (0, 0);
+        let limiters = scopes
+            .iter()
+            .flat_map(|s| {
+                [
+                    s.and_then(|s| s.requests.as_ref()).map(|r| (r, 1, true)),
+                    s.and_then(|s| s.tokens.as_ref())
+                        .map(|r| (r, tokens, false)),
+                ]
+            })
+            .flatten();
+        for ((rate, limiter), cost, is_requests) in limiters {
+            let refused = match limiter.take(*rate, cost, now_ms) {
+                Take::Granted(s) => {
+                    let slot = if is_requests {
+                        &mut admission.headers.requests
+                    } else {
+                        &mut admission.headers.tokens
+                    };
+                    keep_tightest(slot, s);
+                    if !is_requests {
+                        admission.tokens[held] = Some((*rate, limiter.clone()));
+                        held += 1;
+                    }
+                    taken[n] = Some((*rate, limiter, cost));
+                    n += 1;
+                    continue;
+                }
+                Take::Denied { wait_ms, .. } if is_requests => RefusalReason::Requests { wait_ms },
+                Take::Denied { wait_ms, .. } => RefusalReason::Tokens { wait_ms },
+                Take::TooLarge(s) => RefusalReason::TooLarge {
+                    limit: s.limit,
+                    requested: tokens,
+                },
+            };
+            for (rate, limiter, cost) in taken.iter().flatten() {
+                limiter.adjust(*rate, -(*cost as i64), now_ms);
+            }
+            let mut headers = headers(&scopes, now_ms);
+            if let (RefusalReason::Requests { .. }, Some(r)) = (&refused, &mut headers.requests) {
+                r.remaining = 0;
+            }
+            return Err(Refusal {
+                reason: refused,
+                headers,
+            });
+        }
+        Ok(admission)
+    }
+}
+
+/// Keeps the limit with the least remaining (the one a client runs into first).
+fn keep_tightest(slot: &mut Option<Snapshot>, s: Snapshot) {
+    if slot.is_none_or(|cur| (s.remaining, s.limit) < (cur.remaining, cur.limit)) {
+        *slot = Some(s);
+    }
+}
+
+/// The headers of a request that took nothing.
+fn headers(scopes: &[Option<&Scope>; 3], now_ms: u64) -> RateHeaders {
+    let mut h = RateHeaders::default();
+    for s in scopes.iter().flatten() {
+        if let Some((rate, l)) = &s.requests {
+            keep_tightest(&mut h.requests, l.snapshot(*rate, now_ms));
+        }
+        if let Some((rate, l)) = &s.tokens {
+            keep_tightest(&mut h.tokens, l.snapshot(*rate, now_ms));
+        }
+    }
+    h
+}
+
+/// What `x-ratelimit-*` reports: the tightest request and token limits of the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub requests: Option<Snapshot>,
+    pub tokens: Option<Snapshot>,
+}
+
+/// What an admitted request holds until it ends: concurrency permits (released on drop) and
+/// its token reservations (settled with [`Admission::settle`]).
+#[derive(Debug, Default)]
+pub struct Admission {
+    reserved: u64,
+    tokens: [Option<(Rate, Arc<RateLimiter>)>; 3],
+    permits: [Option<Permit>; 3],
+    pub headers: RateHeaders,
+}
+
+impl Admission {
+    /// Replaces the reservation by the tokens actually used.
+    pub fn settle(&mut self, used: u64, now_ms: u64) {
+        let delta = used as i64 - self.reserved as i64;
+        for (rate, limiter) in self.tokens.iter().flatten() {
+            limiter.adjust(*rate, delta, now_ms);
+        }
+        self.reserved = used;
+    }
+
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+}
+
+/// Why a request was refused, with the headers to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    pub headers: RateHeaders,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefusalReason {
+    Requests {
+        wait_ms: u64,
+    },
+    Tokens {
+        wait_ms: u64,
+    },
+    TooLarge {
+        limit: u64,
+        requested: u64,
+    },
+    Concurrency {
+        limit: u64,
+    },
+    Budget {
+        period: Period,
+        retry_after_secs: u64,
+    },
+}
+
+impl RefusalReason {
+    /// A metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Requests { .. } => "requests_per_minute",
+            Self::Tokens { .. } => "tokens_per_minute",
+            Self::TooLarge { .. } => "request_too_large",
+            Self::Concurrency { .. } => "concurrent_requests",
+            Self::Budget { .. } => "budget_exceeded",
+        }
+    }
+}
+
+/// A duration as OpenAI writes it in `x-ratelimit-reset-*` (Go's format, whole units):
+/// `0s`, `250ms`, `1s`, `6m0s`, `1h2m3s`. Above a second it is rounded up.
+pub fn reset_text(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = ms.div_ceil(1000);
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_durations_are_written_as_openai_does() {
+        assert_eq!(reset_text(0), "0s");
+        assert_eq!(reset_text(250), "250ms");
+        assert_eq!(reset_text(1000), "1s");
+        assert_eq!(reset_text(1001), "2s");
+        assert_eq!(reset_text(360_000), "6m0s");
+        assert_eq!(reset_text(3_723_000), "1h2m3s");
+    }
+
+    fn tenants(yaml_tail: &str) -> (Tenants, LocalStore) {
+        let yaml = format!(
+            "pools:\n  p:\n    model: m\n    servers: [{{url: \"http://127.0.0.1:1\"}}]\nmodels:\n  a:\n    pool: p\n    aliases: [a2]\n  b:\n    pool: p\n{yaml_tail}"
+        );
+        let config = crate::config::parse(&yaml).unwrap();
+        let store = LocalStore::default();
+        let metrics = Metrics::new().unwrap();
+        let t = Tenants::build(&config, &store, &metrics, |_| Bytes::new());
+        (t, store)
+    }
+
+    const KEY_A: &str = "sha256:f3abf2a6cc4f00987743db5f544ba345b4899ae31f326d8ee9c4816de153c9e0";
+
+    #[test]
+    fn keys_identify_tenants_and_optional_auth_falls_back_to_anonymous() {
+        let (t, _) = tenants(&format!(
+            "auth: optional\ntenants:\n  team:\n    keys: [\"{KEY_A}\"]\n  anonymous:\n    models: [b]\n"
+        ));
+        // Tenants are in name order: anonymous, team.
+        assert_eq!(t.identify(Some(b"Bearer sk-test")), Ok(Some(1)));
+        assert_eq!(t.identify(Some(b"Bearer sk-nope")), Err(AuthError::Invalid));
+        assert_eq!(t.identify(None), Ok(Some(0)));
+        assert!(t.list[0].allows(1) && !t.list[0].allows(0));
+        assert!(t.list[1].allows(0) && t.list[1].allows(1));
+        let (required, _) = tenants(&format!("tenants:\n  team:\n    keys: [\"{KEY_A}\"]\n"));
+        assert_eq!(required.identify(None), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn a_refusal_puts_back_what_earlier_limits_took() {
+        let (t, _) = tenants(&format!(
+            "tenants:\n  team:\n    keys: [\"{KEY_A}\"]\n    limits:\n      requests_per_minute: 10\n      per_model:\n        a2: {{tokens_per_minute: 100}}\n"
+        ));
+        let team = Some(&t.list[0]);
+        let ok = t.admit(team, 0, 60, 0, 0).unwrap();
+        assert_eq!(ok.headers.requests.unwrap().remaining, 9);
+        assert_eq!(ok.headers.tokens.unwrap().remaining, 40);
+        let refused = t.admit(team, 0, 60, 0, 0).unwrap_err();
+        assert_eq!(refused.reason, RefusalReason::Tokens { wait_ms: 12_000 });
+        assert_eq!(
+            refused.headers.requests.unwrap().remaining,
+            9,
+            "request put back"
+        );
+        let too_large = t.admit(team, 0, 101, 0, 0).unwrap_err();
+        assert_eq!(
+            too_large.reason,
+            RefusalReason::TooLarge {
+                limit: 100,
+                requested: 101
+            }
+        );
+        // Model b has no per-model limit: only the tenant's requests count.
+        let b = t.admit(team, 1, 10_000, 0, 0).unwrap();
+        assert_eq!(b.headers.requests.unwrap().remaining, 8);
+        assert_eq!(b.headers.tokens, None);
+    }
+
+    #[test]
+    fn settling_refunds_or_charges_the_difference() {
+        let (t, _) = tenants(&format!(
+            "tenants:\n  team:\n    keys: [\"{KEY_A}\"]\n    limits: {{tokens_per_minute: 1000}}\n"
+        ));
+        let team = Some(&t.list[0]);
+        let mut a = t.admit(team, 0, 900, 0, 0).unwrap();
+        a.settle(100, 0);
+        let b = t.admit(team, 0, 0, 0, 0).unwrap();
+        assert_eq!(b.headers.tokens.unwrap().remaining, 900);
+    }
+
+    #[test]
+    fn concurrency_permits_are_released_with_the_admission() {
+        let (t, _) = tenants(&format!(
+            "tenants:\n  team:\n    keys: [\"{KEY_A}\"]\n    limits: {{concurrent_requests: 1}}\n"
+        ));
+        let team = Some(&t.list[0]);
+        let held = t.admit(team, 0, 1, 0, 0).unwrap();
+        assert_eq!(
+            t.admit(team, 0, 1, 0, 0).unwrap_err().reason,
+            RefusalReason::Concurrency { limit: 1 }
+        );
+        drop(held);
+        assert!(t.admit(team, 0, 1, 0, 0).is_ok());
+    }
+
+    #[test]
+    fn a_spent_budget_refuses_until_the_period_ends() {
+        let (t, _) = tenants(&format!(
+            "tenants:\n  team:\n    keys: [\"{KEY_A}\"]\n    budget: {{usd_per_day: 1}}\n"
+        ));
+        let team = &t.list[0];
+        let now = 1_795_266_000; // 13:00 UTC
+        let (day, _) = Period::Day.at(now);
+        team.budgets[0].spent.add(day, 999_999);
+        assert!(t.admit(Some(team), 0, 1, 0, now).is_ok());
+        team.budgets[0].spent.add(day, 1);
+        assert_eq!(
+            t.admit(Some(team), 0, 1, 0, now).unwrap_err().reason,
+            RefusalReason::Budget {
+                period: Period::Day,
+                retry_after_secs: 11 * 3600
+            }
+        );
+        assert!(
+            t.admit(Some(team), 0, 1, 0, now + 11 * 3600).is_ok(),
+            "next day"
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! Takes the usage chunk back out of a stream whose client did not ask for it.
+//!
+//! The gateway asks every streaming server for `stream_options.include_usage` so that it can
+//! count tokens exactly. The server then adds one event before `data: [DONE]` whose `choices`
+//! is empty and which carries `usage`; a client that did not ask for it must not see it.
+//!
+//! Complete events pass through as slices of the chunk they came in (no copy). An event cut
+//! by a chunk boundary waits for its end in a small carry buffer: a client cannot act on half
+//! an event anyway. Only a chunk that held the usage event is copied, once per stream.
+//!
+//! The usage event is recognised by `"choices":[]` together with `"usage":{`. Neither can
+//! occur inside a JSON string (quotes there are escaped), so generated text cannot trigger it.
+
+use bytes::{Bytes, BytesMut};
+
+#[derive(Debug, Default)]
+pub struct UsageStrip {
+    carry: BytesMut,
+}
+
+/// Whether an event (without its blank line) is the usage-only chunk.
+fn is_usage_event(event: &[u8]) -> bool {
+    let has = |needle: &[u8]| event.windows(needle.len()).any(|w| w == needle);
+    (has(b"\"choices\":[]") || has(b"\"choices\": []"))
+        && (has(b"\"usage\":{") || has(b"\"usage\": {"))
+}
+
+/// End offsets (after the blank line) of the complete events in `data`.
+fn event_ends(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    data.windows(2)
+        .enumerate()
+        .filter(|(_, w)| w == b"\n\n")
+        .map(|(i, _)| i + 2)
+}
+
+impl UsageStrip {
+    /// What to forward of `chunk`: its complete events minus the usage event. The rest waits.
+    pub fn filter(&mut self, chunk: &Bytes) -> Bytes {
+        let data = if self.carry.is_empty() {
+            chunk.clone()
+        } else {
+            self.carry.extend_from_slice(chunk);
+            self.carry.split().freeze()
+        };
+        let mut start = 0;
+        let mut kept: Option<BytesMut> = None;
+        let mut last_end = 0;
+        for end in event_ends(&data) {
+            if is_usage_event(&data[start..end]) {
+                let out = kept.get_or_insert_with(|| BytesMut::with_capacity(data.len()));
+                out.extend_from_slice(&data[last_end..start]);
+                last_end = end;
+            }
+            start = end;
+        }
+        self.carry.extend_from_slice(&data[start..]);
+        match kept {
+            None => data.slice(..start),
+            Some(mut out) => {
+                out.extend_from_slice(&data[last_end..start]);
+                out.freeze()
+            }
+        }
+    }
+
+    /// At the end of the stream: whatever was held back, as the server sent it.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        (!self.carry.is_empty()).then(|| self.carry.split().freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const WITH_USAGE: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"say \\\"choices\\\":[] \\\"usage\\\":{\"}}],\"usage\":null}\n\n\
+data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n\
+data: [DONE]\n\n";
+
+    fn without_usage() -> Vec<u8> {
+        let text = std::str::from_utf8(WITH_USAGE).unwrap();
+        let mut out = String::new();
+        for event in text.split_inclusive("\n\n") {
+            if !event.contains("\"choices\":[],") {
+                out.push_str(event);
+            }
+        }
+        out.into_bytes()
+    }
+
+    #[test]
+    fn the_usage_event_is_removed_and_everything_else_kept() {
+        let mut s = UsageStrip::default();
+        let out = s.filter(&Bytes::from_static(WITH_USAGE));
+        assert_eq!(out, without_usage());
+        assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn chunks_without_the_usage_event_are_not_copied() {
+        let mut s = UsageStrip::default();
+        let chunk = Bytes::from_static(b"data: {\"choices\":[{}]}\n\n");
+        let out = s.filter(&chunk);
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+        assert_eq!(out, chunk);
+    }
+
+    proptest! {
+        /// However the stream is cut, the client gets the stream minus the usage event.
+        #[test]
+        fn any_chunking_gives_the_same_stream(cuts in proptest::collection::vec(0usize..WITH_USAGE.len(), 0..16)) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let mut s = UsageStrip::default();
+            let mut out = Vec::new();
+            let mut last = 0;
+            for c in cuts.into_iter().chain([WITH_USAGE.len()]) {
+                out.extend_from_slice(&s.filter(&Bytes::copy_from_slice(&WITH_USAGE[last..c])));
+                last = c;
+            }
+            if let Some(rest) = s.finish() {
+                out.extend_from_slice(&rest);
+            }
+            prop_assert_eq!(out, without_usage());
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The request path's side of tenants and limits: who is calling (before the body is read),
+//! whether the request fits (after it is parsed), and the accounting when it ends.
+
+use pingora_proxy::Session;
+
+use super::Ctx;
+use crate::limits::budget::{self, Period};
+use crate::limits::{AuthError, Refusal, RefusalReason};
+use crate::openai::{request, ApiError, Endpoint, RequestView};
+use crate::state::{Gateway, Runtime};
+use crate::upstream;
+
+/// Per-IP request rate and the API key, before any body is read.
+pub fn identify(
+    gateway: &Gateway,
+    runtime: &Runtime,
+    session: &Session,
+    ctx: &mut Ctx,
+) -> Result<(), ApiError> {
+    let req = session.req_header();
+    if let Some(per_second) = runtime.config.limits.requests_per_second_per_ip {
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if ip.is_some_and(|ip| !gateway.per_ip.request(ip, per_second)) {
+            return Err(ApiError::IpRateLimited);
+        }
+    }
+    let authorization = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    ctx.tenant = runtime
+        .tenants
+        .identify(authorization)
+        .map_err(|e| match e {
+            AuthError::Missing => ApiError::MissingApiKey,
+            AuthError::Invalid => ApiError::InvalidApiKey,
+        })?;
+    ctx.tenant_name = ctx
+        .tenant
+        .and_then(|t| runtime.tenants.list.get(t))
+        .map(|t| t.name.clone());
+    Ok(())
+}
+
+/// Checks the tenant may use `model`, asks a streaming server for usage, and admits the
+/// request under every limit that applies.
+pub fn admit(
+    runtime: &Runtime,
+    ctx: &mut Ctx,
+    model: usize,
+    endpoint: Endpoint,
+    view: &RequestView<'_>,
+) -> Result<(), ApiError> {
+    let tenant = ctx.tenant.and_then(|t| runtime.tenants.list.get(t));
+    if let Some(t) = tenant.filter(|t| !t.allows(model)) {
+        t.metrics.reject("model_not_found");
+        // The same answer as for a model that does not exist.
+        return Err(ApiError::ModelNotFound {
+            model: crate::openai::error::echo(&view.model),
+        });
+    }
+    if view.stream && endpoint != Endpoint::Embeddings && !view.include_usage {
+        if let Some((body, span)) = request::ask_for_usage(
+            &ctx.raw_body,
+            view.stream_options_span.clone(),
+            ctx.model_span.clone(),
+        ) {
+            ctx.raw_body = body;
+            ctx.model_span = span;
+            ctx.strip = Some(Default::default());
+        }
+    }
+    let m = &runtime.models[model];
+    let prompt_bytes = view.prompt_span.len() as f64;
+    ctx.prompt_estimate = (prompt_bytes / m.bytes_per_token).ceil() as u64;
+    let completion = match endpoint {
+        Endpoint::Embeddings => 0,
+        _ => view.max_tokens.unwrap_or(m.default_max_tokens),
+    };
+    let estimate = ctx.prompt_estimate.saturating_add(completion);
+    match runtime.tenants.admit(
+        tenant,
+        model,
+        estimate,
+        upstream::now_ms(),
+        budget::unix_secs(),
+    ) {
+        Ok(admission) => {
+            ctx.rate_headers = Some(admission.headers);
+            ctx.admission = Some(admission);
+            Ok(())
+        }
+        Err(refusal) => {
+            if let Some(t) = tenant {
+                t.metrics.reject(refusal.reason.label());
+            }
+            ctx.rate_headers = Some(refusal.headers);
+            Err(refused(&refusal, &m.name))
+        }
+    }
+}
+
+/// The 429 of a refusal, worded as OpenAI words its own.
+fn refused(r: &Refusal, model: &str) -> ApiError {
+    let secs = |ms: u64| ms.div_ceil(1000).max(1);
+    let (message, kind, code, retry_after_secs, retry) = match &r.reason {
+        RefusalReason::Requests { wait_ms } => (
+            format!(
+                "Rate limit reached for {model} on requests per minute. Please try again in {}s.",
+                secs(*wait_ms)
+            ),
+            "requests",
+            "rate_limit_exceeded",
+            secs(*wait_ms),
+            true,
+        ),
+        RefusalReason::Tokens { wait_ms } => (
+            format!(
+                "Rate limit reached for {model} on tokens per minute. Please try again in {}s.",
+                secs(*wait_ms)
+            ),
+            "tokens",
+            "rate_limit_exceeded",
+            secs(*wait_ms),
+            true,
+        ),
+        RefusalReason::TooLarge { limit, requested } => (
+            format!(
+                "Request too large for {model} on tokens per minute: Limit {limit}, Requested {requested}. Send a shorter prompt or a lower max_tokens."
+            ),
+            "tokens",
+            "rate_limit_exceeded",
+            60,
+            false,
+        ),
+        RefusalReason::Concurrency { limit } => (
+            format!("Too many concurrent requests for {model} (limit {limit}). Please retry when one has finished."),
+            "requests",
+            "rate_limit_exceeded",
+            1,
+            true,
+        ),
+        RefusalReason::Budget {
+            period,
+            retry_after_secs,
+        } => (
+            format!(
+                "Your budget for this {} is spent; requests are refused until it ends.",
+                match period {
+                    Period::Day => "day (UTC)",
+                    Period::Month => "month (UTC)",
+                }
+            ),
+            "insufficient_quota",
+            "budget_exceeded",
+            *retry_after_secs,
+            false,
+        ),
+    };
+    ApiError::RateLimited {
+        message,
+        kind,
+        code,
+        retry_after_secs,
+        retry,
+    }
+}
+
+/// Tokens a finished request used: the server's `usage` when it reported it, else what was
+/// estimated or counted (`exact` false). Nothing when no answer came from a server.
+pub fn used_tokens(ctx: &Ctx) -> (u64, u64, bool) {
+    let (p, c) = (ctx.usage.prompt_tokens, ctx.usage.completion_tokens);
+    if let (Some(p), Some(c)) = (p, c) {
+        return (p, c, true);
+    }
+    if ctx.first_byte.is_none() || !ctx.upstream_status.is_some_and(|s| (200..300).contains(&s)) {
+        return (0, 0, false);
+    }
+    let completion = match &ctx.sse {
+        // One event per token, without the final `data: [DONE]`.
+        Some(sse) => u64::from(sse.events.saturating_sub(u32::from(sse.done))),
+        None => ctx.response_bytes.div_ceil(4),
+    };
+    (
+        p.unwrap_or(ctx.prompt_estimate),
+        c.unwrap_or(completion),
+        false,
+    )
+}
+
+/// Settles the reservation to what was used, and counts tokens and spend.
+pub fn settle(ctx: &mut Ctx) {
+    let (prompt, completion, exact) = used_tokens(ctx);
+    if let Some(a) = &mut ctx.admission {
+        a.settle(prompt + completion, upstream::now_ms());
+    }
+    let (Some(routed), Some(t)) = (&ctx.routed, ctx.tenant) else {
+        return;
+    };
+    let Some(tenant) = routed.runtime.tenants.list.get(t) else {
+        return;
+    };
+    tenant
+        .metrics
+        .tokens(routed.model, prompt, completion, exact);
+    let cost = &routed.runtime.pools[routed.pool].cost;
+    tenant.spend(cost.micros(prompt, completion), budget::unix_secs());
+}
