@@ -107,10 +107,12 @@ fn check(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
             println!(
-                "{}: ok ({} pools, {} models)",
+                "{}: ok ({} pools, {} models, {} tenants, auth {})",
                 path.display(),
                 c.pools.len(),
-                c.models.len()
+                c.models.len(),
+                c.tenants.len(),
+                c.auth.name()
             );
             ExitCode::SUCCESS
         }

@@ -184,13 +184,15 @@ async fn the_grafana_dashboard_queries_only_metrics_the_gateway_exports() {
     // A dead server (upstream errors, retries) beside a scraped vLLM-like one (engine load).
     let dead = common::dead_addr();
     let gw = Gateway::start(&format!(
-        "pools:\n  p:\n    model: {SERVED}\n    engine: vllm\n    balance: weighted_round_robin\n    health:\n      enabled: false\n    servers:\n      - url: http://{dead}\n      - url: {}\nmodels:\n  m:\n    pool: p\n",
+        "pools:\n  p:\n    model: {SERVED}\n    engine: vllm\n    balance: weighted_round_robin\n    health:\n      enabled: false\n    servers:\n      - url: http://{dead}\n      - url: {}\nmodels:\n  m:\n    pool: p\ntenants:\n  t:\n    keys: [\"sha256:101e79fe08703a87435b8d8f154c786969f607df11ee4419804c9477e6bfd701\"]\n    limits: {{requests_per_minute: 3}}\n",
         sim.url()
     ));
-    // Round robin puts the dead server first for one of the first two requests.
-    for fault in ["", "", "die_after=1"] {
+    // Round robin puts the dead server first for one of the first two requests; the fourth
+    // request is over the tenant's limit.
+    for fault in ["", "", "die_after=1", ""] {
         let resp = client()
             .post(gw.url("/v1/chat/completions"))
+            .bearer_auth("sk-dash")
             .header("x-sim-fault", fault)
             .json(&json!({"model": "m", "stream": true, "max_tokens": 3,
                           "stream_options": {"include_usage": true},
@@ -211,8 +213,13 @@ async fn the_grafana_dashboard_queries_only_metrics_the_gateway_exports() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    gw.post("/v1/chat/completions", &json!({"model": "unknown"}))
-        .await;
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("sk-dash")
+        .json(&json!({"model": "unknown"}))
+        .send()
+        .await
+        .unwrap();
     let metrics = common::metric_eventually(
         &gw.admin_url("/metrics"),
         r#"switchyard_rejected_requests_total{reason="model_not_found"}"#,

@@ -429,6 +429,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::budget::Period;
 
     /// The sample from the gateway-core issue, which must be accepted as written.
     const SAMPLE: &str = r#"
@@ -571,6 +572,55 @@ models:
         assert_eq!(
             errors(&yaml),
             ["pools.llama-8b.servers[1].url: 127.0.0.1:8001 is already servers[0] of this pool"]
+        );
+    }
+
+    #[test]
+    fn the_tenants_shape_of_the_issue_is_accepted() {
+        let yaml = format!(
+            "{SAMPLE}auth: required\ntenants:\n  team-a:\n    keys: [\"sha256:{}\"]\n    models: [llama-3.1-8b, fast]\n    limits:\n      requests_per_minute: 600\n      tokens_per_minute: 200000\n      concurrent_requests: 32\n    budget:\n      usd_per_day: 50\n",
+            "ab".repeat(32)
+        )
+        .replace(
+            "    balance: weighted_round_robin\n",
+            "    balance: weighted_round_robin\n    cost: {input_per_mtok: 0.10, output_per_mtok: 0.20}\n",
+        );
+        let c = parse(&yaml).unwrap();
+        assert_eq!(c.auth, Auth::Required);
+        let t = &c.tenants[0];
+        assert_eq!(
+            t.models.as_deref(),
+            Some(&[0][..]),
+            "name and alias: one model"
+        );
+        assert_eq!(t.limits.tokens_per_minute, Some(200_000));
+        assert_eq!(t.budget, [(Period::Day, 50.0)]);
+        assert_eq!(c.pools[0].cost.output_per_mtok, 0.20);
+    }
+
+    #[test]
+    fn tenant_mistakes_name_their_path() {
+        let yaml = format!(
+            "{SAMPLE}auth: sometimes\ntenants:\n  a:\n    keys: [\"sk-plain-key\", \"sha256:{d}\"]\n    models: [gpt-5]\n    limits:\n      requests_per_minute: 0\n      per_model:\n        nope: {{tokens_per_minute: 5}}\n  anonymous:\n    keys: [\"sha256:{d}\"]\n    budget: {{usd_per_month: -1}}\n",
+            d = "cd".repeat(32)
+        );
+        assert_eq!(
+            errors(&yaml),
+            [
+                r#"auth: "sometimes" is not one of: required, optional"#,
+                r#"tenants.a.keys[0]: must be "sha256:<64 hex digits>" (a digest, never the key itself; see `switchyard key hash`)"#,
+                r#"tenants.a.models[0]: no model or alias named "gpt-5""#,
+                r#"tenants.a.limits.per_model.nope: no model or alias named "nope""#,
+                "tenants.a.limits.requests_per_minute: must be greater than 0 (leave it out for no limit)",
+                r#"tenants.anonymous.keys[0]: the same key is already a key of tenant "a""#,
+                "tenants.anonymous.keys: the anonymous tenant (keyless requests under auth: optional) has no keys",
+                "tenants.anonymous.budget.usd_per_month: -1 is not an amount of dollars (0 or more)",
+            ]
+        );
+        let open = format!("{SAMPLE}auth: required\n");
+        assert_eq!(
+            errors(&open),
+            ["auth: needs tenants (leave auth out for an open gateway without keys or limits)"]
         );
     }
 

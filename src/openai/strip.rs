@@ -35,11 +35,11 @@ fn event_ends(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
 
 impl UsageStrip {
     /// What to forward of `chunk`: its complete events minus the usage event. The rest waits.
-    pub fn filter(&mut self, chunk: &Bytes) -> Bytes {
+    pub fn filter(&mut self, chunk: Bytes) -> Bytes {
         let data = if self.carry.is_empty() {
-            chunk.clone()
+            chunk
         } else {
-            self.carry.extend_from_slice(chunk);
+            self.carry.extend_from_slice(&chunk);
             self.carry.split().freeze()
         };
         let mut start = 0;
@@ -55,6 +55,7 @@ impl UsageStrip {
         }
         self.carry.extend_from_slice(&data[start..]);
         match kept {
+            None if start == data.len() => data,
             None => data.slice(..start),
             Some(mut out) => {
                 out.extend_from_slice(&data[last_end..start]);
@@ -93,7 +94,7 @@ data: [DONE]\n\n";
     #[test]
     fn the_usage_event_is_removed_and_everything_else_kept() {
         let mut s = UsageStrip::default();
-        let out = s.filter(&Bytes::from_static(WITH_USAGE));
+        let out = s.filter(Bytes::from_static(WITH_USAGE));
         assert_eq!(out, without_usage());
         assert_eq!(s.finish(), None);
     }
@@ -102,7 +103,7 @@ data: [DONE]\n\n";
     fn chunks_without_the_usage_event_are_not_copied() {
         let mut s = UsageStrip::default();
         let chunk = Bytes::from_static(b"data: {\"choices\":[{}]}\n\n");
-        let out = s.filter(&chunk);
+        let out = s.filter(chunk.clone());
         assert_eq!(out.as_ptr(), chunk.as_ptr());
         assert_eq!(out, chunk);
     }
@@ -117,7 +118,7 @@ data: [DONE]\n\n";
             let mut out = Vec::new();
             let mut last = 0;
             for c in cuts.into_iter().chain([WITH_USAGE.len()]) {
-                out.extend_from_slice(&s.filter(&Bytes::copy_from_slice(&WITH_USAGE[last..c])));
+                out.extend_from_slice(&s.filter(Bytes::copy_from_slice(&WITH_USAGE[last..c])));
                 last = c;
             }
             if let Some(rest) = s.finish() {

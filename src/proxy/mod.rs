@@ -433,7 +433,7 @@ impl ProxyHttp for Proxy {
             ctx.response_bytes += chunk.len() as u64;
         }
         if let Some(strip) = &mut ctx.strip {
-            let mut out = body.as_ref().map(|b| strip.filter(b)).unwrap_or_default();
+            let mut out = body.take().map(|b| strip.filter(b)).unwrap_or_default();
             if end_of_stream {
                 if let Some(rest) = strip.finish() {
                     let mut joined = bytes::BytesMut::from(&out[..]);
