@@ -344,10 +344,6 @@ impl Admission {
         }
         self.reserved = used;
     }
-
-    pub fn reserved(&self) -> u64 {
-        self.reserved
-    }
 }
 
 /// Why a request was refused, with the headers to send.

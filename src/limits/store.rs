@@ -151,7 +151,7 @@ impl LocalStore {
         prune(&self.spend);
     }
 
-    /// Entries held, for tests and the admin API.
+    /// Entries held.
     pub fn len(&self) -> usize {
         lock(&self.rates).len() + lock(&self.gauges).len() + lock(&self.spend).len()
     }
