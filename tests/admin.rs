@@ -19,7 +19,13 @@ async fn send(gw: &Gateway, n: usize) {
 async fn drained_server_gets_no_new_requests_even_across_a_reload_until_undrained() {
     let a = Sim::fast(SERVED);
     let b = Sim::fast(SERVED);
-    let gw = Gateway::single(SERVED, &[a.url(), b.url()], "");
+    // Round robin: after the undrain the four requests split 2 / 2 whatever the engines'
+    // scraped load readings say at that moment (least_load would follow them).
+    let gw = Gateway::start(&format!(
+        "pools:\n  p:\n    model: {SERVED}\n    engine: vllm\n    balance: weighted_round_robin\n    servers:\n      - url: {}\n      - url: {}\nmodels:\n  m:\n    pool: p\n    aliases: [m-alias]\n",
+        a.url(),
+        b.url()
+    ));
     let c = client();
     let drain = |what: &str| {
         c.post(gw.admin_url(&format!("/admin/pools/p/servers/{}/{what}", a.addr)))

@@ -47,6 +47,10 @@ fn team_a(limits: &str) -> String {
     )
 }
 
+fn team_b(rest: &str) -> String {
+    format!("  team-b:\n    keys: [\"{}\"]\n{rest}", digest(KEY_B))
+}
+
 async fn post(gw: &Gateway, key: Option<&str>, body: &Value) -> reqwest::Response {
     let mut req = client().post(gw.url("/v1/chat/completions")).json(body);
     if let Some(k) = key {
@@ -110,11 +114,7 @@ async fn missing_unknown_and_malformed_keys_are_401_and_a_good_key_passes() {
 #[tokio::test]
 async fn models_outside_the_list_look_like_models_that_do_not_exist() {
     let sim = Sim::fast(SERVED);
-    let tenants = format!(
-        "{}  team-b:\n    keys: [\"{}\"]\n    models: \"*\"\n",
-        team_a(""),
-        digest(KEY_B)
-    );
+    let tenants = team_a("") + &team_b("    models: \"*\"\n");
     let gw = gateway(&sim, "", &tenants, "");
     // team-a allowed the alias: the name works too.
     for model in ["m", "m-alias"] {
@@ -479,11 +479,8 @@ async fn burst(gw: &Gateway, key: &'static str, n: usize, body: &Value) -> (u64,
 #[tokio::test]
 async fn thousands_of_concurrent_requests_never_overshoot_the_limits() {
     let sim = Sim::fast(SERVED);
-    let tenants = format!(
-        "{}  team-b:\n    keys: [\"{}\"]\n    limits:\n      requests_per_minute: 50\n",
-        team_a("    limits:\n      tokens_per_minute: 5000\n"),
-        digest(KEY_B)
-    );
+    let tenants = team_a("    limits:\n      tokens_per_minute: 5000\n")
+        + &team_b("    limits:\n      requests_per_minute: 50\n");
     let gw = gateway(&sim, "", &tenants, "");
     let body = chat(100);
     let reserve = prompt_estimate(&body) + 100;

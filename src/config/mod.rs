@@ -4,6 +4,7 @@
 pub mod file;
 mod tenants;
 pub mod validate;
+mod values;
 
 use std::fmt;
 use std::net::SocketAddr;

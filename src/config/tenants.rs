@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::file::{FileConfig, FileModels};
-use super::validate::{dollars, limit_set, Errors};
+use super::values::{dollars, limit_set, Errors};
 use super::{Auth, Model, Tenant, ANONYMOUS};
 use crate::limits::budget::Period;
 use crate::limits::keys;
