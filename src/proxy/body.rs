@@ -58,14 +58,14 @@ pub async fn read(
         session.enable_retry_buffering();
         armed = true;
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(4096));
+    let mut buf = Collected::new(declared);
     let read_all = async {
         while let Some(chunk) = session
             .read_request_body()
             .await
             .map_err(|_| BodyError::ClientGone)?
         {
-            buf.extend_from_slice(&chunk);
+            buf.push(chunk);
             match declared {
                 Some(size) if buf.len() > size => {
                     return Err(BodyError::Reject(ApiError::invalid(
@@ -107,4 +107,73 @@ pub async fn read(
         return Err(BodyError::Reject(ApiError::Internal));
     }
     Ok(buf.freeze())
+}
+
+/// The body's chunks: a body that arrives in one chunk (the usual case: it came with the
+/// header) is kept as that chunk, without a copy.
+struct Collected {
+    first: Option<Bytes>,
+    rest: BytesMut,
+    declared: Option<usize>,
+}
+
+impl Collected {
+    fn new(declared: Option<usize>) -> Self {
+        Self {
+            first: None,
+            rest: BytesMut::new(),
+            declared,
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(chunk);
+            return;
+        }
+        if let Some(first) = self.first.take() {
+            let total = first.len() + chunk.len();
+            self.rest.reserve(self.declared.unwrap_or(total).max(total));
+            self.rest.extend_from_slice(&first);
+        }
+        self.rest.extend_from_slice(&chunk);
+    }
+
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(self.rest.len(), Bytes::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn freeze(self) -> Bytes {
+        self.first.unwrap_or_else(|| self.rest.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_chunk_is_kept_without_a_copy() {
+        let chunk = Bytes::from_static(b"{\"model\":\"m\"}");
+        let mut c = Collected::new(Some(chunk.len()));
+        c.push(chunk.clone());
+        assert_eq!(c.len(), chunk.len());
+        let body = c.freeze();
+        assert_eq!(body.as_ptr(), chunk.as_ptr());
+    }
+
+    #[test]
+    fn chunks_are_joined_in_order() {
+        let mut c = Collected::new(None);
+        assert!(c.is_empty());
+        for part in [&b"{\"mo"[..], b"del\":", b"\"m\"}"] {
+            c.push(Bytes::copy_from_slice(part));
+        }
+        assert_eq!(c.len(), 13);
+        assert_eq!(&c.freeze()[..], b"{\"model\":\"m\"}");
+    }
 }
