@@ -23,24 +23,27 @@ pub fn rate_limits(resp: &mut ResponseHeader, h: &RateHeaders) -> Result<()> {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and client-supplied forwarding or credential headers:
 /// none of them may reach the upstream as the client sent them.
-const STRIPPED: [&str; 15] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-real-ip",
-    // The client's API key is for the gateway; pools carry their own upstream key.
-    "authorization",
-];
+fn is_stripped(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-host"
+            | "x-forwarded-proto"
+            | "x-real-ip"
+            // The client's API key is for the gateway; pools carry their own upstream key.
+            | "authorization"
+    )
+}
 
 /// The request id: the client's `x-request-id` when it is short printable ASCII, else 128
 /// random bits in hex.
@@ -66,18 +69,24 @@ pub fn to_upstream(
     host: Option<&str>,
     ctx: &Ctx,
 ) -> Result<()> {
-    let named: Vec<HeaderName> = req
+    // One pass over the client's headers (a handful) instead of a lookup per stripped name;
+    // names are already lower case in the map.
+    let connection_named = |name: &HeaderName| {
+        req.headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|n| n.trim().eq_ignore_ascii_case(name.as_str()))
+    };
+    let listed = req.headers.contains_key(header::CONNECTION);
+    let doomed: Vec<HeaderName> = req
         .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .keys()
+        .filter(|n| is_stripped(n.as_str()) || (listed && connection_named(n)))
+        .cloned()
         .collect();
-    for name in &named {
-        req.remove_header(name);
-    }
-    for name in STRIPPED {
+    for name in &doomed {
         req.remove_header(name);
     }
     if let Some(host) = host {
