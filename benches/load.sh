@@ -3,6 +3,9 @@
 #   1. directly to the upstream,
 #   2. through nginx as a plain reverse proxy (benches/nginx/proxy.conf), access log on and off,
 #   3. through Switchyard (routing by the body's `model`), access log on and off,
+#   4. through the Pingora floor (examples/pingora_floor.rs: the smallest proxy on the same
+#      Pingora with Switchyard's process settings), which splits a gap to nginx into what
+#      Pingora costs and what the gateway adds,
 # for two upstreams: the simulator with zero delays, and nginx answering a canned chat
 # completion (so the upstream is never the bottleneck).
 #
@@ -43,7 +46,9 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release --quiet
 cargo build --release --quiet --bench stream_load
+cargo build --release --quiet --example pingora_floor
 BIN=./target/release/switchyard
+FLOOR=./target/release/examples/pingora_floor
 STREAM_LOAD=$(ls -t target/release/deps/stream_load-* | grep -v '\.d$' | head -1)
 # 10 000 idle streams need ~20 000 descriptors in the gateway alone.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -100,6 +105,14 @@ start_nginx_proxy() { # NAME UPSTREAM ACCESS_LOG(on|off)
   sed -e "s|@PORT@|$port|" -e "s|@PREFIX@|$dir|" -e "s|@UPSTREAM@|$2|" -e "s|@ACCESS_LOG@|$log|" \
     benches/nginx/proxy.conf > "$dir/nginx.conf"
   $NGINX -c "$dir/nginx.conf" -p "$dir" -g 'daemon off;' 2>"$dir/err.log" >/dev/null &
+  PIDS+=($!)
+  ADDR="127.0.0.1:$port"
+  wait_port "$ADDR"
+}
+
+start_floor() { # NAME UPSTREAM
+  local port; port=$(free_port)
+  $FLOOR "127.0.0.1:$port" "$2" 2>"$WORK/floor-$1.log" >/dev/null &
   PIDS+=($!)
   ADDR="127.0.0.1:$port"
   wait_port "$ADDR"
@@ -166,8 +179,10 @@ for upstream in sim canned; do
   start_nginx_proxy "$upstream-off" "$UP" off; NG_OFF=$ADDR
   start_switchyard "$upstream-on" "$UP" stdout; SY_ON=$ADDR
   start_switchyard "$upstream-off" "$UP" off; SY_OFF=$ADDR
+  start_floor "$upstream" "$UP"; FL=$ADDR
   declare -A C1 C64
   targets=("direct:$UP:$UP_BODY" "nginx (log on):$NG_ON:$UP_BODY" "nginx (log off):$NG_OFF:$UP_BODY" \
+           "pingora floor (no log):$FL:$UP_BODY" \
            "switchyard (log on):$SY_ON:$BODY" "switchyard (log off):$SY_OFF:$BODY")
   for t in "${targets[@]}"; do
     name=${t%%:*}; rest=${t#*:}; addr=${rest%%:*}:$(echo "$rest" | cut -d: -f2); body=${rest#*:*:}
@@ -182,19 +197,20 @@ for upstream in sim canned; do
   read -r _ n_p50 _ _ <<<"${C1[nginx (log on)]}"
   read -r n64off_rps _ _ _ <<<"${C64[nginx (log off)]}"
   read -r _ noff_p50 _ _ <<<"${C1[nginx (log off)]}"
+  read -r f64_rps _ _ _ <<<"${C64[pingora floor (no log)]}"
   {
     echo "## Upstream: $upstream ($( [ "$upstream" = sim ] && echo 'switchyard sim --zero-delay' || echo 'nginx canned JSON'))"
     echo
-    echo "| target | c=1 p50 µs | c=1 p99 µs | added p50 µs vs direct | c=64 req/s | c=64 vs direct | c=64 vs nginx (same log) | errors |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| target | c=1 p50 µs | c=1 p99 µs | added p50 µs vs direct | c=64 req/s | c=64 vs direct | c=64 vs nginx (same log) | c=64 vs Pingora floor | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for t in "${targets[@]}"; do
       name=${t%%:*}
       read -r _ p50 p99 e1 <<<"${C1[$name]}"
       read -r rps _ _ e64 <<<"${C64[$name]}"
-      case "$name" in *"log off"*) nref=$n64off_rps ;; *) nref=$n64_rps ;; esac
+      case "$name" in *"log off"*|*"no log"*) nref=$n64off_rps ;; *) nref=$n64_rps ;; esac
       awk -v n="$name" -v p50="$p50" -v p99="$p99" -v d="$d_p50" -v rps="$rps" -v drps="$d64_rps" \
-          -v nrps="$nref" -v err=$((e1 + e64)) 'BEGIN {
-        printf "| %s | %.0f | %.0f | %+.0f | %.0f | %.2f | %.2f | %d |\n", n, p50, p99, p50 - d, rps, rps / drps, rps / nrps, err }'
+          -v nrps="$nref" -v frps="$f64_rps" -v err=$((e1 + e64)) 'BEGIN {
+        printf "| %s | %.0f | %.0f | %+.0f | %.0f | %.2f | %.2f | %.2f | %d |\n", n, p50, p99, p50 - d, rps, rps / drps, rps / nrps, rps / frps, err }'
     done
     echo
   } >> "$OUT"
@@ -209,6 +225,7 @@ PIDS+=($!)
 SIM_TS=$(wait_listen "$WORK/sim-ts.log" sim)
 start_nginx_proxy stream "$SIM_TS" on; NG_S=$ADDR
 start_switchyard stream "$SIM_TS" stdout; SY_S=$ADDR
+start_floor stream "$SIM_TS"; FL_S=$ADDR
 
 # stream_run ADDR MODEL STREAMS -> "ttft_p50 ttft_p99 lag_p50 lag_p99 errors" (µs)
 stream_run() {
@@ -225,12 +242,14 @@ for n in 100 1000; do
   declare -A S
   S[direct]=$(stream_run "$SIM_TS" "$MODEL" "$n")
   S[nginx]=$(stream_run "$NG_S" "$MODEL" "$n")
+  S[floor]=$(stream_run "$FL_S" "$MODEL" "$n")
   S[switchyard]=$(stream_run "$SY_S" fast "$n")
   read -r _ d_t99 _ d_l99 _ <<<"${S[direct]}"
-  for name in direct nginx switchyard; do
+  for name in direct nginx floor switchyard; do
     read -r t50 t99 l50 l99 err <<<"${S[$name]}"
     echo "  streams $n / $name: ${S[$name]}" >&2
-    echo "| $n | $name | $t50 | $t99 | $((t99 - d_t99)) | $l50 | $l99 | $((l99 - d_l99)) | $err |" >> "$OUT"
+    label=$name; [ "$name" = floor ] && label="pingora floor"
+    echo "| $n | $label | $t50 | $t99 | $((t99 - d_t99)) | $l50 | $l99 | $((l99 - d_l99)) | $err |" >> "$OUT"
   done
   unset S
 done
@@ -246,11 +265,21 @@ SIM_IDLE=$(wait_listen "$WORK/sim-idle.log" sim)
 start_switchyard idle "$SIM_IDLE" stdout; SY_IDLE=$ADDR
 SY_IDLE_PID=${PIDS[-1]}
 IDLE=$("$STREAM_LOAD" idle --url "http://$SY_IDLE" --model fast --streams 10000 --pid "$SY_IDLE_PID" | grep '^RESULT')
-echo "  idle: $IDLE" >&2
+echo "  idle / switchyard: $IDLE" >&2
+# The same through the Pingora floor, against a fresh silent server.
+$BIN sim --listen 127.0.0.1:0 --model "$MODEL" --zero-delay --fault stall_after=1 \
+  --max-num-seqs 20000 --num-blocks 2000000 2>"$WORK/sim-idle2.log" >/dev/null &
+PIDS+=($!)
+SIM_IDLE2=$(wait_listen "$WORK/sim-idle2.log" sim)
+start_floor idle "$SIM_IDLE2"; FL_IDLE=$ADDR
+FL_IDLE_PID=${PIDS[-1]}
+IDLE_FLOOR=$("$STREAM_LOAD" idle --url "http://$FL_IDLE" --model "$MODEL" --streams 10000 --pid "$FL_IDLE_PID" | grep '^RESULT')
+echo "  idle / floor: $IDLE_FLOOR" >&2
 {
-  echo "## Memory: 10 000 concurrent idle streams through Switchyard"
+  echo "## Memory: 10 000 concurrent idle streams"
   echo
-  echo "\`$IDLE\`"
+  echo "- Switchyard: \`$IDLE\`"
+  echo "- Pingora floor: \`$IDLE_FLOOR\`"
   echo
 } >> "$OUT"
 
