@@ -300,6 +300,22 @@ fn sse(c: &mut Criterion) {
             (t.events, u.completion_tokens)
         })
     });
+    // Everything a stream's chunk goes through when the gateway asked for usage on the
+    // client's behalf: event count, usage, and taking the usage event out.
+    g.bench_function("tracker_usage_and_strip_per_chunk", |b| {
+        b.iter(|| {
+            let mut t = SseTracker::default();
+            let mut u = UsageScanner::default();
+            let mut s = UsageStrip::default();
+            let mut out = 0;
+            for p in &parts {
+                t.observe(p);
+                u.observe(p);
+                out += s.filter(p.clone()).len();
+            }
+            (t.events, u.completion_tokens, out)
+        })
+    });
     // Naive: buffer the whole stream, split events, parse each as JSON for usage.
     g.bench_function("naive_buffer_and_parse_events", |b| {
         b.iter(|| {

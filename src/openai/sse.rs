@@ -32,12 +32,12 @@ impl SseTracker {
         let before = self.events;
         self.forwarded = true;
         // Event ends: "\n\n" inside the chunk or across the chunk boundary.
-        let mut prev = self.tail_len.checked_sub(1).map(|i| self.tail[i]);
-        for &b in chunk {
-            if b == b'\n' && prev == Some(b'\n') {
+        let carried = self.tail_len.checked_sub(1).map(|i| self.tail[i]);
+        for i in memchr::memchr_iter(b'\n', chunk) {
+            let prev = i.checked_sub(1).map_or(carried, |j| Some(chunk[j]));
+            if prev == Some(b'\n') {
                 self.events += 1;
             }
-            prev = Some(b);
         }
         if !self.done {
             self.done = contains(&self.tail[..self.tail_len], chunk, DONE);
@@ -80,7 +80,7 @@ impl SseTracker {
 
 /// Whether `needle` occurs in `tail ++ chunk` (with `tail` shorter than `needle`).
 fn contains(tail: &[u8], chunk: &[u8], needle: &[u8]) -> bool {
-    if chunk.windows(needle.len()).any(|w| w == needle) {
+    if memchr::memmem::find(chunk, needle).is_some() {
         return true;
     }
     // Matches that start in the tail and end in the chunk.

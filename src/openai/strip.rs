@@ -20,17 +20,16 @@ pub struct UsageStrip {
 
 /// Whether an event (without its blank line) is the usage-only chunk.
 fn is_usage_event(event: &[u8]) -> bool {
-    let has = |needle: &[u8]| event.windows(needle.len()).any(|w| w == needle);
+    let has = |needle: &[u8]| memchr::memmem::find(event, needle).is_some();
     (has(b"\"choices\":[]") || has(b"\"choices\": []"))
         && (has(b"\"usage\":{") || has(b"\"usage\": {"))
 }
 
 /// End offsets (after the blank line) of the complete events in `data`.
 fn event_ends(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    data.windows(2)
-        .enumerate()
-        .filter(|(_, w)| w == b"\n\n")
-        .map(|(i, _)| i + 2)
+    memchr::memchr_iter(b'\n', data)
+        .filter(|&i| data.get(i + 1) == Some(&b'\n'))
+        .map(|i| i + 2)
 }
 
 impl UsageStrip {

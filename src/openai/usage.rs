@@ -33,8 +33,20 @@ pub struct UsageScanner {
 
 impl UsageScanner {
     pub fn observe(&mut self, chunk: &[u8]) {
-        for &b in chunk {
+        let mut rest = chunk;
+        while let Some((&b, tail)) = rest.split_first() {
+            if self.state == State::Keys && self.progress == [0; 2] {
+                // Both keys start with a quote: jump to the next one (SIMD search) instead of
+                // stepping through every byte of the text around them.
+                let Some(i) = memchr::memchr(b'"', rest) else {
+                    return;
+                };
+                self.step(b'"');
+                rest = &rest[i + 1..];
+                continue;
+            }
             self.step(b);
+            rest = tail;
         }
     }
 
