@@ -293,6 +293,8 @@ pub struct Gateway {
     pub store: LocalStore,
     /// Per client IP counters.
     pub per_ip: PerIp,
+    /// Access log lines not written out yet.
+    pub access_log: crate::proxy::AccessLogBuffer,
     /// The file reloads read; `None` for a config that did not come from a file (the demo).
     config_path: Option<PathBuf>,
     /// Serialises reloads so that two of them cannot interleave read, build and swap.
@@ -337,6 +339,7 @@ impl Gateway {
             registry,
             store,
             per_ip: PerIp::default(),
+            access_log: Default::default(),
             metrics,
             lifecycle: Default::default(),
             config_path,

@@ -104,15 +104,41 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
         "reload on SIGHUP",
         ReloadOnHangup(gateway.clone()),
     ));
+    server.add_service(background_service(
+        "access log flush",
+        AccessLogFlush(gateway.clone()),
+    ));
 
     server.run(RunArgs {
         shutdown_signal: Box::new(shutdown::SignalWatch {
-            gateway,
+            gateway: gateway.clone(),
             drain,
             grace,
         }),
     });
+    gateway.access_log.flush();
     std::process::exit(0)
+}
+
+/// Writes out the access log's buffered lines every [`crate::proxy::ACCESS_LOG_FLUSH_EVERY`],
+/// so that a quiet gateway's lines do not wait for a full batch.
+struct AccessLogFlush(Arc<Gateway>);
+
+#[async_trait]
+impl BackgroundService for AccessLogFlush {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(crate::proxy::ACCESS_LOG_FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.0.access_log.flush(),
+                _ = shutdown.changed() => {
+                    self.0.access_log.flush();
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Reloads the config on SIGHUP (`systemctl reload`). Installing the handler also keeps

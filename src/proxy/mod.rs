@@ -35,6 +35,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 pub use ctx::{Ctx, MAX_ATTEMPTS};
+pub use log::{AccessLogBuffer, FLUSH_EVERY as ACCESS_LOG_FLUSH_EVERY};
 
 use crate::balance;
 use crate::openai::sse::SseTracker;
