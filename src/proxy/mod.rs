@@ -388,6 +388,10 @@ impl ProxyHttp for Proxy {
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // The client is about to see this answer: no fallback will rewrite the body for another
+        // pool any more, so the client's original body is let go (a stream can stay open for
+        // minutes). `ctx.body` stays: Pingora may still be sending it.
+        ctx.raw_body = Bytes::new();
         if let Some(id) = &ctx.request_id {
             response.insert_header("x-request-id", id.clone())?;
         }
