@@ -2,14 +2,14 @@
 //! delegating to one module.
 //!
 //! ```text
-//! request_filter ─────────── classify path; read body (body.rs); parse (openai); route (routing)
+//! request_filter ─────────── classify path; read, parse and route the request (intake.rs)
 //!   │ Ok(true): answered here (respond.rs)
 //! upstream_peer ──────────── pick a server of the pool (balance), skip tried ones
 //! upstream_request_filter ── rewrite headers (headers.rs), Content-Length of the buffered body
 //! request_body_filter ────── substitute the complete buffered body (body.rs explains why)
 //! upstream_response_filter ─ 429/5xx before the first byte: cooldown, retry elsewhere
 //! response_filter ────────── x-request-id, x-switchyard-overhead-us; notes an SSE response
-//! response_body_filter ───── first-byte time, SSE tracking; chunks pass through unbuffered
+//! response_body_filter ───── usage, SSE tracking, timings (relay.rs); chunks pass unbuffered
 //! fail_to_connect / error_while_proxy ── retry decisions (never after the first byte)
 //! fail_to_proxy ──────────── one mapping of errors to OpenAI bodies, or an SSE error event
 //! logging ────────────────── metrics, access log; dropping ctx releases the guards
@@ -19,7 +19,9 @@ mod body;
 mod ctx;
 mod headers;
 mod hold;
+mod intake;
 mod log;
+mod relay;
 mod respond;
 mod retry;
 mod tenancy;
@@ -37,13 +39,10 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 pub use ctx::{Ctx, MAX_ATTEMPTS};
 pub use log::{AccessLogBuffer, FLUSH_EVERY as ACCESS_LOG_FLUSH_EVERY};
 
-use crate::balance;
-use crate::openai::sse::SseTracker;
-use crate::openai::{request, ApiError, Endpoint, RequestView, Target};
-use crate::state::{Gateway, Runtime};
+use crate::openai::{request, ApiError, Target};
+use crate::state::Gateway;
 use crate::upstream::{self, retry_after};
 use body::BodyError;
-use ctx::Routed;
 
 /// The gateway's proxy logic; one instance serves every request.
 pub struct Proxy {
@@ -53,77 +52,6 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(gateway: Arc<Gateway>) -> Self {
         Self { gateway }
-    }
-
-    /// Reads, parses and routes an inference request; the body to forward lands in `ctx`.
-    async fn admit(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        runtime: Arc<Runtime>,
-        endpoint: Endpoint,
-    ) -> Result<(), BodyError> {
-        let limits = &runtime.config.limits;
-        let raw = body::read(
-            session,
-            limits.max_body_size,
-            runtime.config.timeouts.request_body,
-        )
-        .await?;
-        let view = RequestView::parse(&raw).map_err(BodyError::Reject)?;
-        let Some(model) = runtime.routes.resolve(&view.model) else {
-            return Err(BodyError::Reject(ApiError::ModelNotFound {
-                model: crate::openai::error::echo(&view.model),
-            }));
-        };
-        let pool = runtime.models[model].pool;
-        ctx.stream = view.stream;
-        features(ctx, &runtime, pool, &view, &raw, session.req_header());
-        ctx.model_span = view.model_span.clone();
-        ctx.raw_body = raw.clone();
-        ctx.routed = Some(Routed {
-            runtime: runtime.clone(),
-            model,
-            pool,
-            fallbacks_used: 0,
-        });
-        tenancy::admit(&runtime, ctx, model, endpoint, &view).map_err(BodyError::Reject)?;
-        ctx.body = request::replace_model(
-            &ctx.raw_body,
-            ctx.model_span.clone(),
-            &runtime.pools[pool].served_model_json,
-        );
-        Ok(())
-    }
-}
-
-/// What the pool's policy reads about the request (the prefix chain and session key only
-/// when it uses them).
-fn features(
-    ctx: &mut Ctx,
-    runtime: &Runtime,
-    pool: usize,
-    view: &RequestView<'_>,
-    raw: &[u8],
-    req: &RequestHeader,
-) {
-    let prompt = raw.get(view.prompt_span.clone()).unwrap_or_default();
-    let f = &mut ctx.features;
-    f.prompt_bytes = prompt.len();
-    f.prompt_tokens = (prompt.len() as u64).div_ceil(4);
-    let policy = runtime.pools[pool].policy;
-    if policy.wants_prefix() {
-        f.prefix_hashes = balance::prefix_hashes(prompt);
-    }
-    if policy.wants_session() {
-        let header = &runtime.config.pools[pool].session_header;
-        f.session = req
-            .headers
-            .get(header)
-            .map(|v| v.as_bytes())
-            .filter(|v| !v.is_empty())
-            .or(view.user.as_deref().map(str::as_bytes))
-            .map(balance::session_hash);
     }
 }
 
@@ -154,7 +82,7 @@ impl ProxyHttp for Proxy {
         let answer = match (target, identified) {
             (_, Err(e)) => e,
             (Target::Inference(endpoint), _) => {
-                match self.admit(session, ctx, runtime, endpoint).await {
+                match intake::admit(session, ctx, runtime, endpoint).await {
                     Ok(()) => return Ok(false),
                     Err(BodyError::Reject(e)) => e,
                     Err(BodyError::ClientGone) => {
@@ -405,19 +333,7 @@ impl ProxyHttp for Proxy {
             ctx.overhead = Some(overhead);
             response.insert_header("x-switchyard-overhead-us", overhead.as_micros() as u64)?;
         }
-        let is_sse = response
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        if is_sse {
-            ctx.sse = Some(SseTracker::default());
-            if ctx.strip.is_some() {
-                // Events may be taken out: the length changes.
-                response.remove_header(&http::header::CONTENT_LENGTH);
-            }
-        } else {
-            ctx.strip = None;
-        }
+        relay::start(response, ctx);
         Ok(())
     }
 
@@ -428,65 +344,7 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if end_of_stream {
-            // The upstream is done with: its socket goes back to Pingora's pool now.
-            ctx.upstream_socket = None;
-        }
-        if let Some(chunk) = body.as_ref() {
-            // Usage is read before the usage event may be taken out.
-            ctx.usage.observe(chunk);
-            ctx.response_bytes += chunk.len() as u64;
-        }
-        if let Some(strip) = &mut ctx.strip {
-            let mut out = body.take().map(|b| strip.filter(b)).unwrap_or_default();
-            if end_of_stream {
-                if let Some(rest) = strip.finish() {
-                    let mut joined = bytes::BytesMut::from(&out[..]);
-                    joined.extend_from_slice(&rest);
-                    out = joined.freeze();
-                }
-            }
-            *body = Some(out);
-        }
-        let Some(chunk) = body.as_ref().filter(|b| !b.is_empty()) else {
-            return Ok(None);
-        };
-        let now = Instant::now();
-        if ctx.first_byte.is_none() {
-            ctx.first_byte = Some(now);
-            if let (Some(routed), Some(server), Some(sent)) =
-                (&ctx.routed, ctx.server, ctx.upstream_sent)
-            {
-                let state = &routed.runtime.pools[routed.pool].servers[server].state;
-                state.observe_ttfb(now.duration_since(sent), upstream::now_ms());
-            }
-        }
-        if ctx.stream {
-            if let Some(routed) = &ctx.routed {
-                if now.duration_since(ctx.started) > routed.runtime.config.timeouts.stream_total {
-                    ctx.total_limit_hit = true;
-                    return Error::e_explain(
-                        ErrorType::ReadTimedout,
-                        "stream exceeded timeouts.stream_total",
-                    );
-                }
-            }
-        }
-        if let Some(sse) = &mut ctx.sse {
-            let events = sse.observe(chunk);
-            if events > 0 {
-                // Inter-token latency: the gap to the previous event for the first event of
-                // the chunk; events that arrived together count as 0.
-                if let (Some(routed), Some(last)) = (&ctx.routed, ctx.last_event) {
-                    let itl = &routed.runtime.models[routed.model].metrics.itl;
-                    itl.observe(now.duration_since(last).as_secs_f64());
-                    for _ in 1..events {
-                        itl.observe(0.0);
-                    }
-                }
-                ctx.last_event = Some(now);
-            }
-        }
+        relay::chunk(body, end_of_stream, ctx)?;
         Ok(None)
     }
 

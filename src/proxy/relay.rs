@@ -1,0 +1,96 @@
+//! The response on its way to the client: whether it is an event stream, the usage it reports
+//! (read before the usage event the gateway asked for is taken out again), events counted,
+//! first-byte and inter-token timings, and the stream's total time limit. Chunks pass through
+//! unbuffered.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+
+use super::Ctx;
+use crate::openai::sse::SseTracker;
+use crate::upstream;
+
+/// Before the response header goes out: an event stream is tracked; anything else needs no
+/// usage strip.
+pub fn start(response: &mut ResponseHeader, ctx: &mut Ctx) {
+    let is_sse = response
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if is_sse {
+        ctx.sse = Some(SseTracker::default());
+        if ctx.strip.is_some() {
+            // Events may be taken out: the length changes.
+            response.remove_header(&http::header::CONTENT_LENGTH);
+        }
+    } else {
+        ctx.strip = None;
+    }
+}
+
+/// One chunk of the response body (`None` at the end of some streams).
+pub fn chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Result<()> {
+    if end_of_stream {
+        // The upstream is done with: its socket goes back to Pingora's pool now.
+        ctx.upstream_socket = None;
+    }
+    if let Some(chunk) = body.as_ref() {
+        // Usage is read before the usage event may be taken out.
+        ctx.usage.observe(chunk);
+        ctx.response_bytes += chunk.len() as u64;
+    }
+    if let Some(strip) = &mut ctx.strip {
+        let mut out = body.take().map(|b| strip.filter(b)).unwrap_or_default();
+        if end_of_stream {
+            if let Some(rest) = strip.finish() {
+                let mut joined = bytes::BytesMut::from(&out[..]);
+                joined.extend_from_slice(&rest);
+                out = joined.freeze();
+            }
+        }
+        *body = Some(out);
+    }
+    let Some(chunk) = body.as_ref().filter(|b| !b.is_empty()) else {
+        return Ok(());
+    };
+    let now = Instant::now();
+    if ctx.first_byte.is_none() {
+        ctx.first_byte = Some(now);
+        if let (Some(routed), Some(server), Some(sent)) =
+            (&ctx.routed, ctx.server, ctx.upstream_sent)
+        {
+            let state = &routed.runtime.pools[routed.pool].servers[server].state;
+            state.observe_ttfb(now.duration_since(sent), upstream::now_ms());
+        }
+    }
+    if ctx.stream {
+        if let Some(routed) = &ctx.routed {
+            if now.duration_since(ctx.started) > routed.runtime.config.timeouts.stream_total {
+                ctx.total_limit_hit = true;
+                return Error::e_explain(
+                    ErrorType::ReadTimedout,
+                    "stream exceeded timeouts.stream_total",
+                );
+            }
+        }
+    }
+    if let Some(sse) = &mut ctx.sse {
+        let events = sse.observe(chunk);
+        if events > 0 {
+            // Inter-token latency: the gap to the previous event for the first event of
+            // the chunk; events that arrived together count as 0.
+            if let (Some(routed), Some(last)) = (&ctx.routed, ctx.last_event) {
+                let itl = &routed.runtime.models[routed.model].metrics.itl;
+                itl.observe(now.duration_since(last).as_secs_f64());
+                for _ in 1..events {
+                    itl.observe(0.0);
+                }
+            }
+            ctx.last_event = Some(now);
+        }
+    }
+    Ok(())
+}
