@@ -2,9 +2,9 @@
 //!
 //! Lines are written in batches: they are appended to one buffer, which goes out in one
 //! `write` when it holds [`BATCH`] bytes, every [`FLUSH_EVERY`] (app::AccessLogFlush), and at
-//! exit. A `write` per line, with the stdout lock taken
-//! by both worker threads, cost 18–23 % of the throughput at concurrency 64 on 2 cores
-//! (benches/load.sh, log on against off); nginx's unbuffered log costs it 7–10 %.
+//! exit. A `write` per line, with both worker threads taking the stdout lock, cost 18–23 % of
+//! the throughput at concurrency 64 on 2 cores (benches/load.sh, log on against off); nginx's
+//! unbuffered log costs it 7–10 %.
 
 use std::io::Write as _;
 use std::sync::{Mutex, PoisonError};
