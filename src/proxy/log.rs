@@ -95,9 +95,19 @@ pub const BATCH: usize = 32 * 1024;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// The access log's lines not written out yet, in the order requests finished.
-#[derive(Default)]
 pub struct AccessLogBuffer {
     buf: Mutex<Vec<u8>>,
+    /// Where batches go: stdout (tests write elsewhere).
+    out: fn(&[u8]),
+}
+
+impl Default for AccessLogBuffer {
+    fn default() -> Self {
+        Self {
+            buf: Mutex::default(),
+            out: write_out,
+        }
+    }
 }
 
 impl AccessLogBuffer {
@@ -116,7 +126,7 @@ impl AccessLogBuffer {
             buf.extend_from_slice(scratch);
             if buf.len() >= BATCH {
                 // Written under the lock, so batches keep their order.
-                write_out(&buf);
+                (self.out)(&buf);
                 buf.clear();
             }
         });
@@ -126,7 +136,7 @@ impl AccessLogBuffer {
     pub fn flush(&self) {
         let mut buf = self.lock();
         if !buf.is_empty() {
-            write_out(&buf);
+            (self.out)(&buf);
             buf.clear();
         }
     }
@@ -166,14 +176,27 @@ mod tests {
         }
     }
 
+    static WRITTEN: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+    fn capture(batch: &[u8]) {
+        WRITTEN.lock().unwrap().extend_from_slice(batch);
+    }
+
     #[test]
     fn lines_wait_in_the_buffer_until_a_batch_is_full() {
-        let log = AccessLogBuffer::default();
+        let log = AccessLogBuffer {
+            out: capture,
+            ..AccessLogBuffer::default()
+        };
         log.push(&line("a"));
         let held = log.lock().clone();
         assert!(held.ends_with(b"\"outcome\":\"ok\"}\n"), "{held:?}");
         log.push(&line("b"));
         assert_eq!(log.lock().len(), 2 * held.len());
+        assert!(
+            WRITTEN.lock().unwrap().is_empty(),
+            "written before a batch was full"
+        );
         // Past a batch the buffer is written out and starts again.
         for _ in 0..BATCH / held.len() {
             log.push(&line("a"));
@@ -181,5 +204,16 @@ mod tests {
         assert!(log.lock().len() < BATCH);
         log.flush();
         assert!(log.lock().is_empty());
+        // Everything came out whole and in order: "a", "b", then the rest.
+        let written = WRITTEN.lock().unwrap().clone();
+        let ids: Vec<String> = written
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                serde_json::from_slice::<serde_json::Value>(l).unwrap()["request_id"].to_string()
+            })
+            .collect();
+        assert_eq!(ids.len(), 2 + BATCH / held.len());
+        assert_eq!(ids[..2], ["\"a\"", "\"b\""]);
     }
 }
