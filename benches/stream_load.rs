@@ -1,7 +1,8 @@
 //! Streaming load tool for benches/load.sh (not a criterion bench).
 //!
 //! `stream` mode: N concurrent streaming chat completions against a simulator started with
-//! `--event-timestamps`; reports time to first event (client-measured) and per-event lag
+//! `--event-timestamps`; reports time to first event (client-measured), the hops' share of it
+//! (request sent → read by the simulator, plus the first event's lag), and per-event lag
 //! (client receive time minus the simulator's send stamp; same machine, same clock).
 //! `idle` mode: opens N streams that stay silent after their first event (simulator with
 //! `--fault stall_after=1`),
@@ -92,9 +93,30 @@ fn client(n: usize) -> reqwest::Client {
         .unwrap()
 }
 
-/// One stream: (time to first event in µs, lags in µs, error?).
-async fn one(c: reqwest::Client, url: String, body: String) -> (u64, Vec<u64>, bool) {
+/// What one stream measured (µs).
+#[derive(Default)]
+struct Outcome {
+    /// Time to first event, as the client sees it.
+    ttft: u64,
+    /// The hops' share of it: request sent → read by the simulator, plus the first event's
+    /// lag. Unlike `ttft` it leaves out the wait for the engine's next decode step, which
+    /// moves by up to a step between runs.
+    hops: u64,
+    /// The first part of `hops`: request sent → read by the simulator.
+    forward: u64,
+    /// Receive time minus send stamp, per event.
+    lags: Vec<u64>,
+    error: bool,
+}
+
+async fn one(c: reqwest::Client, url: String, body: String) -> Outcome {
+    let failed = |lags| Outcome {
+        lags,
+        error: true,
+        ..Outcome::default()
+    };
     let start = Instant::now();
+    let sent_us = now_us();
     let Ok(resp) = c
         .post(format!("{url}/v1/chat/completions"))
         .header("content-type", "application/json")
@@ -102,18 +124,22 @@ async fn one(c: reqwest::Client, url: String, body: String) -> (u64, Vec<u64>, b
         .send()
         .await
     else {
-        return (0, vec![], true);
+        return failed(vec![]);
     };
     if !resp.status().is_success() {
-        return (0, vec![], true);
+        return failed(vec![]);
     }
+    let received_us = resp
+        .headers()
+        .get("x-sim-received-us")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let mut s = resp.bytes_stream();
     let mut pending = Vec::new();
     let mut ttft = None;
     let mut lags = Vec::new();
     while let Some(chunk) = s.next().await {
         let Ok(chunk) = chunk else {
-            return (0, lags, true);
+            return failed(lags);
         };
         let t = now_us();
         pending.extend_from_slice(&chunk);
@@ -121,7 +147,7 @@ async fn one(c: reqwest::Client, url: String, body: String) -> (u64, Vec<u64>, b
             let event: Vec<u8> = pending.drain(..end + 2).collect();
             let text = String::from_utf8_lossy(&event);
             if text.contains("\"error\"") {
-                return (0, lags, true);
+                return failed(lags);
             }
             if let Some(i) = text.find("\"x_sim_ts_us\":") {
                 let digits: String = text[i + 14..]
@@ -135,7 +161,17 @@ async fn one(c: reqwest::Client, url: String, body: String) -> (u64, Vec<u64>, b
             }
         }
     }
-    (ttft.unwrap_or(0), lags, ttft.is_none())
+    let (Some(ttft), Some(received_us)) = (ttft, received_us) else {
+        return failed(lags);
+    };
+    let forward = received_us.saturating_sub(sent_us);
+    Outcome {
+        ttft,
+        hops: forward + lags[0],
+        forward,
+        lags,
+        error: false,
+    }
 }
 
 #[tokio::main]
@@ -156,21 +192,28 @@ async fn main() {
             let tasks: Vec<_> = (0..streams)
                 .map(|_| tokio::spawn(one(c.clone(), url.clone(), body(&model, tokens))))
                 .collect();
-            let (mut ttfts, mut lags, mut errors) = (Vec::new(), Vec::new(), 0);
+            let (mut ttfts, mut hops, mut forwards, mut lags, mut errors) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
             for t in tasks {
-                let (ttft, l, err) = t.await.unwrap();
-                if err {
+                let o = t.await.unwrap();
+                if o.error {
                     errors += 1;
                 } else {
-                    ttfts.push(ttft);
+                    ttfts.push(o.ttft);
+                    hops.push(o.hops);
+                    forwards.push(o.forward);
                 }
-                lags.extend(l);
+                lags.extend(o.lags);
             }
             let events = lags.len();
             println!(
-                "RESULT ttft_p50_us={} ttft_p99_us={} lag_p50_us={} lag_p99_us={} events={events} errors={errors}",
+                "RESULT ttft_p50_us={} ttft_p99_us={} hops_p50_us={} hops_p99_us={} forward_p50_us={} forward_p99_us={} lag_p50_us={} lag_p99_us={} events={events} errors={errors}",
                 percentile(&mut ttfts, 0.5),
                 percentile(&mut ttfts, 0.99),
+                percentile(&mut hops, 0.5),
+                percentile(&mut hops, 0.99),
+                percentile(&mut forwards, 0.5),
+                percentile(&mut forwards, 0.99),
                 percentile(&mut lags, 0.5),
                 percentile(&mut lags, 0.99),
             );

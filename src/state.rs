@@ -295,6 +295,8 @@ pub struct Gateway {
     pub per_ip: PerIp,
     /// Access log lines not written out yet.
     pub access_log: crate::proxy::AccessLogBuffer,
+    /// Streams' upstream connections kept for reuse (proxy/hold.rs).
+    pub held: Arc<crate::proxy::HeldPool>,
     /// The file reloads read; `None` for a config that did not come from a file (the demo).
     config_path: Option<PathBuf>,
     /// Serialises reloads so that two of them cannot interleave read, build and swap.
@@ -340,6 +342,7 @@ impl Gateway {
             store,
             per_ip: PerIp::default(),
             access_log: Default::default(),
+            held: Default::default(),
             metrics,
             lifecycle: Default::default(),
             config_path,

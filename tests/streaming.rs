@@ -119,3 +119,27 @@ async fn usage_chunk_passes_through_when_asked_for() {
     assert_eq!(log[0]["completion_tokens"], 3);
     assert_eq!(log[0]["prompt_tokens"].as_f64(), prompt);
 }
+
+/// A stream's upstream connection carries the next stream once the first ended whole
+/// (proxy/hold.rs): five streams in a row open one connection to the server, not five.
+#[tokio::test]
+async fn streams_in_a_row_share_one_upstream_connection() {
+    let sim = Sim::fast(SERVED);
+    // No probes or scrapes: every connection the server counts is a stream's.
+    let gw = Gateway::start(&format!(
+        "pools:\n  p:\n    model: {SERVED}\n    engine: vllm\n    health:\n      enabled: false\n    \
+         engine_metrics:\n      enabled: false\n    servers:\n      - url: {}\nmodels:\n  m:\n    pool: p\n",
+        sim.url()
+    ));
+    // Each read of the server's metrics is a connection of its own.
+    let before = sim.metric("switchyard_sim_connections_total").await;
+    let c = client();
+    for _ in 0..5 {
+        let events = stream_events(&c, &gw.url("/v1/chat/completions"), 3).await;
+        assert_eq!(events.last().unwrap().1, "data: [DONE]");
+    }
+    let after = sim.metric("switchyard_sim_connections_total").await;
+    assert_eq!(after - before, 2.0, "the streams' one and this read's");
+    // Five inference requests went through it.
+    assert_eq!(sim.metric("switchyard_sim_http_requests_total").await, 5.0);
+}

@@ -102,7 +102,8 @@ pub struct FileServer {
     pub threads: Option<i64>,
     /// How long SIGTERM waits for in-flight requests, e.g. `60s`.
     pub grace_period: Option<String>,
-    /// Idle upstream connections kept per process.
+    /// Idle upstream connections kept per process (Pingora's pool); streams' connections are
+    /// kept in a pool of their own, up to this many per server, for 4 s at most.
     pub upstream_keepalive_pool: Option<i64>,
     /// Access log: `stdout` (default) or `off`.
     pub access_log: Option<String>,

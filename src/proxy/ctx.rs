@@ -101,6 +101,8 @@ pub struct Ctx {
     pub request_guard: Option<RequestGuard>,
     /// The current attempt's upstream socket, registered so shutdown can end it.
     pub upstream_socket: Option<UpstreamHandle>,
+    /// A stream's connector for the current attempt (hold.rs).
+    pub hold: Option<std::sync::Arc<super::hold::HoldConnect>>,
     pub upstream_status: Option<u16>,
     /// When the request (headers and body) was ready to go upstream, last attempt.
     pub upstream_sent: Option<Instant>,
@@ -174,6 +176,7 @@ impl Ctx {
             inflight: None,
             request_guard: None,
             upstream_socket: None,
+            hold: None,
             upstream_status: None,
             upstream_sent: None,
             upstream_header: None,

@@ -9,16 +9,30 @@
 //! the peer's read timeout (the model's `first_token_timeout`) fails the attempt *before*
 //! any byte reached the client, and the usual retry path picks another server.
 //!
-//! These connections carry one request each (`connection: close`; a Pingora virtual socket
-//! has no file descriptor, which its connection pool needs as an id); a stream lasts seconds,
-//! so the extra connect costs nothing measurable. The real socket is registered with the
-//! lifecycle so that the end of a shutdown grace period still cuts it.
+//! Pingora's connection pool cannot keep these connections (a virtual socket has no file
+//! descriptor, which the pool needs as an id), so they have a pool of their own,
+//! [`HeldPool`]. The socket follows both directions' HTTP/1.1 framing (framing.rs) and tells
+//! Pingora `connection: close` in every response header, so that Pingora never pools it
+//! itself. When Pingora lets go of it after an exchange that ended cleanly, request and
+//! response both complete to their last byte, the TCP connection goes back to the pool for
+//! the next stream to the same address instead of being closed. Reuse spares a connect and
+//! a close on both sides per stream; on a burst of new streams they were about a quarter of
+//! the gateway's CPU (see BENCHMARKS.md).
+//!
+//! A pooled connection waits at most [`IDLE_FOR`], and one the server has closed meanwhile is
+//! discarded when it is taken. One the server closes just as it is reused fails before any
+//! response byte; the attempt is then retried as Pingora retries its own reused connections
+//! (see `stale` and `error_while_proxy`). The real socket is registered with the lifecycle
+//! while it carries a request, so that the end of a shutdown grace period still cuts it; a
+//! draining gateway pools nothing.
 
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::connectors::L4Connect;
@@ -29,24 +43,136 @@ use pingora_error::{Error, ErrorType, Result};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::framing::{Message, Side};
 use crate::lifecycle::{Lifecycle, UpstreamHandle};
 
-/// Largest response header held (then it is released as is and parsing is Pingora's).
+/// Largest response header read; a longer one fails the attempt.
 const MAX_HEADER: usize = 64 * 1024;
 
-/// Opens upstream connections whose SSE response header waits for the first event.
+/// Longest a connection waits in the pool for its next stream: below the 5 s keep-alive
+/// timeout of uvicorn (vLLM, SGLang) and of llama.cpp's server, so that a server rarely closes
+/// one just as it is reused.
+pub const IDLE_FOR: Duration = Duration::from_secs(4);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Held connections whose last exchange ended cleanly, per upstream address, newest last.
+#[derive(Debug, Default)]
+pub struct HeldPool {
+    idle: Mutex<HashMap<std::net::SocketAddr, Vec<Idle>>>,
+    sweeping: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    tcp: TcpStream,
+    since: Instant,
+}
+
+impl HeldPool {
+    /// The newest idle connection to `addr` that is still open.
+    fn take(&self, addr: std::net::SocketAddr) -> Option<TcpStream> {
+        let mut idle = lock(&self.idle);
+        let list = idle.get_mut(&addr)?;
+        while let Some(c) = list.pop() {
+            if c.since.elapsed() >= IDLE_FOR {
+                // The rest waited longer still.
+                list.clear();
+                break;
+            }
+            // A server that closed it has left an end of stream (or bytes it had no reason
+            // to send): either way it is not taken.
+            if let Err(e) = c.tcp.try_read(&mut [0u8; 1]) {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    return Some(c.tcp);
+                }
+            }
+        }
+        None
+    }
+
+    /// Keeps `tcp` for the next stream to `addr`, up to `max` per address.
+    fn put(self: &Arc<Self>, addr: std::net::SocketAddr, tcp: TcpStream, max: usize) {
+        {
+            let mut idle = lock(&self.idle);
+            let list = idle.entry(addr).or_default();
+            list.retain(|c| c.since.elapsed() < IDLE_FOR);
+            if list.len() >= max {
+                return;
+            }
+            list.push(Idle {
+                tcp,
+                since: Instant::now(),
+            });
+        }
+        // Connections nobody takes are closed after IDLE_FOR even when traffic stops.
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            let pool = Arc::downgrade(self);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(IDLE_FOR).await;
+                    let Some(pool) = pool.upgrade() else { return };
+                    let mut idle = lock(&pool.idle);
+                    idle.retain(|_, list| {
+                        list.retain(|c| c.since.elapsed() < IDLE_FOR);
+                        !list.is_empty()
+                    });
+                    if idle.is_empty() {
+                        pool.sweeping.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Drops every idle connection to `addr` (one of them turned out closed: so may the rest).
+    fn forget(&self, addr: std::net::SocketAddr) {
+        lock(&self.idle).remove(&addr);
+    }
+
+    #[cfg(test)]
+    fn idle(&self, addr: std::net::SocketAddr) -> usize {
+        lock(&self.idle).get(&addr).map_or(0, Vec::len)
+    }
+}
+
+/// Opens (or takes from the pool) upstream connections whose SSE response header waits for
+/// the first event. One per attempt.
 #[derive(Debug)]
 pub struct HoldConnect {
     connect_timeout: Duration,
     lifecycle: Arc<Lifecycle>,
+    pool: Arc<HeldPool>,
+    /// Idle connections kept per address.
+    max_idle: usize,
+    /// Set when a pooled connection turned out closed before the response began: the attempt
+    /// is then retried like one on Pingora's own stale pooled connections.
+    stale: Arc<AtomicBool>,
 }
 
 impl HoldConnect {
-    pub fn new(connect_timeout: Duration, lifecycle: Arc<Lifecycle>) -> Self {
+    pub fn new(
+        connect_timeout: Duration,
+        lifecycle: Arc<Lifecycle>,
+        pool: Arc<HeldPool>,
+        max_idle: usize,
+    ) -> Self {
         Self {
             connect_timeout,
             lifecycle,
+            pool,
+            max_idle,
+            stale: Arc::default(),
         }
+    }
+
+    /// Whether this attempt's connection came from the pool and was found closed by the
+    /// server before any response byte.
+    pub fn stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
     }
 }
 
@@ -56,6 +182,37 @@ impl L4Connect for HoldConnect {
         let Some(inet) = addr.as_inet() else {
             return Error::e_explain(ErrorType::ConnectError, "not an IP address");
         };
+        let inet = *inet;
+        let (tcp, reused) = match self.pool.take(inet) {
+            Some(tcp) => (tcp, true),
+            None => (self.open(inet).await?, false),
+        };
+        let registered = {
+            use std::os::fd::AsRawFd;
+            self.lifecycle.register_upstream(tcp.as_raw_fd())
+        };
+        let socket = HoldSocket {
+            tcp: Some(tcp),
+            state: State::Scanning,
+            buf: Vec::new(),
+            request: Message::new(Side::Request),
+            response: Message::new(Side::Response),
+            home: Home {
+                pool: self.pool.clone(),
+                addr: inet,
+                max_idle: self.max_idle,
+                lifecycle: self.lifecycle.clone(),
+            },
+            reused,
+            stale: self.stale.clone(),
+            _registered: registered,
+        };
+        Ok(Stream::from(VirtualSocketStream::new(Box::new(socket))))
+    }
+}
+
+impl HoldConnect {
+    async fn open(&self, inet: std::net::SocketAddr) -> Result<TcpStream> {
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(inet)).await {
             Err(_) => {
                 return Error::e_explain(
@@ -70,17 +227,7 @@ impl L4Connect for HoldConnect {
             Ok(Ok(tcp)) => tcp,
         };
         let _ = tcp.set_nodelay(true);
-        let registered = {
-            use std::os::fd::AsRawFd;
-            self.lifecycle.register_upstream(tcp.as_raw_fd())
-        };
-        let socket = HoldSocket {
-            tcp,
-            state: State::Scanning,
-            buf: Vec::new(),
-            _registered: registered,
-        };
-        Ok(Stream::from(VirtualSocketStream::new(Box::new(socket))))
+        Ok(tcp)
     }
 }
 
@@ -94,47 +241,128 @@ enum State {
     Releasing { at: usize },
 }
 
+/// Where a connection goes back to when its exchange ended cleanly.
+#[derive(Debug)]
+struct Home {
+    pool: Arc<HeldPool>,
+    addr: std::net::SocketAddr,
+    max_idle: usize,
+    lifecycle: Arc<Lifecycle>,
+}
+
 #[derive(Debug)]
 struct HoldSocket {
-    tcp: TcpStream,
+    /// `None` only once it went back to the pool (in `drop`).
+    tcp: Option<TcpStream>,
     state: State,
     buf: Vec<u8>,
+    /// Both directions' framing, as the bytes pass.
+    request: Message,
+    response: Message,
+    home: Home,
+    /// Taken from the pool rather than connected.
+    reused: bool,
+    stale: Arc<AtomicBool>,
     _registered: UpstreamHandle,
 }
 
 /// The end of the header (index after `\r\n\r\n`), when complete.
 fn header_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4)
 }
 
 /// Whether a complete header announces a successful event stream.
 fn is_event_stream(header: &[u8]) -> bool {
     let ok = header.get(9..12) == Some(b"200".as_slice());
     let lower = header.to_ascii_lowercase();
-    ok && lower
-        .windows(b"text/event-stream".len())
-        .any(|w| w == b"text/event-stream")
+    ok && memchr::memmem::find(&lower, b"text/event-stream").is_some()
+}
+
+/// The header as Pingora gets it: `connection: close`, whatever the server said, so that
+/// Pingora never puts this socket in its own pool (the connection's reuse is ours).
+fn closing(header: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header.len() + 19);
+    // Each line keeps its line end; the blank line that ends the header is added back last.
+    let lines = header.strip_suffix(b"\r\n").unwrap_or(header);
+    for (i, line) in lines.split_inclusive(|b| *b == b'\n').enumerate() {
+        let name = line
+            .split(|b| *b == b':')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        let hop =
+            name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive");
+        if i == 0 || !hop {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out
+}
+
+fn not_connected() -> io::Error {
+    io::Error::from(io::ErrorKind::NotConnected)
 }
 
 impl HoldSocket {
+    fn tcp(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        self.tcp.as_mut().map(Pin::new).ok_or_else(not_connected)
+    }
+
+    /// Whether request and response both passed whole, and Pingora has read every byte.
+    fn reusable(&self) -> bool {
+        self.request.is_done()
+            && self.response.is_done()
+            && self.state == State::Releasing { at: 0 }
+            && self.buf.is_empty()
+    }
+
+    /// The connection failed before any response byte: a pooled one was closed by the server.
+    fn failed_early(&self) {
+        if self.reused && self.response == Message::new(Side::Response) {
+            self.stale.store(true, Ordering::Release);
+            self.home.pool.forget(self.home.addr);
+        }
+    }
+
     /// What the state machine does with the bytes it has.
-    fn advance(&mut self) {
+    fn advance(&mut self) -> io::Result<()> {
         loop {
             match self.state {
                 State::Scanning => match header_end(&self.buf) {
-                    Some(end) if is_event_stream(&self.buf[..end]) => {
-                        self.state = State::Holding { header_len: end };
+                    Some(end) => {
+                        let header = closing(&self.buf[..end]);
+                        let held = is_event_stream(&header);
+                        let header_len = header.len();
+                        self.buf.splice(..end, header);
+                        self.state = if held {
+                            State::Holding { header_len }
+                        } else {
+                            State::Releasing { at: 0 }
+                        };
                     }
-                    Some(_) => self.state = State::Releasing { at: 0 },
                     None if self.buf.len() > MAX_HEADER => {
-                        self.state = State::Releasing { at: 0 };
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "response header over 64 KiB",
+                        ));
                     }
-                    None => return,
+                    None => return Ok(()),
                 },
                 State::Holding { header_len } if self.buf.len() > header_len => {
                     self.state = State::Releasing { at: 0 };
                 }
-                _ => return,
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+impl Drop for HoldSocket {
+    fn drop(&mut self) {
+        if self.reusable() && !self.home.lifecycle.is_draining() {
+            if let Some(tcp) = self.tcp.take() {
+                self.home.pool.put(self.home.addr, tcp, self.home.max_idle);
             }
         }
     }
@@ -159,14 +387,25 @@ impl AsyncRead for HoldSocket {
                     }
                     return Poll::Ready(Ok(()));
                 }
-                State::Releasing { .. } => return Pin::new(&mut this.tcp).poll_read(cx, out),
+                State::Releasing { .. } => {
+                    let before = out.filled().len();
+                    let polled = this.tcp()?.poll_read(cx, out);
+                    if let Poll::Ready(Ok(())) = polled {
+                        this.response.feed(&out.filled()[before..]);
+                    }
+                    return polled;
+                }
                 State::Scanning | State::Holding { .. } => {
                     let mut chunk = [0u8; 8192];
                     let mut rb = ReadBuf::new(&mut chunk);
-                    match Pin::new(&mut this.tcp).poll_read(cx, &mut rb) {
+                    match this.tcp()?.poll_read(cx, &mut rb) {
                         Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Err(e)) => {
+                            this.failed_early();
+                            return Poll::Ready(Err(e));
+                        }
                         Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                            this.failed_early();
                             // End of stream: release what there is; Pingora judges it.
                             this.state = State::Releasing { at: 0 };
                             if this.buf.is_empty() {
@@ -174,8 +413,9 @@ impl AsyncRead for HoldSocket {
                             }
                         }
                         Poll::Ready(Ok(())) => {
+                            this.response.feed(rb.filled());
                             this.buf.extend_from_slice(rb.filled());
-                            this.advance();
+                            this.advance()?;
                         }
                     }
                 }
@@ -190,15 +430,27 @@ impl AsyncWrite for HoldSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = this.tcp()?.poll_write(cx, buf);
+        match &polled {
+            Poll::Ready(Ok(n)) => this.request.feed(&buf[..*n]),
+            Poll::Ready(Err(_)) => this.failed_early(),
+            Poll::Pending => {}
+        }
+        polled
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        self.get_mut().tcp()?.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        let this = self.get_mut();
+        // Pingora shuts down what it does not pool; a clean exchange goes to ours instead.
+        if this.reusable() {
+            return Poll::Ready(Ok(()));
+        }
+        this.tcp()?.poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -206,19 +458,33 @@ impl AsyncWrite for HoldSocket {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = this.tcp()?.poll_write_vectored(cx, bufs);
+        match &polled {
+            Poll::Ready(Ok(n)) => {
+                let mut left = *n;
+                for b in bufs {
+                    let take = left.min(b.len());
+                    this.request.feed(&b[..take]);
+                    left -= take;
+                }
+            }
+            Poll::Ready(Err(_)) => this.failed_early(),
+            Poll::Pending => {}
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.tcp.as_ref().is_some_and(TcpStream::is_write_vectored)
     }
 }
 
 impl VirtualSocket for HoldSocket {
     fn set_socket_option(&self, opt: VirtualSockOpt) -> io::Result<()> {
-        match opt {
-            VirtualSockOpt::NoDelay => self.tcp.set_nodelay(true),
-            // Keep-alive probes matter for pooled connections; these carry one request.
+        match (opt, &self.tcp) {
+            (VirtualSockOpt::NoDelay, Some(tcp)) => tcp.set_nodelay(true),
+            // Keep-alive probes: pooled connections wait seconds at most (IDLE_FOR).
             _ => Ok(()),
         }
     }
@@ -240,19 +506,52 @@ mod tests {
         assert_eq!(header_end(b"HTTP/1.1 200 OK\r\n"), None);
     }
 
+    #[test]
+    fn pingora_is_told_to_close_whatever_the_server_said() {
+        let h =
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nkeep-alive: timeout=5\r\nx-a: 1\r\n\r\n";
+        assert_eq!(
+            closing(h),
+            b"HTTP/1.1 200 OK\r\nx-a: 1\r\nconnection: close\r\n\r\n".to_vec()
+        );
+    }
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A server to connect to, and the connector with its pool.
+    async fn setup() -> (TcpListener, SocketAddr, HoldConnect) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = SocketAddr::Inet(listener.local_addr().unwrap());
+        let connector = HoldConnect::new(
+            Duration::from_secs(1),
+            Arc::new(Lifecycle::default()),
+            Arc::default(),
+            8,
+        );
+        (listener, target, connector)
+    }
+
     /// A held connection and the server side of it, on a real socket pair.
     async fn pair() -> (Stream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let target = SocketAddr::Inet(listener.local_addr().unwrap());
-        let connector = HoldConnect::new(Duration::from_secs(1), Arc::new(Lifecycle::default()));
+        let (listener, target, connector) = setup().await;
         let (stream, accepted) = tokio::join!(connector.connect(&target), listener.accept());
         (stream.unwrap(), accepted.unwrap().0)
+    }
+
+    /// Reads from `stream` until `n` bytes came.
+    async fn read_n(stream: &mut (impl AsyncReadExt + Unpin), n: usize) -> Vec<u8> {
+        let mut got = vec![0u8; n];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        got
     }
 
     /// The header alone is held; a body byte releases both.
     #[tokio::test]
     async fn the_header_waits_for_the_first_body_byte() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut stream, mut server) = pair().await;
         let header = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n";
         server.write_all(header).await.unwrap();
@@ -260,27 +559,109 @@ mod tests {
         let early = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await;
         assert!(early.is_err(), "the header alone came through");
         server.write_all(b"data: 1\n\n").await.unwrap();
-        let mut got = Vec::new();
-        while got.len() < header.len() + 9 {
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(&got[..header.len()], header);
-        assert_eq!(&got[header.len()..], b"data: 1\n\n");
+        let told = closing(header);
+        let got = read_n(&mut stream, told.len() + 9).await;
+        assert_eq!(&got[..told.len()], told);
+        assert_eq!(&got[told.len()..], b"data: 1\n\n");
     }
 
     #[tokio::test]
     async fn other_responses_pass_at_once() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut stream, mut server) = pair().await;
         let header = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
         server.write_all(header).await.unwrap();
-        let mut buf = [0u8; 256];
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        let told = closing(header);
+        assert_eq!(read_n(&mut stream, told.len()).await, told);
+    }
+
+    const REQUEST: &[u8] = b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}";
+    const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+        transfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n0\r\n\r\n";
+
+    /// One exchange as Pingora runs it: request, the whole response, shutdown, drop. `cut`:
+    /// the server sends that many bytes fewer.
+    async fn exchange(stream: &mut Stream, server: &mut TcpStream, cut: usize) {
+        stream.write_all(REQUEST).await.unwrap();
+        stream.flush().await.unwrap();
+        assert_eq!(read_n(server, REQUEST.len()).await, REQUEST);
+        server
+            .write_all(&RESPONSE[..RESPONSE.len() - cut])
             .await
-            .unwrap()
             .unwrap();
-        assert_eq!(&buf[..n], header);
+        let told = RESPONSE.len() + b"connection: close\r\n".len();
+        read_n(stream, told - cut).await;
+        stream.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_clean_exchange_leaves_the_connection_to_the_next_stream() {
+        let (listener, target, connector) = setup().await;
+        let (stream, accepted) = tokio::join!(connector.connect(&target), listener.accept());
+        let (mut stream, mut server) = (stream.unwrap(), accepted.unwrap().0);
+        exchange(&mut stream, &mut server, 0).await;
+        drop(stream);
+        let addr = *target.as_inet().unwrap();
+        assert_eq!(connector.pool.idle(addr), 1);
+        // The next stream gets the same connection: no new accept, same server socket.
+        let mut again = connector.connect(&target).await.unwrap();
+        assert_eq!(connector.pool.idle(addr), 0);
+        exchange(&mut again, &mut server, 0).await;
+        let accept = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
+        assert!(accept.is_err(), "a second connection was opened");
+        assert!(!connector.stale());
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_exchange_closes_the_connection() {
+        let (listener, target, connector) = setup().await;
+        let (stream, accepted) = tokio::join!(connector.connect(&target), listener.accept());
+        let (mut stream, mut server) = (stream.unwrap(), accepted.unwrap().0);
+        // The last chunk's final CRLF is missing.
+        exchange(&mut stream, &mut server, 2).await;
+        drop(stream);
+        assert_eq!(connector.pool.idle(*target.as_inet().unwrap()), 0);
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), server.read_to_end(&mut rest)).await;
+        assert_eq!(
+            n.unwrap().unwrap(),
+            0,
+            "the server saw the connection close"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_found_closed_is_not_used_and_one_closed_in_use_is_stale() {
+        let (listener, target, connector) = setup().await;
+        let addr = *target.as_inet().unwrap();
+        let (mut streams, mut servers) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            let (stream, accepted) = tokio::join!(connector.connect(&target), listener.accept());
+            streams.push(stream.unwrap());
+            servers.push(accepted.unwrap().0);
+        }
+        for (stream, server) in streams.iter_mut().zip(servers.iter_mut()) {
+            exchange(stream, server, 0).await;
+        }
+        drop(streams);
+        assert_eq!(connector.pool.idle(addr), 2);
+        // The newest one is closed by the server; once the end of stream is seen, it is skipped.
+        let newest = servers.pop().unwrap();
+        drop(newest);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut reused = connector.connect(&target).await.unwrap();
+        assert_eq!(connector.pool.idle(addr), 0);
+        // The older one is alive when taken and closed after the request reached the server.
+        let mut server = servers.pop().unwrap();
+        reused.write_all(REQUEST).await.unwrap();
+        reused.flush().await.unwrap();
+        read_n(&mut server, REQUEST.len()).await;
+        drop(server);
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), reused.read(&mut buf)).await;
+        assert_eq!(read.unwrap().unwrap_or(0), 0);
+        assert!(
+            connector.stale(),
+            "a reused connection closed before the answer"
+        );
     }
 }

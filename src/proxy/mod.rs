@@ -17,6 +17,7 @@
 
 mod body;
 mod ctx;
+mod framing;
 mod headers;
 mod hold;
 mod intake;
@@ -37,6 +38,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 pub use ctx::{Ctx, MAX_ATTEMPTS};
+pub use hold::HeldPool;
 pub use log::{AccessLogBuffer, FLUSH_EVERY as ACCESS_LOG_FLUSH_EVERY};
 
 use crate::openai::{request, ApiError, Target};
@@ -176,10 +178,14 @@ impl ProxyHttp for Proxy {
         let t = &runtime.config.timeouts;
         if ctx.stream {
             // Streams connect through the hold (hold.rs), in their own connection group.
-            peer.options.custom_l4 = Some(Arc::new(hold::HoldConnect::new(
+            let hold = Arc::new(hold::HoldConnect::new(
                 t.connect,
                 self.gateway.lifecycle.clone(),
-            )));
+                self.gateway.held.clone(),
+                runtime.config.server.upstream_keepalive_pool,
+            ));
+            ctx.hold = Some(hold.clone());
+            peer.options.custom_l4 = Some(hold);
             peer.group_key = 1;
         }
         peer.options.read_timeout = Some(if ctx.stream {
@@ -226,10 +232,6 @@ impl ProxyHttp for Proxy {
             .zip(ctx.server)
             .map(|(r, s)| r.runtime.pools[r.pool].servers[s].id.as_str());
         headers::to_upstream(upstream, session.client_addr(), host, ctx)?;
-        if ctx.stream {
-            // One request per held connection (hold.rs).
-            upstream.insert_header(http::header::CONNECTION, "close")?;
-        }
         if let Some(key) = ctx
             .routed
             .as_ref()
@@ -391,7 +393,9 @@ impl ProxyHttp for Proxy {
             e.set_retry(false);
             return e;
         }
-        e.retry.decide_reuse(client_reused);
+        // A held stream's pooled connection is reused outside Pingora's pool (hold.rs).
+        let reused = client_reused || ctx.hold.as_ref().is_some_and(|h| h.stale());
+        e.retry.decide_reuse(reused);
         if e.retry() {
             // A pooled connection the server had closed: nothing was processed.
             self.note_retry(ctx, "stale_connection");

@@ -43,6 +43,8 @@ pub struct Sim {
     pub embedding_dims: usize,
     /// Inference requests received (any outcome), for tests and load checks.
     pub http_requests: std::sync::atomic::AtomicU64,
+    /// Connections accepted (tests check the gateway reuses its upstream connections).
+    pub connections: std::sync::atomic::AtomicU64,
     /// Stamp streamed chunks with the send time (`x_sim_ts_us`).
     pub event_timestamps: bool,
 }
@@ -72,9 +74,14 @@ fn error(status: StatusCode, message: &str) -> Response<SimBody> {
 }
 
 fn now_secs() -> u64 {
+    now_us() / 1_000_000
+}
+
+/// Wall-clock microseconds (stamps a client on the same machine compares with its own clock).
+fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// A connection-level failure: the caller closes the connection without an answer.
@@ -138,6 +145,9 @@ impl Sim {
             .await
             .map_err(|_| Abort("request body read failed"))?
             .to_bytes();
+        // With stamps on, the stream's header says when the request was in: a client adds the
+        // first event's lag to this to get what the hops in between cost its first token.
+        let received_us = self.event_timestamps.then(now_us);
         if faults.refuse {
             return Err(Abort("refuse"));
         }
@@ -226,6 +236,10 @@ impl Sim {
                 http::header::CACHE_CONTROL,
                 http::HeaderValue::from_static("no-cache"),
             );
+            if let Some(us) = received_us {
+                resp.headers_mut()
+                    .insert("x-sim-received-us", http::HeaderValue::from(us));
+            }
             return Ok(resp);
         }
         self.complete(rx, gen, &faults).await
@@ -297,7 +311,8 @@ impl Sim {
              # TYPE vllm:generation_tokens counter\nvllm:generation_tokens_total{{model_name=\"{m}\"}} {}\n\
              # TYPE vllm:request_success counter\nvllm:request_success_total{{model_name=\"{m}\"}} {}\n\
              # TYPE switchyard_sim_requests_aborted counter\nswitchyard_sim_requests_aborted_total {}\n\
-             # TYPE switchyard_sim_http_requests counter\nswitchyard_sim_http_requests_total {}\n",
+             # TYPE switchyard_sim_http_requests counter\nswitchyard_sim_http_requests_total {}\n\
+             # TYPE switchyard_sim_connections counter\nswitchyard_sim_connections_total {}\n",
             get(&s.running),
             get(&s.waiting),
             get(&s.kv_usage_ppm) as f64 / 1e6,
@@ -308,6 +323,7 @@ impl Sim {
             get(&s.success),
             get(&s.aborted),
             get(&self.http_requests),
+            get(&self.connections),
         )
     }
 }
@@ -415,10 +431,7 @@ impl Generation {
         let mut chunk = json!({"id": self.id, "object": self.kind.object(true), "created": self.created,
                "model": self.model, "choices": [choice]});
         if self.timestamps {
-            let us = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64);
-            chunk["x_sim_ts_us"] = us.into();
+            chunk["x_sim_ts_us"] = now_us().into();
         }
         chunk
     }

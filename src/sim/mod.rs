@@ -11,6 +11,7 @@ pub mod http;
 pub mod kv;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +63,9 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stamp every streamed chunk with `"x_sim_ts_us"`, the server's wall clock in
-    /// microseconds when it was produced (the load benchmark measures per-event lag with it).
+    /// microseconds when it was produced, and every stream's header with `x-sim-received-us`,
+    /// when its request was read (the load benchmark measures per-event lag and the hops' share
+    /// of the time to first event with them).
     #[arg(long)]
     pub event_timestamps: bool,
     /// Faults for every request (see `sim::faults`), e.g. `status=503,retry_after=2`.
@@ -103,6 +106,7 @@ pub async fn spawn(args: SimArgs) -> std::io::Result<SocketAddr> {
         default_max_tokens: args.default_max_tokens.max(1),
         embedding_dims: args.embedding_dims,
         http_requests: Default::default(),
+        connections: Default::default(),
         event_timestamps: args.event_timestamps,
     });
     tokio::spawn(async move {
@@ -115,6 +119,7 @@ pub async fn spawn(args: SimArgs) -> std::io::Result<SocketAddr> {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            sim.connections.fetch_add(1, Ordering::Relaxed);
             let sim = sim.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| sim.clone().handle(req));
