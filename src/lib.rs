@@ -14,3 +14,10 @@ pub mod routing;
 pub mod sim;
 pub mod state;
 pub mod upstream;
+
+/// Locks `m` whether or not a holder panicked: every mutex here guards plain data that each
+/// critical section leaves consistent (an insert, a counter, a buffer append), so a panic
+/// elsewhere is no reason to stop using it.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

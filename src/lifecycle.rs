@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// Shared by the proxy, the admin listener and the signal watcher.
 #[derive(Debug, Default)]
@@ -21,9 +21,7 @@ pub struct Lifecycle {
     next_id: AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::lock;
 
 impl Lifecycle {
     /// Counts an API request as in flight until the guard drops.

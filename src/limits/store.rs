@@ -12,14 +12,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use super::bucket::{Bucket, Rate, Snapshot, Take};
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a limiter's lock leaves plain numbers behind: keep using them.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::lock;
 
 /// One rate limit's bucket.
 #[derive(Debug, Default)]

@@ -19,20 +19,19 @@
 //! a close on both sides per stream; on a burst of new streams they were about a quarter of
 //! the gateway's CPU (see BENCHMARKS.md).
 //!
-//! A pooled connection waits at most [`IDLE_FOR`], and one the server has closed meanwhile is
+//! A pooled connection waits at most [`IDLE_FOR`](super::held_pool::IDLE_FOR), and one the server has closed meanwhile is
 //! discarded when it is taken. One the server closes just as it is reused fails before any
 //! response byte; the attempt is then retried as Pingora retries its own reused connections
 //! (see `stale` and `error_while_proxy`). The real socket is registered with the lifecycle
 //! while it carries a request, so that the end of a shutdown grace period still cuts it; a
 //! draining gateway pools nothing.
 
-use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::connectors::L4Connect;
@@ -44,100 +43,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::framing::{Message, Side};
+use super::held_pool::HeldPool;
 use crate::lifecycle::{Lifecycle, UpstreamHandle};
 
 /// Largest response header read; a longer one fails the attempt.
 const MAX_HEADER: usize = 64 * 1024;
-
-/// Longest a connection waits in the pool for its next stream: below the 5 s keep-alive
-/// timeout of uvicorn (vLLM, SGLang) and of llama.cpp's server, so that a server rarely closes
-/// one just as it is reused.
-pub const IDLE_FOR: Duration = Duration::from_secs(4);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Held connections whose last exchange ended cleanly, per upstream address, newest last.
-#[derive(Debug, Default)]
-pub struct HeldPool {
-    idle: Mutex<HashMap<std::net::SocketAddr, Vec<Idle>>>,
-    sweeping: AtomicBool,
-}
-
-#[derive(Debug)]
-struct Idle {
-    tcp: TcpStream,
-    since: Instant,
-}
-
-impl HeldPool {
-    /// The newest idle connection to `addr` that is still open.
-    fn take(&self, addr: std::net::SocketAddr) -> Option<TcpStream> {
-        let mut idle = lock(&self.idle);
-        let list = idle.get_mut(&addr)?;
-        while let Some(c) = list.pop() {
-            if c.since.elapsed() >= IDLE_FOR {
-                // The rest waited longer still.
-                list.clear();
-                break;
-            }
-            // A server that closed it has left an end of stream (or bytes it had no reason
-            // to send): either way it is not taken.
-            if let Err(e) = c.tcp.try_read(&mut [0u8; 1]) {
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    return Some(c.tcp);
-                }
-            }
-        }
-        None
-    }
-
-    /// Keeps `tcp` for the next stream to `addr`, up to `max` per address.
-    fn put(self: &Arc<Self>, addr: std::net::SocketAddr, tcp: TcpStream, max: usize) {
-        {
-            let mut idle = lock(&self.idle);
-            let list = idle.entry(addr).or_default();
-            list.retain(|c| c.since.elapsed() < IDLE_FOR);
-            if list.len() >= max {
-                return;
-            }
-            list.push(Idle {
-                tcp,
-                since: Instant::now(),
-            });
-        }
-        // Connections nobody takes are closed after IDLE_FOR even when traffic stops.
-        if !self.sweeping.swap(true, Ordering::AcqRel) {
-            let pool = Arc::downgrade(self);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(IDLE_FOR).await;
-                    let Some(pool) = pool.upgrade() else { return };
-                    let mut idle = lock(&pool.idle);
-                    idle.retain(|_, list| {
-                        list.retain(|c| c.since.elapsed() < IDLE_FOR);
-                        !list.is_empty()
-                    });
-                    if idle.is_empty() {
-                        pool.sweeping.store(false, Ordering::Release);
-                        return;
-                    }
-                }
-            });
-        }
-    }
-
-    /// Drops every idle connection to `addr` (one of them turned out closed: so may the rest).
-    fn forget(&self, addr: std::net::SocketAddr) {
-        lock(&self.idle).remove(&addr);
-    }
-
-    #[cfg(test)]
-    fn idle(&self, addr: std::net::SocketAddr) -> usize {
-        lock(&self.idle).get(&addr).map_or(0, Vec::len)
-    }
-}
 
 /// Opens (or takes from the pool) upstream connections whose SSE response header waits for
 /// the first event. One per attempt.
@@ -484,7 +394,7 @@ impl VirtualSocket for HoldSocket {
     fn set_socket_option(&self, opt: VirtualSockOpt) -> io::Result<()> {
         match (opt, &self.tcp) {
             (VirtualSockOpt::NoDelay, Some(tcp)) => tcp.set_nodelay(true),
-            // Keep-alive probes: pooled connections wait seconds at most (IDLE_FOR).
+            // Keep-alive probes: pooled connections wait seconds at most (held_pool::IDLE_FOR).
             _ => Ok(()),
         }
     }

@@ -7,7 +7,7 @@
 //! unbuffered log costs it 7–10 %.
 
 use std::io::Write as _;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -142,7 +142,7 @@ impl AccessLogBuffer {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
-        self.buf.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::lock(&self.buf)
     }
 }
 

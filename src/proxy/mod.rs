@@ -19,6 +19,7 @@ mod body;
 mod ctx;
 mod framing;
 mod headers;
+mod held_pool;
 mod hold;
 mod intake;
 mod log;
@@ -38,7 +39,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 pub use ctx::{Ctx, MAX_ATTEMPTS};
-pub use hold::HeldPool;
+pub use held_pool::HeldPool;
 pub use log::{AccessLogBuffer, FLUSH_EVERY as ACCESS_LOG_FLUSH_EVERY};
 
 use crate::openai::{request, ApiError, Target};
