@@ -67,6 +67,10 @@ fn bind_into(fds: &ListenFds, addr: SocketAddr) -> std::io::Result<String> {
         return Ok(configured);
     }
     let listener = TcpListener::bind(addr)?;
+    // std listens with a backlog of 128; a burst of new connections (a thousand streams
+    // starting together) overflowed it. Listening again sets the system's maximum, as
+    // Pingora's own listeners have it.
+    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXALLOWABLE)?;
     // Tokio adopts the fd as is and needs it non-blocking.
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?.to_string();

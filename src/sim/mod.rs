@@ -96,6 +96,9 @@ impl SimArgs {
 /// Binds the simulator and serves it on the current runtime; returns the bound address.
 pub async fn spawn(args: SimArgs) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(args.listen).await?;
+    // Tokio listens with a backlog of 1024; a thousand streams starting together overflowed
+    // it (a dropped connection is retried a second later). The system's maximum instead.
+    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXALLOWABLE)?;
     let addr = listener.local_addr()?;
     let refuse = args.fault.as_ref().is_some_and(|f| f.refuse);
     let sim = Arc::new(http::Sim {
