@@ -19,12 +19,12 @@
 //! a close on both sides per stream; on a burst of new streams they were about a quarter of
 //! the gateway's CPU (see BENCHMARKS.md).
 //!
-//! A pooled connection waits at most [`IDLE_FOR`](super::held_pool::IDLE_FOR), and one the server has closed meanwhile is
-//! discarded when it is taken. One the server closes just as it is reused fails before any
-//! response byte; the attempt is then retried as Pingora retries its own reused connections
-//! (see `stale` and `error_while_proxy`). The real socket is registered with the lifecycle
-//! while it carries a request, so that the end of a shutdown grace period still cuts it; a
-//! draining gateway pools nothing.
+//! A pooled connection waits at most [`IDLE_FOR`](super::held_pool::IDLE_FOR), and one the
+//! server has closed meanwhile is discarded when it is taken. One the server closes just as it
+//! is reused fails before any response byte; the attempt is then retried as Pingora retries its
+//! own reused connections (see `stale` and `error_while_proxy`). The real socket is registered
+//! with the lifecycle while it carries a request, so that the end of a shutdown grace period
+//! still cuts it; a draining gateway pools nothing.
 
 use std::io;
 use std::pin::Pin;
