@@ -87,7 +87,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
         crate::limits::per_ip::ConnectionCap::new(proxy, gateway.clone()),
     );
     let (drain, drained) = tokio::sync::watch::channel(false);
-    server.add_service(
+    let api = server.add_service(
         BoundService::new(api, listen, "api")
             .threads(threads)
             .drain_on(drained),
@@ -95,15 +95,19 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
 
     let admin_app =
         ListeningService::new("switchyard-admin".to_owned(), Admin::new(gateway.clone()));
-    server.add_service(BoundService::new(admin_app, admin, "admin").threads(1));
+    let admin = server.add_service(BoundService::new(admin_app, admin, "admin").threads(1));
     server.add_service(background_service(
         "upstream health and load",
         crate::upstream::monitor::Monitor::new(gateway.clone()),
     ));
-    server.add_service(background_service(
+    // The listeners open (and say so) only once SIGHUP is handled: a reload sent as soon as
+    // the gateway is up must not meet SIGHUP's default action, termination.
+    let reload = server.add_service(background_service(
         "reload on SIGHUP",
         ReloadOnHangup(gateway.clone()),
     ));
+    api.add_dependency(&reload);
+    admin.add_dependency(&reload);
     server.add_service(background_service(
         "access log flush",
         AccessLogFlush(gateway.clone()),
@@ -147,9 +151,15 @@ struct ReloadOnHangup(Arc<Gateway>);
 
 #[async_trait]
 impl BackgroundService for ReloadOnHangup {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: pingora_core::services::ServiceReadyNotifier,
+    ) {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut hangups = match signal(SignalKind::hangup()) {
+        let hangups = signal(SignalKind::hangup());
+        ready.notify_ready();
+        let mut hangups = match hangups {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("cannot listen for SIGHUP, reload only through the admin API: {e}");
