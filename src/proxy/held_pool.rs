@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::lock;
 
@@ -65,10 +66,14 @@ impl HeldPool {
                 since: Instant::now(),
             });
         }
-        // Connections nobody takes are closed after IDLE_FOR even when traffic stops.
+        // Connections nobody takes are closed after IDLE_FOR even when traffic stops. (A socket
+        // dropped outside any runtime, at exit, starts no sweeper.)
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if !self.sweeping.swap(true, Ordering::AcqRel) {
             let pool = Arc::downgrade(self);
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 loop {
                     tokio::time::sleep(IDLE_FOR).await;
                     let Some(pool) = pool.upgrade() else { return };
@@ -94,5 +99,37 @@ impl HeldPool {
     #[cfg(test)]
     pub(super) fn idle(&self, addr: std::net::SocketAddr) -> usize {
         lock(&self.idle).get(&addr).map_or(0, Vec::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle connection nobody takes is closed after IDLE_FOR, and the sweeper stops once
+    /// the pool is empty.
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_idle_for_when_traffic_stops() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tcp, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut server = accepted.unwrap().0;
+        let pool = Arc::new(HeldPool::default());
+        tokio::time::pause();
+        pool.put(addr, tcp.unwrap(), 8);
+        assert_eq!(pool.idle(addr), 1);
+        tokio::time::sleep(IDLE_FOR / 2).await;
+        assert_eq!(pool.idle(addr), 1, "closed before its time");
+        tokio::time::sleep(IDLE_FOR).await;
+        assert_eq!(pool.idle(addr), 0);
+        assert!(!pool.sweeping.load(Ordering::Acquire));
+        tokio::time::resume();
+        let mut rest = Vec::new();
+        assert_eq!(
+            server.read_to_end(&mut rest).await.unwrap(),
+            0,
+            "the server saw it close"
+        );
     }
 }
