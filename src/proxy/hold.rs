@@ -442,11 +442,31 @@ mod tests {
         (listener, target, connector)
     }
 
-    /// A held connection and the server side of it, on a real socket pair.
-    async fn pair() -> (Stream, TcpStream) {
+    /// A held connection and the server side of it, on a real socket pair, with the server
+    /// and the connector that made it.
+    struct Connected {
+        listener: TcpListener,
+        target: SocketAddr,
+        connector: HoldConnect,
+        stream: Stream,
+        server: TcpStream,
+    }
+
+    async fn connected() -> Connected {
         let (listener, target, connector) = setup().await;
         let (stream, accepted) = tokio::join!(connector.connect(&target), listener.accept());
-        (stream.unwrap(), accepted.unwrap().0)
+        Connected {
+            listener,
+            target,
+            connector,
+            stream: stream.unwrap(),
+            server: accepted.unwrap().0,
+        }
+    }
+
+    async fn pair() -> (Stream, TcpStream) {
+        let c = connected().await;
+        (c.stream, c.server)
     }
 
     /// Reads from `stream` until `n` bytes came.
@@ -505,9 +525,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_clean_exchange_leaves_the_connection_to_the_next_stream() {
-        let (listener, target, connector) = setup().await;
-        let (stream, accepted) = tokio::join!(connector.connect(&target), listener.accept());
-        let (mut stream, mut server) = (stream.unwrap(), accepted.unwrap().0);
+        let Connected {
+            listener,
+            target,
+            connector,
+            mut stream,
+            mut server,
+        } = connected().await;
         exchange(&mut stream, &mut server, 0).await;
         drop(stream);
         let addr = *target.as_inet().unwrap();
@@ -523,9 +547,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_unfinished_exchange_closes_the_connection() {
-        let (listener, target, connector) = setup().await;
-        let (stream, accepted) = tokio::join!(connector.connect(&target), listener.accept());
-        let (mut stream, mut server) = (stream.unwrap(), accepted.unwrap().0);
+        let Connected {
+            target,
+            connector,
+            mut stream,
+            mut server,
+            ..
+        } = connected().await;
         // The last chunk's final CRLF is missing.
         exchange(&mut stream, &mut server, 2).await;
         drop(stream);
