@@ -525,41 +525,29 @@ mod tests {
 
     #[tokio::test]
     async fn a_clean_exchange_leaves_the_connection_to_the_next_stream() {
-        let Connected {
-            listener,
-            target,
-            connector,
-            mut stream,
-            mut server,
-        } = connected().await;
-        exchange(&mut stream, &mut server, 0).await;
-        drop(stream);
-        let addr = *target.as_inet().unwrap();
-        assert_eq!(connector.pool.idle(addr), 1);
+        let mut c = connected().await;
+        exchange(&mut c.stream, &mut c.server, 0).await;
+        drop(c.stream);
+        let addr = *c.target.as_inet().unwrap();
+        assert_eq!(c.connector.pool.idle(addr), 1);
         // The next stream gets the same connection: no new accept, same server socket.
-        let mut again = connector.connect(&target).await.unwrap();
-        assert_eq!(connector.pool.idle(addr), 0);
-        exchange(&mut again, &mut server, 0).await;
-        let accept = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
+        let mut again = c.connector.connect(&c.target).await.unwrap();
+        assert_eq!(c.connector.pool.idle(addr), 0);
+        exchange(&mut again, &mut c.server, 0).await;
+        let accept = tokio::time::timeout(Duration::from_millis(50), c.listener.accept()).await;
         assert!(accept.is_err(), "a second connection was opened");
-        assert!(!connector.stale());
+        assert!(!c.connector.stale());
     }
 
     #[tokio::test]
     async fn an_unfinished_exchange_closes_the_connection() {
-        let Connected {
-            target,
-            connector,
-            mut stream,
-            mut server,
-            ..
-        } = connected().await;
+        let mut c = connected().await;
         // The last chunk's final CRLF is missing.
-        exchange(&mut stream, &mut server, 2).await;
-        drop(stream);
-        assert_eq!(connector.pool.idle(*target.as_inet().unwrap()), 0);
+        exchange(&mut c.stream, &mut c.server, 2).await;
+        drop(c.stream);
+        assert_eq!(c.connector.pool.idle(*c.target.as_inet().unwrap()), 0);
         let mut rest = Vec::new();
-        let n = tokio::time::timeout(Duration::from_secs(5), server.read_to_end(&mut rest)).await;
+        let n = tokio::time::timeout(Duration::from_secs(5), c.server.read_to_end(&mut rest)).await;
         assert_eq!(
             n.unwrap().unwrap(),
             0,
