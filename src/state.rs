@@ -29,6 +29,8 @@ use crate::upstream::{Registry, ServerState};
 pub struct Server {
     /// `host:port`
     pub id: String,
+    /// `id` as the `Host` header of requests to it.
+    pub host: http::HeaderValue,
     /// Prebuilt peer (address, timeouts); cloned into a `Box` per attempt.
     pub peer: HttpPeer,
     pub state: Arc<ServerState>,
@@ -158,18 +160,27 @@ impl Runtime {
         for p in &config.pools {
             let mut servers = Vec::with_capacity(p.servers.len());
             for (i, s) in p.servers.iter().enumerate() {
+                let path = || format!("pools.{}.servers[{i}].url", p.name);
+                let Ok(host) = http::HeaderValue::try_from(s.id.as_str()) else {
+                    errors.push(ConfigError {
+                        path: path(),
+                        message: format!("{:?} is not a valid Host header", s.id),
+                    });
+                    continue;
+                };
                 match resolve(&s.host, s.port) {
                     Some(addr) => {
                         let state = registry.get(&s.id);
                         state.set_breaker_settings(&p.breaker);
                         servers.push(Server {
                             id: s.id.clone(),
+                            host,
                             peer: peer(addr, &config),
                             state,
                         })
                     }
                     None => errors.push(ConfigError {
-                        path: format!("pools.{}.servers[{i}].url", p.name),
+                        path: path(),
                         message: format!("cannot resolve host {:?}", s.host),
                     }),
                 }

@@ -227,19 +227,16 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream_sent = Some(Instant::now());
-        let host = ctx
+        let server = ctx
             .routed
             .as_ref()
             .zip(ctx.server)
-            .map(|(r, s)| r.runtime.pools[r.pool].servers[s].id.as_str());
-        headers::to_upstream(upstream, session.client_addr(), host, ctx)?;
-        if let Some(key) = ctx
-            .routed
-            .as_ref()
-            .and_then(|r| r.runtime.pools[r.pool].upstream_auth.clone())
-        {
-            upstream.insert_header(http::header::AUTHORIZATION, key)?;
-        }
+            .map(|(r, s)| (&r.runtime.pools[r.pool], s));
+        let target = headers::Upstream {
+            host: server.map(|(p, s)| &p.servers[s].host),
+            auth: server.and_then(|(p, _)| p.upstream_auth.as_ref()),
+        };
+        headers::to_upstream(upstream, session.client_addr(), target, ctx);
         Ok(())
     }
 
