@@ -320,20 +320,24 @@ impl ProxyHttp for Proxy {
         // pool any more, so the client's original body is let go (a stream can stay open for
         // minutes). `ctx.body` stays: Pingora may still be sending it.
         ctx.raw_body = Bytes::new();
-        if let Some(id) = &ctx.request_id {
-            response.insert_header("x-request-id", id.clone())?;
-        }
-        if let Some(h) = &ctx.rate_headers {
-            headers::rate_limits(response, h)?;
-        }
         if let (Some(sent), Some(header)) = (ctx.upstream_sent, ctx.upstream_header) {
             // The gateway's own time: arrival until the request was ready for the upstream,
             // plus upstream header until now. The upstream's own work is not in it.
-            let overhead = sent.duration_since(ctx.started) + header.elapsed();
-            ctx.overhead = Some(overhead);
-            response.insert_header("x-switchyard-overhead-us", overhead.as_micros() as u64)?;
+            ctx.overhead = Some(sent.duration_since(ctx.started) + header.elapsed());
         }
-        relay::start(response, ctx);
+        headers::edit_response(response, |h| {
+            if let Some(id) = &ctx.request_id {
+                h.insert(headers::X_REQUEST_ID, id.clone());
+            }
+            if let Some(r) = &ctx.rate_headers {
+                headers::rate_limits(h, r);
+            }
+            if let Some(overhead) = ctx.overhead {
+                let us = overhead.as_micros() as u64;
+                h.insert(headers::X_SWITCHYARD_OVERHEAD_US, us.into());
+            }
+            relay::start(h, ctx);
+        });
         Ok(())
     }
 

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use pingora_error::{Error, ErrorType, Result};
-use pingora_http::ResponseHeader;
 
 use super::Ctx;
 use crate::openai::sse::SseTracker;
@@ -15,16 +14,15 @@ use crate::upstream;
 
 /// Before the response header goes out: an event stream is tracked; anything else needs no
 /// usage strip.
-pub fn start(response: &mut ResponseHeader, ctx: &mut Ctx) {
+pub fn start(response: &mut http::HeaderMap, ctx: &mut Ctx) {
     let is_sse = response
-        .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if is_sse {
         ctx.sse = Some(SseTracker::default());
         if ctx.strip.is_some() {
             // Events may be taken out: the length changes.
-            response.remove_header(&http::header::CONTENT_LENGTH);
+            response.remove(http::header::CONTENT_LENGTH);
         }
     } else {
         ctx.strip = None;

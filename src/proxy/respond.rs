@@ -5,18 +5,27 @@ use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-use super::Ctx;
+use http::header::{
+    HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+    WWW_AUTHENTICATE,
+};
+
+use super::{headers, Ctx};
 use crate::openai::ApiError;
 
 fn header(status: u16, len: usize, ctx: &Ctx) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header("content-type", "application/json")?;
-    resp.insert_header("content-length", len)?;
-    if let Some(id) = &ctx.request_id {
-        resp.insert_header("x-request-id", id.clone())?;
-    }
+    let mut resp = ResponseHeader::build_no_case(status, Some(8))?;
+    headers::edit_response(&mut resp, |h| {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        if let Some(id) = &ctx.request_id {
+            h.insert(headers::X_REQUEST_ID, id.clone());
+        }
+    });
     Ok(resp)
 }
+
+const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 
 /// Writes a complete JSON response.
 pub async fn json(session: &mut Session, ctx: &mut Ctx, status: u16, body: Bytes) -> Result<()> {
@@ -31,24 +40,29 @@ pub async fn json(session: &mut Session, ctx: &mut Ctx, status: u16, body: Bytes
 pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &ApiError) -> Result<()> {
     let body = e.body();
     let mut resp = header(e.status(), body.len(), ctx)?;
-    if let Some(secs) = e.retry_after() {
-        resp.insert_header("retry-after", secs)?;
-    }
-    if e.should_not_retry() {
-        resp.insert_header("x-should-retry", "false")?;
-    }
-    if let ApiError::MethodNotAllowed { allow, .. } = e {
-        resp.insert_header("allow", *allow)?;
-    }
-    if e.status() == 401 {
-        resp.insert_header("www-authenticate", "Bearer")?;
-    }
-    if let Some(h) = &ctx.rate_headers {
-        super::headers::rate_limits(&mut resp, h)?;
-    }
-    if e.closes_connection() {
+    let closes = e.closes_connection();
+    headers::edit_response(&mut resp, |h| {
+        if let Some(secs) = e.retry_after() {
+            h.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if e.should_not_retry() {
+            h.insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
+        }
+        if let ApiError::MethodNotAllowed { allow, .. } = e {
+            h.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if e.status() == 401 {
+            h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(r) = &ctx.rate_headers {
+            headers::rate_limits(h, r);
+        }
+        if closes {
+            h.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+    });
+    if closes {
         session.set_keepalive(None);
-        resp.insert_header("connection", "close")?;
     }
     ctx.answered = Some(e.status());
     session.write_response_header(Box::new(resp), false).await?;
