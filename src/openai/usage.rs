@@ -8,6 +8,29 @@
 //! across chunk boundaries.
 
 const KEYS: [&[u8]; 2] = [b"\"prompt_tokens\":", b"\"completion_tokens\":"];
+/// What both keys end with, and what each has before it.
+const SUFFIX: &[u8] = b"_tokens\":";
+const PREFIXES: [&[u8]; 2] = [b"\"prompt", b"\"completion"];
+/// The longest key: a key cut off at a chunk's end starts within its length minus one.
+const LONGEST: usize = KEYS[1].len();
+
+static SUFFIX_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(SUFFIX));
+
+/// The first whole key in `hay`: which one, and where its value starts.
+fn find_key(hay: &[u8]) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(i) = SUFFIX_FINDER.find(&hay[from..]) {
+        let at = from + i;
+        let end = at + SUFFIX.len();
+        if let Some(key) = PREFIXES.iter().position(|p| hay[..at].ends_with(p)) {
+            return Some((key, end));
+        }
+        // `"total_tokens":`, `"cached_tokens":`, …
+        from = end;
+    }
+    None
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum State {
@@ -36,14 +59,27 @@ impl UsageScanner {
         let mut rest = chunk;
         while let Some((&b, tail)) = rest.split_first() {
             if self.state == State::Keys && self.progress == [0; 2] {
-                // Both keys start with a quote: jump to the next one (SIMD search) instead of
-                // stepping through every byte of the text around them.
-                let Some(i) = memchr::memchr(b'"', rest) else {
+                // Between keys: a SIMD search for the next whole key instead of stepping
+                // through every byte (and every quote) of the text around it.
+                if let Some((key, end)) = find_key(rest) {
+                    self.state = State::Number {
+                        key,
+                        value: 0,
+                        digits: false,
+                    };
+                    rest = &rest[end..];
+                    continue;
+                }
+                // No whole key is left. One cut off by the chunk's end starts with a quote
+                // among the last LONGEST - 1 bytes; only those are stepped through.
+                let tail_start = rest.len().saturating_sub(LONGEST - 1);
+                let Some(q) = memchr::memchr(b'"', &rest[tail_start..]) else {
                     return;
                 };
-                self.step(b'"');
-                rest = &rest[i + 1..];
-                continue;
+                for &b in &rest[tail_start + q..] {
+                    self.step(b);
+                }
+                return;
             }
             self.step(b);
             rest = tail;
@@ -137,7 +173,60 @@ data: [DONE]\n\n";
         assert_eq!(u.completion_tokens, Some(3));
     }
 
+    /// The machine alone, one byte at a time: what `observe` must agree with.
+    fn bytewise(chunks: &[&[u8]]) -> (Option<u64>, Option<u64>) {
+        let mut u = UsageScanner::default();
+        for &b in chunks.iter().copied().flatten() {
+            u.step(b);
+        }
+        (u.prompt_tokens, u.completion_tokens)
+    }
+
+    /// Pieces that make near misses likely: keys, their parts, escaped keys, other `_tokens`.
+    fn piece() -> impl Strategy<Value = &'static [u8]> {
+        proptest::sample::select(vec![
+            &b"\"prompt_tokens\":"[..],
+            b"\"completion_tokens\":",
+            b"\"total_tokens\":",
+            b"\"cached_tokens\":",
+            b"\\\"prompt_tokens\\\":",
+            b"\"prompt",
+            b"_tokens\":",
+            b"\"",
+            b":",
+            b" ",
+            b"12",
+            b"7",
+            b"null",
+            b"{",
+            b"}",
+            b",",
+            b"x",
+        ])
+    }
+
     proptest! {
+        #[test]
+        fn observe_agrees_with_the_byte_machine_on_any_text_and_chunking(
+            pieces in proptest::collection::vec(piece(), 0..40),
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+        ) {
+            let text: Vec<u8> = pieces.concat();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(text.len())).collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut last = 0;
+            for c in cuts.into_iter().chain([text.len()]) {
+                chunks.push(&text[last..c]);
+                last = c;
+            }
+            let mut u = UsageScanner::default();
+            for c in &chunks {
+                u.observe(c);
+            }
+            prop_assert_eq!((u.prompt_tokens, u.completion_tokens), bytewise(&chunks));
+        }
+
         #[test]
         fn any_chunking_reads_the_same_usage(cuts in proptest::collection::vec(0usize..SSE.len(), 0..16)) {
             let mut cuts = cuts;
