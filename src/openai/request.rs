@@ -130,39 +130,44 @@ pub const MAX_DEPTH: usize = 128;
 /// (`\u0000`) in strings, which upstream tokenizers and C-string code mishandle.
 fn check_structure(body: &[u8]) -> Result<(), ApiError> {
     let mut depth = 0usize;
-    let mut in_string = false;
     let mut i = 0;
-    while i < body.len() {
-        let b = body[i];
-        if in_string {
-            match b {
-                b'\\' => {
+    while let Some(&b) = body.get(i) {
+        match b {
+            b'"' => {
+                // Inside a string only a quote or a backslash matters: a SIMD search jumps
+                // over the text between them (most of a prompt).
+                i += 1;
+                loop {
+                    // `get`: a backslash may have been the last byte.
+                    let rest = body.get(i..).unwrap_or_default();
+                    let Some(j) = memchr::memchr2(b'"', b'\\', rest) else {
+                        return Ok(());
+                    };
+                    i += j;
+                    if body[i] == b'"' {
+                        break;
+                    }
                     if body[i + 1..].starts_with(b"u0000") {
                         return Err(ApiError::invalid(
                             "strings must not contain NUL (\\u0000) characters",
                             None,
                         ));
                     }
-                    i += 1;
+                    // The escaped byte, whatever it is, is not the string's end.
+                    i += 2;
                 }
-                b'"' => in_string = false,
-                _ => {}
             }
-        } else {
-            match b {
-                b'"' => in_string = true,
-                b'[' | b'{' => {
-                    depth += 1;
-                    if depth > MAX_DEPTH {
-                        return Err(ApiError::invalid(
-                            format!("JSON nesting deeper than {MAX_DEPTH} levels"),
-                            None,
-                        ));
-                    }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(ApiError::invalid(
+                        format!("JSON nesting deeper than {MAX_DEPTH} levels"),
+                        None,
+                    ));
                 }
-                b']' | b'}' => depth = depth.saturating_sub(1),
-                _ => {}
             }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
         }
         i += 1;
     }
@@ -346,6 +351,48 @@ mod tests {
     #[test]
     fn duplicate_model_keys_are_refused() {
         assert!(RequestView::parse(br#"{"model":"a","model":"b"}"#).is_err());
+    }
+
+    /// The byte-at-a-time scan `check_structure` replaced: what it must agree with.
+    fn check_structure_bytewise(body: &[u8]) -> Result<(), ()> {
+        let (mut depth, mut in_string, mut i) = (0usize, false, 0);
+        while i < body.len() {
+            match (in_string, body[i]) {
+                (true, b'\\') if body[i + 1..].starts_with(b"u0000") => return Err(()),
+                (true, b'\\') => i += 1,
+                (true, b'"') => in_string = false,
+                (false, b'"') => in_string = true,
+                (false, b'[' | b'{') => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Err(());
+                    }
+                }
+                (false, b']' | b'}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn structure_check_agrees_with_the_byte_scan(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    &b"\""[..], b"\\", b"\\u0000", b"u0000", b"[", b"{", b"]", b"}",
+                    b"\\\"", b"a", b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+                ]),
+                0..64,
+            )
+        ) {
+            let body = pieces.concat();
+            proptest::prop_assert_eq!(
+                check_structure(&body).is_ok(),
+                check_structure_bytewise(&body).is_ok()
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! case-insensitive (RFC 9110 §5.1); Pingora then writes standard names title-cased and the
 //! rest in lower case.
 
-use std::fmt::Write as _;
+use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora_core::protocols::l4::socket::SocketAddr;
@@ -147,18 +147,42 @@ pub fn to_upstream(
         if let Some(id) = &ctx.request_id {
             h.insert(X_REQUEST_ID, id.clone());
         }
-        if let Some(ip) = client.and_then(|c| c.as_inet()).map(|a| a.ip()) {
-            let mut text = String::with_capacity(39);
-            let _ = write!(text, "{ip}");
-            if let Ok(v) = HeaderValue::try_from(text) {
-                h.insert(X_FORWARDED_FOR, v);
-            }
+        if let Some(ip) = client
+            .and_then(|c| c.as_inet())
+            .and_then(|a| ip_text(a.ip()))
+        {
+            h.insert(X_FORWARDED_FOR, ip);
         }
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         if let Some(key) = upstream.auth {
             h.insert(header::AUTHORIZATION, key.clone());
         }
     });
+}
+
+/// An address as header text; IPv4 without `fmt`, which cost ~1 000 instructions a request.
+fn ip_text(ip: IpAddr) -> Option<HeaderValue> {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::try_from(ip.to_string()).ok();
+    };
+    let (mut buf, mut n) = ([0u8; 15], 0);
+    for (k, o) in v4.octets().into_iter().enumerate() {
+        if k > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            buf[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            buf[n] = b'0' + o / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + o % 10;
+        n += 1;
+    }
+    HeaderValue::from_bytes(&buf[..n]).ok()
 }
 
 /// What the chosen server adds to the request.
@@ -221,6 +245,19 @@ mod tests {
         assert_eq!(h["x-custom"], "kept");
         assert_eq!(h["host"], "10.0.0.1:8000");
         assert_eq!(h["content-length"], "2");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ip_text_is_what_display_writes(a: u8, b: u8, c: u8, d: u8, v6: [u16; 8]) {
+            for ip in [
+                IpAddr::from([a, b, c, d]),
+                IpAddr::from(v6),
+            ] {
+                let text = ip.to_string();
+                proptest::prop_assert_eq!(ip_text(ip).unwrap(), text.as_str());
+            }
+        }
     }
 
     /// What goes on the wire once the header leaves Pingora's case map: every header once,
