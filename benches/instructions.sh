@@ -39,25 +39,7 @@ FLOOR=./target/release/examples/pingora_floor
 MODEL=meta-llama/Llama-3.1-8B-Instruct
 BODY='{"model":"fast","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Summarise the benefits of continuous batching for GPU inference in one sentence."}],"max_tokens":16}'
 
-# wait_listen LOGFILE LABEL: prints the address once "listening on ADDR (LABEL)" is logged.
-wait_listen() {
-  for _ in $(seq 1 600); do
-    local a
-    a=$(grep -o "listening on [^ ]* ($2)" "$1" 2>/dev/null | head -1 | awk '{print $3}')
-    if [ -n "$a" ]; then echo "$a"; return 0; fi
-    sleep 0.1
-  done
-  echo "no '$2' listener in $1" >&2; cat "$1" >&2; exit 1
-}
-
-# wait_port HOST:PORT
-wait_port() {
-  for _ in $(seq 1 600); do
-    if (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2; exit 1
-}
+source benches/lib.sh
 
 # send ADDR BODY COUNT: COUNT requests in a row on one keep-alive connection; fails unless
 # every answer is a 200.
@@ -118,7 +100,7 @@ measure() {
   echo "$name $((total / N))"
 }
 
-FLOOR_ADDR=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+FLOOR_ADDR=127.0.0.1:$(free_port)
 read -r _ floor < <(measure floor "${BODY/\"fast\"/\"$MODEL\"}" $FLOOR "$FLOOR_ADDR" "$SIM")
 read -r _ sy < <(measure switchyard "$BODY" $BIN run -c "$WORK/switchyard.yaml")
 echo "| proxy | instructions per request |"

@@ -7,6 +7,23 @@ pub mod sse;
 pub mod strip;
 pub mod usage;
 
+/// `text` cut at `cuts` (any order, clamped to its length): the chunks a proptest feeds
+/// to a scanner that must not care where a stream is split.
+#[cfg(test)]
+pub(crate) fn cut_at(text: &[u8], mut cuts: Vec<usize>) -> Vec<&[u8]> {
+    cuts.iter_mut().for_each(|c| *c = (*c).min(text.len()));
+    cuts.sort_unstable();
+    let mut last = 0;
+    cuts.into_iter()
+        .chain([text.len()])
+        .map(|c| {
+            let chunk = &text[last..c];
+            last = c;
+            chunk
+        })
+        .collect()
+}
+
 pub use error::ApiError;
 pub use request::RequestView;
 

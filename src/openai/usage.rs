@@ -212,14 +212,7 @@ data: [DONE]\n\n";
             cuts in proptest::collection::vec(0usize..400, 0..8),
         ) {
             let text: Vec<u8> = pieces.concat();
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(text.len())).collect();
-            cuts.sort_unstable();
-            let mut chunks = Vec::new();
-            let mut last = 0;
-            for c in cuts.into_iter().chain([text.len()]) {
-                chunks.push(&text[last..c]);
-                last = c;
-            }
+            let chunks = crate::openai::cut_at(&text, cuts);
             let mut u = UsageScanner::default();
             for c in &chunks {
                 u.observe(c);
@@ -229,13 +222,9 @@ data: [DONE]\n\n";
 
         #[test]
         fn any_chunking_reads_the_same_usage(cuts in proptest::collection::vec(0usize..SSE.len(), 0..16)) {
-            let mut cuts = cuts;
-            cuts.sort_unstable();
             let mut u = UsageScanner::default();
-            let mut last = 0;
-            for c in cuts.into_iter().chain([SSE.len()]) {
-                u.observe(&SSE[last..c]);
-                last = c;
+            for chunk in crate::openai::cut_at(SSE, cuts) {
+                u.observe(chunk);
             }
             prop_assert_eq!(u.prompt_tokens, Some(41));
             prop_assert_eq!(u.completion_tokens, Some(7));
