@@ -80,7 +80,8 @@ models:
     aliases: [fast]
 EOF
 
-# measure NAME BODY CMD...: prints NAME's instructions per request.
+# measure NAME BODY CMD...: sets IR to NAME's instructions per request. Runs in this shell
+# (no command substitution), so a failure stops the script and the trap reaps valgrind.
 measure() {
   local name=$1 body=$2 addr pid total
   shift 2
@@ -97,12 +98,14 @@ measure() {
   kill -9 "$pid"
   wait "$pid" 2>/dev/null || true
   total=$(cat "$WORK/$name.out".* | awk '/^(summary|totals):/ {print $2}' | sort -n | tail -1)
-  echo "$name $((total / N))"
+  IR=$((total / N))
 }
 
 FLOOR_ADDR=127.0.0.1:$(free_port)
-read -r _ floor < <(measure floor "${BODY/\"fast\"/\"$MODEL\"}" $FLOOR "$FLOOR_ADDR" "$SIM")
-read -r _ sy < <(measure switchyard "$BODY" $BIN run -c "$WORK/switchyard.yaml")
+measure floor "${BODY/\"fast\"/\"$MODEL\"}" $FLOOR "$FLOOR_ADDR" "$SIM"
+floor=$IR
+measure switchyard "$BODY" $BIN run -c "$WORK/switchyard.yaml"
+sy=$IR
 echo "| proxy | instructions per request |"
 echo "|---|---:|"
 echo "| Pingora floor | $floor |"

@@ -209,28 +209,41 @@ mod tests {
         assert!(generated.as_bytes().iter().all(u8::is_ascii_hexdigit));
     }
 
+    /// A client's POST as Pingora reads it (names keep their case).
+    fn client_request(path: &str, headers: &[(&'static str, &'static str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("POST", path.as_bytes(), None).unwrap();
+        for &(k, v) in headers {
+            req.append_header(k, v).unwrap();
+        }
+        req
+    }
+
+    /// The server `10.0.0.1:8000`, with the pool's key when there is one.
+    fn server(auth: Option<&HeaderValue>) -> Upstream<'_> {
+        static HOST: HeaderValue = HeaderValue::from_static("10.0.0.1:8000");
+        Upstream {
+            host: Some(&HOST),
+            auth,
+        }
+    }
+
     #[test]
     fn hop_by_hop_forwarding_and_credentials_are_stripped() {
-        let mut req = RequestHeader::build("POST", b"/v1/completions", None).unwrap();
-        for (k, v) in [
-            ("connection", "keep-alive, x-secret"),
-            ("x-secret", "1"),
-            ("keep-alive", "timeout=5"),
-            ("x-forwarded-for", "6.6.6.6"),
-            ("authorization", "Bearer sk-client"),
-            ("transfer-encoding", "chunked"),
-            ("x-custom", "kept"),
-        ] {
-            req.insert_header(k, v).unwrap();
-        }
+        let mut req = client_request(
+            "/v1/completions",
+            &[
+                ("connection", "keep-alive, x-secret"),
+                ("x-secret", "1"),
+                ("keep-alive", "timeout=5"),
+                ("x-forwarded-for", "6.6.6.6"),
+                ("authorization", "Bearer sk-client"),
+                ("transfer-encoding", "chunked"),
+                ("x-custom", "kept"),
+            ],
+        );
         let mut ctx = Ctx::new();
         ctx.body = bytes::Bytes::from_static(b"{}");
-        let host = HeaderValue::from_static("10.0.0.1:8000");
-        let upstream = Upstream {
-            host: Some(&host),
-            auth: None,
-        };
-        to_upstream(&mut req, None, upstream, &ctx);
+        to_upstream(&mut req, None, server(None), &ctx);
         let h = &req.headers;
         for gone in [
             "connection",
@@ -264,28 +277,22 @@ mod tests {
     /// the pool's key instead of the client's, the path untouched.
     #[test]
     fn the_upstream_request_is_written_whole() {
-        let mut req = RequestHeader::build("POST", b"/v1/chat/completions?x=1", None).unwrap();
-        for (k, v) in [
-            ("Host", "gateway.example"),
-            ("Content-Type", "application/json"),
-            ("Content-Length", "120"),
-            ("Authorization", "Bearer sk-client"),
-            ("X-Request-Id", "client-id"),
-            ("X-Custom", "kept"),
-        ] {
-            req.append_header(k, v).unwrap();
-        }
+        let mut req = client_request(
+            "/v1/chat/completions?x=1",
+            &[
+                ("Host", "gateway.example"),
+                ("Content-Type", "application/json"),
+                ("Content-Length", "120"),
+                ("Authorization", "Bearer sk-client"),
+                ("X-Request-Id", "client-id"),
+                ("X-Custom", "kept"),
+            ],
+        );
         let mut ctx = Ctx::new();
         ctx.body = bytes::Bytes::from_static(b"{\"model\":\"m\"}");
         ctx.request_id = Some(HeaderValue::from_static("gateway-id"));
-        let (host, key) = (
-            HeaderValue::from_static("10.0.0.1:8000"),
-            HeaderValue::from_static("Bearer sk-pool"),
-        );
-        let upstream = Upstream {
-            host: Some(&host),
-            auth: Some(&key),
-        };
+        let key = HeaderValue::from_static("Bearer sk-pool");
+        let upstream = server(Some(&key));
         let client: SocketAddr = "192.0.2.7:5555"
             .parse::<std::net::SocketAddr>()
             .unwrap()
