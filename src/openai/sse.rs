@@ -8,6 +8,9 @@
 use bytes::Bytes;
 
 const DONE: &[u8] = b"data: [DONE]";
+/// Built once: building a searcher costs more than a search over a chunk.
+static DONE_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(DONE));
 
 /// Per-stream state; a few bytes, updated in O(chunk) without allocating.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +43,7 @@ impl SseTracker {
             }
         }
         if !self.done {
-            self.done = contains(&self.tail[..self.tail_len], chunk, DONE);
+            self.done = contains(&self.tail[..self.tail_len], chunk, &DONE_FINDER);
         }
         // Keep the last bytes of (tail ++ chunk).
         let keep = DONE.len();
@@ -78,18 +81,26 @@ impl SseTracker {
     }
 }
 
-/// Whether `needle` occurs in `tail ++ chunk` (with `tail` shorter than `needle`).
-fn contains(tail: &[u8], chunk: &[u8], needle: &[u8]) -> bool {
-    if memchr::memmem::find(chunk, needle).is_some() {
+/// Whether the needle occurs in `tail ++ chunk` (with `tail` shorter than the needle).
+fn contains(tail: &[u8], chunk: &[u8], finder: &memchr::memmem::Finder<'_>) -> bool {
+    if finder.find(chunk).is_some() {
         return true;
     }
-    // Matches that start in the tail and end in the chunk.
-    (1..needle.len()).any(|split| {
-        split <= tail.len()
-            && needle.len() - split <= chunk.len()
-            && tail.ends_with(&needle[..split])
-            && chunk.starts_with(&needle[split..])
-    })
+    let needle = finder.needle();
+    let Some(&last) = tail.last() else {
+        return false;
+    };
+    // Matches that start in the tail and end in the chunk: the needle's first `split` bytes
+    // end the tail, so its byte `split - 1` is the tail's last (a stream's tail usually ends
+    // in a blank line, which no split matches).
+    memchr::memchr_iter(last, &needle[..needle.len() - 1])
+        .map(|i| i + 1)
+        .any(|split| {
+            split <= tail.len()
+                && needle.len() - split <= chunk.len()
+                && tail.ends_with(&needle[..split])
+                && chunk.starts_with(&needle[split..])
+        })
 }
 
 #[cfg(test)]

@@ -11,18 +11,37 @@
 //! The usage event is recognised by `"choices":[]` together with `"usage":{`. Neither can
 //! occur inside a JSON string (quotes there are escaped), so generated text cannot trigger it.
 
+use std::sync::LazyLock;
+
 use bytes::{Bytes, BytesMut};
+use memchr::memmem::Finder;
 
 #[derive(Debug, Default)]
 pub struct UsageStrip {
     carry: BytesMut,
 }
 
+// Searchers built once: building one costs more than searching a short event with it.
+static CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\":"));
+static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":"));
+
 /// Whether an event (without its blank line) is the usage-only chunk.
 fn is_usage_event(event: &[u8]) -> bool {
-    let has = |needle: &[u8]| memchr::memmem::find(event, needle).is_some();
-    (has(b"\"choices\":[]") || has(b"\"choices\": []"))
-        && (has(b"\"usage\":{") || has(b"\"usage\": {"))
+    has_value(&CHOICES, event, b"[]") && has_value(&USAGE, event, b"{")
+}
+
+/// Whether the key `key` finds in `event` has a value that starts with the bytes of `value`,
+/// JSON white space allowed before each of them.
+fn has_value(key: &Finder<'_>, event: &[u8], value: &[u8]) -> bool {
+    key.find_iter(event).any(|at| {
+        let mut rest = &event[at + key.needle().len()..];
+        value.iter().all(|want| {
+            rest = rest.trim_ascii_start();
+            let found = rest.first() == Some(want);
+            rest = rest.get(1..).unwrap_or_default();
+            found
+        })
+    })
 }
 
 /// End offsets (after the blank line) of the complete events in `data`.
