@@ -239,6 +239,55 @@ async fn a_stream_over_the_total_limit_ends_with_an_error_event() {
     .await;
 }
 
+/// A server that goes silent mid-stream, connection open, is cut once the model's first-token
+/// timeout (the limit of every gap between events) passes: the events so far, an error event,
+/// `[DONE]`.
+#[tokio::test]
+async fn a_server_silent_mid_stream_is_cut_after_the_first_token_timeout() {
+    let sim = Sim::start(
+        SERVED,
+        &[
+            "--decode-step-ms",
+            "5",
+            "--decode-us-per-seq",
+            "0",
+            "--fault",
+            "stall_after=2",
+        ],
+    );
+    let gw = Gateway::single(SERVED, &[sim.url()], "    first_token_timeout: 300ms\n");
+    let started = Instant::now();
+    let resp = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "m", "stream": true, "max_tokens": 20,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let took = started.elapsed();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 4, "two tokens, the error, [DONE]: {text}");
+    assert!(
+        events[..2].iter().all(|e| e.contains("\"content\"")),
+        "{text}"
+    );
+    let error: Value = serde_json::from_str(events[2].trim_start_matches("data: ")).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_timeout");
+    assert_eq!(events[3], "data: [DONE]");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    common::metric_eventually(
+        &gw.admin_url("/metrics"),
+        r#"switchyard_streams_aborted_total{model="m",reason="upstream_timeout"}"#,
+        1.0,
+    )
+    .await;
+}
+
 /// A server that answers `200 text/event-stream` at once and then stays silent is failed
 /// over too: the gateway holds the response header back until the first event, so the
 /// client sees only the other server's complete stream.

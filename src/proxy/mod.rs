@@ -178,29 +178,30 @@ impl ProxyHttp for Proxy {
         let mut peer = Box::new(server.peer.clone());
         let t = &runtime.config.timeouts;
         if ctx.stream {
-            // Streams connect through the hold (hold.rs), in their own connection group.
+            // Streams connect through the hold (hold.rs), in their own connection group. Its
+            // socket bounds the wait for the first event and every gap after it (the model's
+            // first-token timeout): a silent server before the response header is failed
+            // over; after it, the stream ends with an error event.
             let hold = Arc::new(hold::HoldConnect::new(
                 t.connect,
+                model.first_token_timeout,
                 self.gateway.lifecycle.clone(),
                 self.gateway.held.clone(),
                 runtime.config.server.upstream_keepalive_pool,
             ));
             ctx.hold = Some(hold.clone());
             peer.options.custom_l4 = Some(hold);
+            peer.options.read_timeout = None;
             peer.group_key = 1;
-        }
-        peer.options.read_timeout = Some(if ctx.stream {
-            // Pingora has one read timeout per connection: it bounds the wait for the first
-            // event and every gap after it. A silent server before the response header is
-            // failed over; after it, the stream ends with an error event.
-            model.first_token_timeout
         } else {
             // A non-streamed answer comes whole after the generation: its header wait is the
             // request's total limit.
-            t.request_total
-                .saturating_sub(ctx.started.elapsed())
-                .max(Duration::from_millis(1))
-        });
+            peer.options.read_timeout = Some(
+                t.request_total
+                    .saturating_sub(ctx.started.elapsed())
+                    .max(Duration::from_millis(1)),
+            );
+        }
         Ok(peer)
     }
 
@@ -371,6 +372,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        as_read_timeout(&mut e);
         if ctx.retry_status.take().is_some() {
             return e;
         }
@@ -551,6 +553,19 @@ impl ProxyHttp for Proxy {
         ctx.inflight = None;
         ctx.upstream_socket = None;
         ctx.request_guard = None;
+    }
+}
+
+/// A held stream's read timeout (hold.rs) reaches Pingora as an I/O error of kind `TimedOut`
+/// and comes back as a `ReadError`: it is a read timeout like Pingora's own.
+fn as_read_timeout(e: &mut Error) {
+    let timed_out = e.esource() == &ErrorSource::Upstream
+        && e.etype() == &ErrorType::ReadError
+        && e.root_cause()
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+    if timed_out {
+        e.etype = ErrorType::ReadTimedout;
     }
 }
 
