@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# User-space instructions per non-streamed chat completion, counted by callgrind, for the
-# Pingora floor (examples/pingora_floor.rs) and Switchyard (default config, access log off),
-# both in front of the simulator with zero delays.
+# User-space instructions counted by callgrind for the Pingora floor (examples/pingora_floor.rs)
+# and Switchyard (default config, access log off), per non-streamed chat completion and per
+# streamed one.
 #
 # Unlike req/s, which moves 10-25 % from minute to minute on a shared machine, the count repeats
 # within about 0.5 %: it is the figure to compare two builds by. It leaves out the kernel.
 #
-# Each proxy runs under `valgrind --tool=callgrind`; 200 requests warm it up, the counters are
-# zeroed, N more requests go over one keep-alive connection, and the dump's total is divided
-# by N.
+# Each proxy runs under `valgrind --tool=callgrind`, in front of a simulator; requests warm it
+# up, the counters are zeroed, then requests go one after another over one keep-alive
+# connection, and the dump's total is divided by their number:
+# - N non-streamed requests (default 2000) to a simulator with zero delays;
+# - S streams (default 100) of 50 token events to a simulator that makes one token a
+#   millisecond, so that every event comes in a chunk of its own, as from a GPU server.
 #
-# Usage: benches/instructions.sh [N]      (default 2000)
+# Usage: benches/instructions.sh [N] [S]
 # Needs: valgrind (installed with apt-get when missing and running as root), python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-2000}
+S=${2:-100}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -37,12 +41,14 @@ cargo build --release --quiet --example pingora_floor
 BIN=./target/release/switchyard
 FLOOR=./target/release/examples/pingora_floor
 MODEL=meta-llama/Llama-3.1-8B-Instruct
-BODY='{"model":"fast","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Summarise the benefits of continuous batching for GPU inference in one sentence."}],"max_tokens":16}'
+MESSAGES='"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Summarise the benefits of continuous batching for GPU inference in one sentence."}]'
+BODY='{"model":"fast",'$MESSAGES',"max_tokens":16}'
+STREAM_BODY='{"model":"fast",'$MESSAGES',"max_tokens":50,"stream":true}'
 
 source benches/lib.sh
 
 # send ADDR BODY COUNT: COUNT requests in a row on one keep-alive connection; fails unless
-# every answer is a 200.
+# every answer is a 200 and every stream ends with [DONE].
 send() {
   python3 - "$1" "$3" "$2" <<'EOF'
 import http.client, sys
@@ -52,9 +58,11 @@ c = http.client.HTTPConnection(host, int(port))
 for _ in range(n):
     c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
     r = c.getresponse()
-    r.read()
+    data = r.read()
     if r.status != 200:
         sys.exit(f"status {r.status}")
+    if b'"stream":true' in body and not data.endswith(b"data: [DONE]\n\n"):
+        sys.exit("a stream ended without [DONE]")
 EOF
 }
 
@@ -62,8 +70,14 @@ $BIN sim --listen 127.0.0.1:0 --model "$MODEL" --zero-delay --max-num-seqs 256 \
   2>"$WORK/sim.log" >/dev/null &
 PIDS+=($!)
 SIM=$(wait_listen "$WORK/sim.log" sim)
+$BIN sim --listen 127.0.0.1:0 --model "$MODEL" --prefill-us-per-token 0 --decode-step-ms 1 \
+  --decode-us-per-seq 0 --max-num-seqs 256 2>"$WORK/stream-sim.log" >/dev/null &
+PIDS+=($!)
+STREAM_SIM=$(wait_listen "$WORK/stream-sim.log" sim)
 
-cat > "$WORK/switchyard.yaml" <<EOF
+# config UPSTREAM: Switchyard's config in front of UPSTREAM.
+config() {
+  cat <<EOF
 listen: 127.0.0.1:0
 admin: 127.0.0.1:0
 server:
@@ -73,40 +87,51 @@ pools:
     model: $MODEL
     engine: vllm
     servers:
-      - url: http://$SIM
+      - url: http://$1
 models:
   llama-3.1-8b:
     pool: llama-8b
     aliases: [fast]
 EOF
+}
+config "$SIM" > "$WORK/switchyard.yaml"
+config "$STREAM_SIM" > "$WORK/switchyard-stream.yaml"
 
-# measure NAME BODY CMD...: sets IR to NAME's instructions per request. Runs in this shell
-# (no command substitution), so a failure stops the script and the trap reaps valgrind.
+# measure NAME BODY WARM COUNT CMD...: sets IR to NAME's instructions per request, over COUNT
+# requests after WARM. Runs in this shell (no command substitution), so a failure stops the
+# script and the trap reaps valgrind.
 measure() {
-  local name=$1 body=$2 addr pid total
-  shift 2
+  local name=$1 body=$2 warm=$3 count=$4 addr pid total
+  shift 4
   valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" "$@" \
     >/dev/null 2>"$WORK/$name.log" &
   pid=$!
   PIDS+=("$pid")
-  if [ "$name" = switchyard ]; then addr=$(wait_listen "$WORK/$name.log" api); else
+  if [ "${name#switchyard}" != "$name" ]; then addr=$(wait_listen "$WORK/$name.log" api); else
     addr=$FLOOR_ADDR; wait_port "$addr"; fi
-  send "$addr" "$body" 200
+  send "$addr" "$body" "$warm"
   callgrind_control -z "$pid" >/dev/null 2>&1
-  send "$addr" "$body" "$N"
+  send "$addr" "$body" "$count"
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill -9 "$pid"
   wait "$pid" 2>/dev/null || true
   total=$(cat "$WORK/$name.out".* | awk '/^(summary|totals):/ {print $2}' | sort -n | tail -1)
-  IR=$((total / N))
+  IR=$((total / count))
 }
 
+ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 FLOOR_ADDR=127.0.0.1:$(free_port)
-measure floor "${BODY/\"fast\"/\"$MODEL\"}" $FLOOR "$FLOOR_ADDR" "$SIM"
+measure floor "${BODY/\"fast\"/\"$MODEL\"}" 200 "$N" $FLOOR "$FLOOR_ADDR" "$SIM"
 floor=$IR
-measure switchyard "$BODY" $BIN run -c "$WORK/switchyard.yaml"
+measure switchyard "$BODY" 200 "$N" $BIN run -c "$WORK/switchyard.yaml"
 sy=$IR
-echo "| proxy | instructions per request |"
-echo "|---|---:|"
-echo "| Pingora floor | $floor |"
-echo "| Switchyard | $sy ($(python3 -c "print(f'{$sy / $floor:.2f}')") × floor) |"
+FLOOR_ADDR=127.0.0.1:$(free_port)
+measure floor-stream "${STREAM_BODY/\"fast\"/\"$MODEL\"}" 10 "$S" \
+  $FLOOR "$FLOOR_ADDR" "$STREAM_SIM"
+floor_stream=$IR
+measure switchyard-stream "$STREAM_BODY" 10 "$S" $BIN run -c "$WORK/switchyard-stream.yaml"
+sy_stream=$IR
+echo "| proxy | instructions per request | per stream of 50 events |"
+echo "|---|---:|---:|"
+echo "| Pingora floor | $floor | $floor_stream |"
+echo "| Switchyard | $sy ($(ratio "$sy" "$floor") × floor) | $sy_stream ($(ratio "$sy_stream" "$floor_stream") × floor) |"
