@@ -187,10 +187,10 @@ struct HoldSocket {
 }
 
 /// The read timeout of a held stream: a read fails once the server has sent nothing for the
-/// limit since the read began, as Pingora's `read_timeout` does. Pingora's registers a timer
-/// on every read, one per event of a stream, and that was 8 % of a stream's instructions
-/// (callgrind). This one reads the clock when a read begins and keeps one timer armed per
-/// connection, moved only when it fires early.
+/// limit since the read began (or since the server last took request bytes), as Pingora's
+/// `read_timeout` does. Pingora's registers a timer on every read, one per event of a stream,
+/// and that was 7 % of a stream's instructions (callgrind). This one reads the clock when a
+/// read begins and keeps one timer armed per connection, moved only when it fires early.
 #[derive(Debug)]
 struct Silence {
     limit: Duration,
@@ -218,6 +218,14 @@ impl Silence {
     /// The read returned.
     fn end(&mut self) {
         self.since = None;
+    }
+
+    /// The server took request bytes: a read in progress counts from now, so the wait for
+    /// the first byte of the answer starts at the request's last byte.
+    fn progress(&mut self) {
+        if self.since.is_some() {
+            self.since = Some(Instant::now());
+        }
     }
 
     /// The read is pending: an error once the server was silent for the limit; otherwise
@@ -435,7 +443,10 @@ impl AsyncWrite for HoldSocket {
         let this = self.get_mut();
         let polled = this.tcp()?.poll_write(cx, buf);
         match &polled {
-            Poll::Ready(Ok(n)) => this.request.feed(&buf[..*n]),
+            Poll::Ready(Ok(n)) => {
+                this.request.feed(&buf[..*n]);
+                this.silence.progress();
+            }
             Poll::Ready(Err(_)) => this.failed_early(),
             Poll::Pending => {}
         }
@@ -464,6 +475,7 @@ impl AsyncWrite for HoldSocket {
         let polled = this.tcp()?.poll_write_vectored(cx, bufs);
         match &polled {
             Poll::Ready(Ok(n)) => {
+                this.silence.progress();
                 let mut left = *n;
                 for b in bufs {
                     let take = left.min(b.len());
@@ -615,6 +627,26 @@ mod tests {
         let err = stream.read_exact(&mut event).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= SILENCE_LIMIT);
+    }
+
+    /// The wait for the answer counts from the request's last byte: a read that began before
+    /// the request was written does not count the time before.
+    #[tokio::test(start_paused = true)]
+    async fn the_silence_limit_counts_from_the_requests_last_byte() {
+        let (stream, mut server) = pair().await;
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let reader = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut buf = [0u8; 64];
+            let read = rd.read(&mut buf).await;
+            (read.map_err(|e| e.kind()), started.elapsed())
+        });
+        tokio::time::sleep(SILENCE_LIMIT * 3 / 4).await;
+        wr.write_all(REQUEST).await.unwrap();
+        read_n(&mut server, REQUEST.len()).await;
+        let (read, waited) = reader.await.unwrap();
+        assert_eq!(read.unwrap_err(), io::ErrorKind::TimedOut);
+        assert!(waited >= SILENCE_LIMIT * 7 / 4, "{waited:?}");
     }
 
     /// The header alone is held; a body byte releases both.
