@@ -231,10 +231,10 @@ impl Silence {
     /// The read is pending: an error once the server was silent for the limit; otherwise
     /// the timer wakes this task by then.
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let Some(since) = self.since else {
+        // A limit past the clock's range (the config takes any duration) never fires.
+        let Some(deadline) = self.since.and_then(|since| since.checked_add(self.limit)) else {
             return Ok(());
         };
-        let deadline = since + self.limit;
         // Reads begin one after another, so the timer is never later than this deadline.
         let timer = self
             .timer
@@ -586,6 +586,14 @@ mod tests {
             .unwrap()
             .unwrap();
         got
+    }
+
+    #[test]
+    fn a_limit_past_the_clocks_range_never_fires() {
+        let mut silence = Silence::new(Duration::MAX);
+        silence.begin();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(silence.check(&mut cx).is_ok());
     }
 
     /// A held header and the server silent after it: the read fails once the limit passed.
