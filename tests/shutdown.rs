@@ -99,19 +99,29 @@ async fn streams_still_running_at_the_end_of_the_grace_period_end_with_an_error_
     assert_eq!(code, 0);
 }
 
-#[tokio::test]
-async fn an_idle_gateway_exits_at_once_on_sigterm() {
+/// An idle gateway with `extra` config exits at once, cleanly, on SIGTERM.
+async fn idle_exits_at_once_on_sigterm(extra: &str) {
     let sim = Sim::fast(SERVED);
-    let mut gw = Gateway::single(SERVED, &[sim.url()], "");
+    let mut gw = Gateway::single(SERVED, &[sim.url()], extra);
     // A served request first, so that a keep-alive connection is open.
     assert_eq!(gw.tiny_completion("m").await, 200);
     sigterm(&gw);
     let (code, took) = exit_within(&mut gw, Duration::from_secs(8));
     assert_eq!(code, 0);
-    assert!(
-        took < Duration::from_secs(8),
-        "{took:?} with a 60 s grace period"
-    );
+    assert!(took < Duration::from_secs(8), "{took:?} with {extra:?}");
+}
+
+#[tokio::test]
+async fn an_idle_gateway_exits_at_once_on_sigterm() {
+    // The default grace period: 60 s.
+    idle_exits_at_once_on_sigterm("").await;
+}
+
+/// A grace period past the clock's range (the config takes any duration) is a wait without
+/// end, not an overflow.
+#[tokio::test]
+async fn a_grace_period_of_any_length_is_no_overflow() {
+    idle_exits_at_once_on_sigterm("server:\n  grace_period: 500000000000y\n").await;
 }
 
 #[tokio::test]

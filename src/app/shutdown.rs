@@ -31,12 +31,13 @@ pub struct SignalWatch {
 impl SignalWatch {
     /// Waits until no request is in flight; returns false if `limit` passed first.
     async fn settle(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
+        // `None`: a limit past the clock's range (the config takes any duration) never ends.
+        let deadline = tokio::time::Instant::now().checked_add(limit);
         loop {
             if self.gateway.lifecycle.inflight() == 0 {
                 return true;
             }
-            if tokio::time::Instant::now() >= deadline {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
