@@ -17,11 +17,17 @@
 # the gateway's RSS growth with 10 000 concurrent idle streams. Everything runs on 127.0.0.1
 # and stops by itself.
 #
-# Usage: benches/load.sh [DURATION_SECONDS]      (default 10; results in benches/results/)
-# Needs: wrk and nginx (installed with apt-get when missing and running as root).
+# The request and stream measurements run in ROUNDS rounds, each round through every target
+# in turn, and the tables give the median of the rounds (errors: their sum): on a shared
+# machine one run moves by 10-25 %, and a slow minute then lands on every target alike.
+#
+# Usage: benches/load.sh [DURATION_SECONDS] [ROUNDS]   (defaults 10 and 3; results in
+#        benches/results/)
+# Needs: wrk and nginx (installed with apt-get when missing and running as root), python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
+ROUNDS=${2:-3}
 OUT_DIR=benches/results
 mkdir -p "$OUT_DIR"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -145,13 +151,23 @@ run() {
   echo "$line" | sed -E 's/.*rps=([^ ]+) p50=([^ ]+) p99=([^ ]+) errors=([^ ]+).*/\1 \2 \3 \4/'
 }
 
+# medians: lines of numbers in, one line out: each column's median (the lower middle value
+# for an even count, as written), the last column's sum (errors).
+medians() {
+  python3 -c '
+import sys
+cols = list(zip(*[line.split() for line in sys.stdin if line.strip()]))
+mid = [sorted(c, key=float)[(len(c) - 1) // 2] for c in cols[:-1]]
+print(" ".join(mid + [str(sum(int(float(x)) for x in cols[-1]))]))'
+}
+
 # Warm up (connection pools, page cache) so the first measured target is not penalised.
 warm() { WRK_BODY="$2" wrk -t1 -c4 -d1s -s "$WORK/post.lua" "http://$1/v1/chat/completions" >/dev/null; }
 
 {
   echo "# Load benchmark $STAMP"
   echo
-  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), $($NGINX -v 2>&1 | sed 's/.*version: //'); ${DURATION}s per run; load tool on the same cores."
+  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), $($NGINX -v 2>&1 | sed 's/.*version: //'); ${DURATION}s per run; medians of $ROUNDS rounds through every target in turn; load tool on the same cores."
   echo
 } > "$OUT"
 
@@ -166,12 +182,21 @@ for upstream in sim canned; do
   targets=("direct:$UP:$UP_BODY" "nginx (log on):$NG_ON:$UP_BODY" "nginx (log off):$NG_OFF:$UP_BODY" \
            "pingora floor (no log):$FL:$UP_BODY" \
            "switchyard (log on):$SY_ON:$BODY" "switchyard (log off):$SY_OFF:$BODY")
+  for round in $(seq "$ROUNDS"); do
+    for t in "${targets[@]}"; do
+      name=${t%%:*}; rest=${t#*:}; addr=${rest%%:*}:$(echo "$rest" | cut -d: -f2); body=${rest#*:*:}
+      if [ "$round" = 1 ]; then warm "$addr" "$body"; fi
+      c1=$(run "$addr" "$body" 1 1)
+      c64=$(run "$addr" "$body" 64 2)
+      C1[$name]+="$c1"$'\n'
+      C64[$name]+="$c64"$'\n'
+      echo "  $upstream / round $round / $name: c1=$c1 c64=$c64" >&2
+    done
+  done
   for t in "${targets[@]}"; do
-    name=${t%%:*}; rest=${t#*:}; addr=${rest%%:*}:$(echo "$rest" | cut -d: -f2); body=${rest#*:*:}
-    warm "$addr" "$body"
-    C1[$name]=$(run "$addr" "$body" 1 1)
-    C64[$name]=$(run "$addr" "$body" 64 2)
-    echo "  $upstream / $name: c1=${C1[$name]} c64=${C64[$name]}" >&2
+    name=${t%%:*}
+    C1[$name]=$(printf '%s' "${C1[$name]}" | medians)
+    C64[$name]=$(printf '%s' "${C64[$name]}" | medians)
   done
   read -r d_rps d_p50 d_p99 _ <<<"${C1[direct]}"
   read -r d64_rps _ _ _ <<<"${C64[direct]}"
@@ -227,14 +252,20 @@ stream_run() {
 } >> "$OUT"
 for n in 100 1000; do
   declare -A S
-  S[direct]=$(stream_run "$SIM_TS" "$MODEL" "$n")
-  S[nginx]=$(stream_run "$NG_S" "$MODEL" "$n")
-  S[floor]=$(stream_run "$FL_S" "$MODEL" "$n")
-  S[switchyard]=$(stream_run "$SY_S" fast "$n")
+  for round in $(seq "$ROUNDS"); do
+    for t in "direct:$SIM_TS:$MODEL" "nginx:$NG_S:$MODEL" "floor:$FL_S:$MODEL" "switchyard:$SY_S:fast"; do
+      IFS=: read -r name host port model <<<"$t"
+      line=$(stream_run "$host:$port" "$model" "$n")
+      S[$name]+="$line"$'\n'
+      echo "  streams $n / round $round / $name: $line" >&2
+    done
+  done
+  for name in direct nginx floor switchyard; do
+    S[$name]=$(printf '%s' "${S[$name]}" | medians)
+  done
   read -r _ _ _ d_h99 _ d_l99 _ <<<"${S[direct]}"
   for name in direct nginx floor switchyard; do
     read -r t50 t99 h50 h99 l50 l99 err <<<"${S[$name]}"
-    echo "  streams $n / $name: ${S[$name]}" >&2
     label=$name; [ "$name" = floor ] && label="pingora floor"
     echo "| $n | $label | $t50 | $t99 | $h50 | $h99 | $((h99 - d_h99)) | $l50 | $l99 | $((l99 - d_l99)) | $err |" >> "$OUT"
   done
