@@ -105,17 +105,7 @@ async fn every_server_in_cooldown_is_503_no_healthy_upstream_without_contacting_
 async fn upstream_death_mid_stream_ends_with_an_error_event_and_done() {
     // Tokens 5 ms apart, as a server produces them (an abort right after a burst can discard
     // bytes still in the sending socket, which is not what a dying GPU server does).
-    let sim = Sim::start(
-        SERVED,
-        &[
-            "--decode-step-ms",
-            "5",
-            "--decode-us-per-seq",
-            "0",
-            "--fault",
-            "die_after=3",
-        ],
-    );
+    let sim = Sim::paced(SERVED, 5, &["--fault", "die_after=3"]);
     let gw = Gateway::single(SERVED, &[sim.url()], "");
     let resp = client()
         .post(gw.url("/v1/chat/completions"))
@@ -145,17 +135,7 @@ async fn upstream_death_mid_stream_ends_with_an_error_event_and_done() {
 /// connection and the (simulated) engine aborts the generation within a second.
 #[tokio::test]
 async fn client_disconnect_mid_stream_aborts_the_upstream_generation() {
-    let sim = Sim::start(
-        SERVED,
-        &[
-            "--decode-step-ms",
-            "20",
-            "--decode-us-per-seq",
-            "0",
-            "--prefill-us-per-token",
-            "0",
-        ],
-    );
+    let sim = Sim::paced(SERVED, 20, &[]);
     let gw = Gateway::single(SERVED, &[sim.url()], "");
     let resp = client()
         .post(gw.url("/v1/chat/completions"))

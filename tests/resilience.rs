@@ -25,6 +25,42 @@ async fn server_eventually(gw: &Gateway, pool: usize, i: usize, check: impl Fn(&
     }
 }
 
+/// A streamed chat completion of up to `max_tokens` from model `m`: its whole text, once the
+/// answer was a 200.
+async fn stream_text(gw: &Gateway, max_tokens: u32) -> String {
+    let resp = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "m", "stream": true, "max_tokens": max_tokens,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap()
+}
+
+/// A stream's events, without their blank lines.
+fn events(text: &str) -> Vec<&str> {
+    text.split("\n\n").filter(|e| !e.is_empty()).collect()
+}
+
+/// A stream the gateway cut on an upstream timeout: its last events are the error and
+/// `[DONE]`, and the abort is counted.
+async fn ends_on_an_upstream_timeout(gw: &Gateway, events: &[&str]) {
+    let [.., error, done] = events else {
+        panic!("too few events: {events:?}");
+    };
+    assert_eq!(*done, "data: [DONE]");
+    let error: Value = serde_json::from_str(error.trim_start_matches("data: ")).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_timeout");
+    common::metric_eventually(
+        &gw.admin_url("/metrics"),
+        r#"switchyard_streams_aborted_total{model="m",reason="upstream_timeout"}"#,
+        1.0,
+    )
+    .await;
+}
+
 /// Four streams through a pool of a server silent with `fault` and a good one (round robin,
 /// first_token_timeout 300 ms) each come back whole, without an error event, and at least
 /// one of them was retried after a timeout.
@@ -38,15 +74,7 @@ async fn silent_beside_good(fault: &str) {
     ));
     for _ in 0..4 {
         let started = Instant::now();
-        let resp = gw
-            .post(
-                "/v1/chat/completions",
-                &json!({"model": "m", "stream": true, "max_tokens": 3,
-                        "messages": [{"role": "user", "content": "hi"}]}),
-            )
-            .await;
-        assert_eq!(resp.status(), 200);
-        let text = resp.text().await.unwrap();
+        let text = stream_text(&gw, 3).await;
         assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
         assert!(!text.contains("\"error\""), "{text}");
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -216,27 +244,10 @@ async fn a_silent_server_is_failed_over_after_the_first_token_timeout() {
 async fn a_stream_over_the_total_limit_ends_with_an_error_event() {
     let sim = Sim::start(SERVED, &["--decode-step-ms", "100"]);
     let gw = Gateway::single(SERVED, &[sim.url()], "timeouts:\n  stream_total: 1s\n");
-    let resp = gw
-        .post(
-            "/v1/chat/completions",
-            &json!({"model": "m", "stream": true, "max_tokens": 100,
-                    "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await;
-    assert_eq!(resp.status(), 200);
-    let text = resp.text().await.unwrap();
-    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    let text = stream_text(&gw, 100).await;
+    let events = events(&text);
     assert!(events.len() > 3, "{text}");
-    assert_eq!(events[events.len() - 1], "data: [DONE]");
-    let error: Value =
-        serde_json::from_str(events[events.len() - 2].trim_start_matches("data: ")).unwrap();
-    assert_eq!(error["error"]["code"], "upstream_timeout");
-    common::metric_eventually(
-        &gw.admin_url("/metrics"),
-        r#"switchyard_streams_aborted_total{model="m",reason="upstream_timeout"}"#,
-        1.0,
-    )
-    .await;
+    ends_on_an_upstream_timeout(&gw, &events).await;
 }
 
 /// A server that goes silent mid-stream, connection open, is cut once the model's first-token
@@ -244,48 +255,22 @@ async fn a_stream_over_the_total_limit_ends_with_an_error_event() {
 /// `[DONE]`.
 #[tokio::test]
 async fn a_server_silent_mid_stream_is_cut_after_the_first_token_timeout() {
-    let sim = Sim::start(
-        SERVED,
-        &[
-            "--decode-step-ms",
-            "5",
-            "--decode-us-per-seq",
-            "0",
-            "--fault",
-            "stall_after=2",
-        ],
-    );
+    let sim = Sim::paced(SERVED, 5, &["--fault", "stall_after=2"]);
     let gw = Gateway::single(SERVED, &[sim.url()], "    first_token_timeout: 300ms\n");
     let started = Instant::now();
-    let resp = gw
-        .post(
-            "/v1/chat/completions",
-            &json!({"model": "m", "stream": true, "max_tokens": 20,
-                    "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await;
-    assert_eq!(resp.status(), 200);
-    let text = resp.text().await.unwrap();
+    let text = stream_text(&gw, 20).await;
     let took = started.elapsed();
-    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    let events = events(&text);
     assert_eq!(events.len(), 4, "two tokens, the error, [DONE]: {text}");
     assert!(
         events[..2].iter().all(|e| e.contains("\"content\"")),
         "{text}"
     );
-    let error: Value = serde_json::from_str(events[2].trim_start_matches("data: ")).unwrap();
-    assert_eq!(error["error"]["code"], "upstream_timeout");
-    assert_eq!(events[3], "data: [DONE]");
     assert!(
         took >= Duration::from_millis(300) && took < Duration::from_secs(5),
         "{took:?}"
     );
-    common::metric_eventually(
-        &gw.admin_url("/metrics"),
-        r#"switchyard_streams_aborted_total{model="m",reason="upstream_timeout"}"#,
-        1.0,
-    )
-    .await;
+    ends_on_an_upstream_timeout(&gw, &events).await;
 }
 
 /// A server that answers `200 text/event-stream` at once and then stays silent is failed

@@ -50,10 +50,7 @@ async fn rest_of(resp: reqwest::Response) -> String {
 
 #[tokio::test]
 async fn a_stream_in_flight_finishes_and_the_gateway_exits_without_waiting_out_the_grace() {
-    let sim = Sim::start(
-        SERVED,
-        &["--decode-step-ms", "20", "--decode-us-per-seq", "0"],
-    );
+    let sim = Sim::paced(SERVED, 20, &[]);
     let mut gw = Gateway::single(SERVED, &[sim.url()], "server:\n  grace_period: 20s\n");
     let resp = open_stream(&gw, 25).await;
     sigterm(&gw);
@@ -76,10 +73,7 @@ async fn a_stream_in_flight_finishes_and_the_gateway_exits_without_waiting_out_t
 
 #[tokio::test]
 async fn streams_still_running_at_the_end_of_the_grace_period_end_with_an_error_event() {
-    let sim = Sim::start(
-        SERVED,
-        &["--decode-step-ms", "20", "--decode-us-per-seq", "0"],
-    );
+    let sim = Sim::paced(SERVED, 20, &[]);
     let mut gw = Gateway::single(SERVED, &[sim.url()], "server:\n  grace_period: 1s\n");
     let resp = open_stream(&gw, 100_000).await;
     let started = Instant::now();
@@ -126,10 +120,7 @@ async fn a_grace_period_of_any_length_is_no_overflow() {
 
 #[tokio::test]
 async fn sigint_exits_at_once_even_with_a_stream_in_flight() {
-    let sim = Sim::start(
-        SERVED,
-        &["--decode-step-ms", "20", "--decode-us-per-seq", "0"],
-    );
+    let sim = Sim::paced(SERVED, 20, &[]);
     let mut gw = Gateway::single(SERVED, &[sim.url()], "server:\n  grace_period: 60s\n");
     let _stream = open_stream(&gw, 100_000).await;
     common::signal(gw.proc.pid(), nix::sys::signal::Signal::SIGINT);

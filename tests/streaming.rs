@@ -38,17 +38,7 @@ async fn stream_events(c: &reqwest::Client, url: &str, tokens: u32) -> Vec<(Dura
 
 /// With a 100 ms decode step, token events must arrive about 100 ms apart, not in a burst.
 async fn events_arrive_at_the_servers_pace(c: reqwest::Client) {
-    let sim = Sim::start(
-        SERVED,
-        &[
-            "--decode-step-ms",
-            "100",
-            "--decode-us-per-seq",
-            "0",
-            "--prefill-us-per-token",
-            "0",
-        ],
-    );
+    let sim = Sim::paced(SERVED, 100, &[]);
     let gw = Gateway::single(SERVED, &[sim.url()], "");
     let events = stream_events(&c, &gw.url("/v1/chat/completions"), 6).await;
     let tokens: Vec<Duration> = events

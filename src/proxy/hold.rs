@@ -7,7 +7,7 @@
 //! keeps the bytes of an SSE response header to itself until at least one body byte has
 //! arrived behind them. While it holds, Pingora's read of the header is still pending, so
 //! the socket's read timeout (the model's `first_token_timeout`, kept by the socket itself:
-//! see [`Silence`]) fails the attempt *before* any byte reached the client, and the usual
+//! see `silence.rs`) fails the attempt *before* any byte reached the client, and the usual
 //! retry path picks another server.
 //!
 //! Pingora's connection pool cannot keep these connections (a virtual socket has no file
@@ -27,7 +27,6 @@
 //! with the lifecycle while it carries a request, so that the end of a shutdown grace period
 //! still cuts it; a draining gateway pools nothing.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,10 +43,10 @@ use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSo
 use pingora_error::{Error, ErrorType, Result};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
 
 use super::framing::{Message, Side};
 use super::held_pool::HeldPool;
+use super::silence::Silence;
 use crate::lifecycle::{Lifecycle, UpstreamHandle};
 
 /// Largest response header read; a longer one fails the attempt.
@@ -58,7 +57,7 @@ const MAX_HEADER: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct HoldConnect {
     connect_timeout: Duration,
-    /// The longest the server may stay silent while a read waits (see [`Silence`]).
+    /// The longest the server may stay silent while a read waits (see `silence.rs`).
     silence_limit: Duration,
     lifecycle: Arc<Lifecycle>,
     pool: Arc<HeldPool>,
@@ -184,73 +183,6 @@ struct HoldSocket {
     stale: Arc<AtomicBool>,
     silence: Silence,
     _registered: UpstreamHandle,
-}
-
-/// The read timeout of a held stream: a read fails once the server has sent nothing for the
-/// limit since the read began (or since the server last took request bytes), as Pingora's
-/// `read_timeout` does. Pingora's registers a timer on every read, one per event of a stream,
-/// and that was 7 % of a stream's instructions (callgrind). This one reads the clock when a
-/// read begins and keeps one timer armed per connection, moved only when it fires early.
-#[derive(Debug)]
-struct Silence {
-    limit: Duration,
-    /// When the read in progress began; `None` between reads.
-    since: Option<Instant>,
-    timer: Option<Pin<Box<Sleep>>>,
-}
-
-impl Silence {
-    fn new(limit: Duration) -> Self {
-        Self {
-            limit,
-            since: None,
-            timer: None,
-        }
-    }
-
-    /// A read begins (or goes on).
-    fn begin(&mut self) {
-        if self.since.is_none() {
-            self.since = Some(Instant::now());
-        }
-    }
-
-    /// The read returned.
-    fn end(&mut self) {
-        self.since = None;
-    }
-
-    /// The server took request bytes: a read in progress counts from now, so the wait for
-    /// the first byte of the answer starts at the request's last byte.
-    fn progress(&mut self) {
-        if self.since.is_some() {
-            self.since = Some(Instant::now());
-        }
-    }
-
-    /// The read is pending: an error once the server was silent for the limit; otherwise
-    /// the timer wakes this task by then.
-    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        // A limit past the clock's range (the config takes any duration) never fires.
-        let Some(deadline) = self.since.and_then(|since| since.checked_add(self.limit)) else {
-            return Ok(());
-        };
-        // Reads begin one after another, so the timer is never later than this deadline.
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        while timer.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("upstream silent for {:?}", self.limit),
-                ));
-            }
-            // Armed for an earlier read: move it to this one's deadline.
-            timer.as_mut().reset(deadline);
-        }
-        Ok(())
-    }
 }
 
 // Searchers built once: building one costs more than searching a header with it.
@@ -532,6 +464,7 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+    use tokio::time::Instant;
 
     /// The silence limit of the connectors under test.
     const SILENCE_LIMIT: Duration = Duration::from_secs(30);
@@ -586,14 +519,6 @@ mod tests {
             .unwrap()
             .unwrap();
         got
-    }
-
-    #[test]
-    fn a_limit_past_the_clocks_range_never_fires() {
-        let mut silence = Silence::new(Duration::MAX);
-        silence.begin();
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert!(silence.check(&mut cx).is_ok());
     }
 
     /// A held header and the server silent after it: the read fails once the limit passed.

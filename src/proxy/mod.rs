@@ -26,6 +26,7 @@ mod log;
 mod relay;
 mod respond;
 mod retry;
+mod silence;
 mod tenancy;
 
 use std::sync::Arc;

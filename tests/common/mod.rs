@@ -171,6 +171,22 @@ impl Sim {
         Self::start(model, &["--zero-delay"])
     }
 
+    /// A simulator that makes one token every `step_ms` whatever the batch, with no prefill
+    /// delay, and extra flags.
+    pub fn paced(model: &str, step_ms: u32, extra: &[&str]) -> Self {
+        let step = step_ms.to_string();
+        let mut args = vec![
+            "--decode-step-ms",
+            &step,
+            "--decode-us-per-seq",
+            "0",
+            "--prefill-us-per-token",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        Self::start(model, &args)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
