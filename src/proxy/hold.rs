@@ -521,6 +521,14 @@ mod tests {
         got
     }
 
+    /// A read that must end by itself within twice the silence limit (paused time gets there
+    /// at once): without the timeout, the test fails instead of waiting forever.
+    async fn within_twice_the_limit<T>(read: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(SILENCE_LIMIT * 2, read)
+            .await
+            .expect("the read did not time out")
+    }
+
     /// A held header and the server silent after it: the read fails once the limit passed.
     #[tokio::test(start_paused = true)]
     async fn a_read_fails_once_the_server_was_silent_for_the_limit() {
@@ -528,7 +536,9 @@ mod tests {
         server.write_all(SSE_HEADER).await.unwrap();
         let started = Instant::now();
         let mut buf = [0u8; 256];
-        let err = stream.read(&mut buf).await.unwrap_err();
+        let err = within_twice_the_limit(stream.read(&mut buf))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         let waited = started.elapsed();
         assert!(
@@ -557,7 +567,9 @@ mod tests {
         assert_eq!(&event, b"data: 2\n\n");
         let _server = writer.await.unwrap();
         let started = Instant::now();
-        let err = stream.read_exact(&mut event).await.unwrap_err();
+        let err = within_twice_the_limit(stream.read_exact(&mut event))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= SILENCE_LIMIT);
     }
@@ -571,7 +583,7 @@ mod tests {
         let reader = tokio::spawn(async move {
             let started = Instant::now();
             let mut buf = [0u8; 64];
-            let read = rd.read(&mut buf).await;
+            let read = within_twice_the_limit(rd.read(&mut buf)).await;
             (read.map_err(|e| e.kind()), started.elapsed())
         });
         tokio::time::sleep(SILENCE_LIMIT * 3 / 4).await;
