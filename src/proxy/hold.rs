@@ -314,24 +314,23 @@ impl AsyncRead for HoldSocket {
 impl HoldSocket {
     /// The read itself: held, released or straight through, by state.
     fn read(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self;
         loop {
-            match this.state {
-                State::Releasing { at } if at < this.buf.len() => {
-                    let n = out.remaining().min(this.buf.len() - at);
-                    out.put_slice(&this.buf[at..at + n]);
-                    this.state = State::Releasing { at: at + n };
-                    if at + n == this.buf.len() {
-                        this.buf = Vec::new();
-                        this.state = State::Releasing { at: 0 };
+            match self.state {
+                State::Releasing { at } if at < self.buf.len() => {
+                    let n = out.remaining().min(self.buf.len() - at);
+                    out.put_slice(&self.buf[at..at + n]);
+                    self.state = State::Releasing { at: at + n };
+                    if at + n == self.buf.len() {
+                        self.buf = Vec::new();
+                        self.state = State::Releasing { at: 0 };
                     }
                     return Poll::Ready(Ok(()));
                 }
                 State::Releasing { .. } => {
                     let before = out.filled().len();
-                    let polled = this.tcp()?.poll_read(cx, out);
+                    let polled = self.tcp()?.poll_read(cx, out);
                     if let Poll::Ready(Ok(())) = polled {
-                        this.response.feed(&out.filled()[before..]);
+                        self.response.feed(&out.filled()[before..]);
                     }
                     return polled;
                 }
@@ -340,24 +339,24 @@ impl HoldSocket {
                     // showed in profiles).
                     let mut chunk = [std::mem::MaybeUninit::uninit(); 8192];
                     let mut rb = ReadBuf::uninit(&mut chunk);
-                    match this.tcp()?.poll_read(cx, &mut rb) {
+                    match self.tcp()?.poll_read(cx, &mut rb) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Err(e)) => {
-                            this.failed_early();
+                            self.failed_early();
                             return Poll::Ready(Err(e));
                         }
                         Poll::Ready(Ok(())) if rb.filled().is_empty() => {
-                            this.failed_early();
+                            self.failed_early();
                             // End of stream: release what there is; Pingora judges it.
-                            this.state = State::Releasing { at: 0 };
-                            if this.buf.is_empty() {
+                            self.state = State::Releasing { at: 0 };
+                            if self.buf.is_empty() {
                                 return Poll::Ready(Ok(()));
                             }
                         }
                         Poll::Ready(Ok(())) => {
-                            this.response.feed(rb.filled());
-                            this.buf.extend_from_slice(rb.filled());
-                            this.advance()?;
+                            self.response.feed(rb.filled());
+                            self.buf.extend_from_slice(rb.filled());
+                            self.advance()?;
                         }
                     }
                 }
