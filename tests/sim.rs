@@ -68,19 +68,31 @@ async fn refuse_and_die_after_cut_the_connection() {
         .send()
         .await;
     assert!(err.is_err(), "refuse must not answer");
-    let resp = client()
-        .post(format!("{}/v1/completions", sim.url()))
-        .header("x-sim-fault", "die_after=2")
-        .json(&json!({"model": MODEL, "prompt": "x", "stream": true, "max_tokens": 10}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body = resp.text().await;
-    assert!(
-        body.is_err(),
-        "the stream must end in an error, got {body:?}"
-    );
+    // A server that dies has put the events before its death on the wire: each of many
+    // attempts (tokens come at once here, so a lost write buffer would show) gets exactly two.
+    for _ in 0..50 {
+        let mut resp = client()
+            .post(format!("{}/v1/completions", sim.url()))
+            .header("x-sim-fault", "die_after=2")
+            .json(&json!({"model": MODEL, "prompt": "x", "stream": true, "max_tokens": 10}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = Vec::new();
+        let end = loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                other => break other,
+            }
+        };
+        let body = String::from_utf8(body).unwrap();
+        assert!(
+            end.is_err(),
+            "the stream must end in an error, got {body:?}"
+        );
+        assert_eq!(body.matches("data: ").count(), 2, "{body}");
+    }
 }
 
 #[tokio::test]

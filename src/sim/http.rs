@@ -225,6 +225,7 @@ impl Sim {
                 stall_after: faults.stall_after,
                 garbage: faults.garbage,
                 sent: 0,
+                dying: false,
                 done: false,
             };
             let mut resp = Response::new(body.boxed());
@@ -451,6 +452,10 @@ struct SseBody {
     stall_after: Option<u32>,
     garbage: bool,
     sent: u32,
+    /// Set when `die_after` is reached: the body yields once, so that hyper flushes the events
+    /// already sent, and fails on its next poll. hyper drops its write buffer on a body error, so
+    /// failing at once would lose events that a real server would have put on the wire.
+    dying: bool,
     done: bool,
 }
 
@@ -466,6 +471,10 @@ impl Body for SseBody {
         if this.done {
             return Poll::Ready(None);
         }
+        if this.dying {
+            this.done = true;
+            return Poll::Ready(Some(Err(std::io::Error::other("simulated death"))));
+        }
         if let Some(delay) = &mut this.delay {
             ready!(delay.as_mut().poll(cx));
             this.delay = None;
@@ -478,8 +487,9 @@ impl Body for SseBody {
         let text = match event {
             Some(Event::Token(n)) => {
                 if this.die_after == Some(this.sent) {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(std::io::Error::other("simulated death"))));
+                    this.dying = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
                 this.sent += 1;
                 if this.garbage && this.sent == 2 {
