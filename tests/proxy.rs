@@ -278,6 +278,14 @@ async fn admin_serves_metrics_health_and_readiness() {
         assert_eq!(resp.status(), 200);
         resp.bytes().await.unwrap();
     }
+    // A request is counted (and logged) after its last byte went out: wait for both, so that
+    // the rejection below is the third line of the access log.
+    common::metric_eventually(
+        &gw.admin_url("/metrics"),
+        r#"switchyard_requests_total{model="m",pool="p",status="200"}"#,
+        2.0,
+    )
+    .await;
     gw.post("/v1/chat/completions", &json!({"model": "nope"}))
         .await;
     let text = common::metric_eventually(

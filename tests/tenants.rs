@@ -297,6 +297,15 @@ async fn tokens_are_reserved_up_front_and_settled_to_the_servers_usage() {
         .unwrap();
     let streamed_used = direct["usage"]["total_tokens"].as_u64().unwrap();
 
+    // A request is settled just after its last byte went out: wait until both were.
+    let settled = |third: u64| {
+        body["usage"]["completion_tokens"].as_u64().unwrap()
+            + direct["usage"]["completion_tokens"].as_u64().unwrap()
+            + third
+    };
+    let completion = r#"switchyard_tenant_tokens_total{kind="completion",model="m",source="usage",tenant="team-a"}"#;
+    metric_eventually(&gw.admin_url("/metrics"), completion, settled(0) as f64).await;
+
     // The next response shows what is left once both were settled.
     let third = chat(1);
     let resp = post(&gw, Some(KEY_A), &third).await;
@@ -306,15 +315,7 @@ async fn tokens_are_reserved_up_front_and_settled_to_the_servers_usage() {
         (expected..=expected + refill(1000, started.elapsed())).contains(&remaining),
         "remaining {remaining}, expected {expected} (+ refill)"
     );
-    let expected_completion = body["usage"]["completion_tokens"].as_u64().unwrap()
-        + direct["usage"]["completion_tokens"].as_u64().unwrap()
-        + 1;
-    metric_eventually(
-        &gw.admin_url("/metrics"),
-        r#"switchyard_tenant_tokens_total{kind="completion",model="m",source="usage",tenant="team-a"}"#,
-        expected_completion as f64,
-    )
-    .await;
+    metric_eventually(&gw.admin_url("/metrics"), completion, settled(1) as f64).await;
 
     // A request larger than the whole minute's tokens can never pass.
     let huge = chat(5000);
