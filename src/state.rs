@@ -306,7 +306,7 @@ pub struct Gateway {
     pub per_ip: PerIp,
     /// Access log lines not written out yet.
     pub access_log: crate::proxy::AccessLogBuffer,
-    /// Streams' upstream connections kept for reuse (proxy/hold.rs).
+    /// Streams' upstream connections kept for reuse (proxy/hold/).
     pub held: Arc<crate::proxy::HeldPool>,
     /// The file reloads read; `None` for a config that did not come from a file (the demo).
     config_path: Option<PathBuf>,

@@ -111,7 +111,7 @@ async fn usage_chunk_passes_through_when_asked_for() {
 }
 
 /// A stream's upstream connection carries the next stream once the first ended whole
-/// (proxy/hold.rs): five streams in a row open one connection to the server, not five.
+/// (proxy/hold/): five streams in a row open one connection to the server, not five.
 #[tokio::test]
 async fn streams_in_a_row_share_one_upstream_connection() {
     let sim = Sim::fast(SERVED);

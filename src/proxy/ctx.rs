@@ -101,7 +101,7 @@ pub struct Ctx {
     pub request_guard: Option<RequestGuard>,
     /// The current attempt's upstream socket, registered so shutdown can end it.
     pub upstream_socket: Option<UpstreamHandle>,
-    /// A stream's connector for the current attempt (hold.rs).
+    /// A stream's connector for the current attempt (hold/).
     pub hold: Option<std::sync::Arc<super::hold::HoldConnect>>,
     pub upstream_status: Option<u16>,
     /// When the request (headers and body) was ready to go upstream, last attempt.

@@ -17,16 +17,13 @@
 
 mod body;
 mod ctx;
-mod framing;
 mod headers;
-mod held_pool;
 mod hold;
 mod intake;
 mod log;
 mod relay;
 mod respond;
 mod retry;
-mod silence;
 mod tenancy;
 
 use std::sync::Arc;
@@ -40,7 +37,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 pub use ctx::{Ctx, MAX_ATTEMPTS};
-pub use held_pool::HeldPool;
+pub use hold::HeldPool;
 pub use log::{AccessLogBuffer, FLUSH_EVERY as ACCESS_LOG_FLUSH_EVERY};
 
 use crate::openai::{request, ApiError, Target};
@@ -179,7 +176,7 @@ impl ProxyHttp for Proxy {
         let mut peer = Box::new(server.peer.clone());
         let t = &runtime.config.timeouts;
         if ctx.stream {
-            // Streams connect through the hold (hold.rs), in their own connection group. Its
+            // Streams connect through the hold (hold/), in their own connection group. Its
             // socket bounds the wait for the first event and every gap after it (the model's
             // first-token timeout): a silent server before the response header is failed
             // over; after it, the stream ends with an error event.
@@ -398,7 +395,7 @@ impl ProxyHttp for Proxy {
             e.set_retry(false);
             return e;
         }
-        // A held stream's pooled connection is reused outside Pingora's pool (hold.rs).
+        // A held stream's pooled connection is reused outside Pingora's pool (hold/).
         let reused = client_reused || ctx.hold.as_ref().is_some_and(|h| h.stale());
         e.retry.decide_reuse(reused);
         if e.retry() {
@@ -557,7 +554,7 @@ impl ProxyHttp for Proxy {
     }
 }
 
-/// A held stream's read timeout (hold.rs) reaches Pingora as an I/O error of kind `TimedOut`
+/// A held stream's read timeout (hold/silence.rs) reaches Pingora as an I/O error of kind `TimedOut`
 /// and comes back as a `ReadError`: it is a read timeout like Pingora's own.
 fn as_read_timeout(e: &mut Error) {
     let timed_out = e.esource() == &ErrorSource::Upstream

@@ -1,6 +1,6 @@
 //! Just enough HTTP/1.1 framing to tell when a request, or its response, has passed through
 //! a connection whole and nothing else has, so that the connection may carry another
-//! exchange (hold.rs keeps such connections for later streams).
+//! exchange (the hold, mod.rs, keeps such connections for later streams).
 //!
 //! A [`Message`] is fed every byte of one direction in order and answers [`Message::is_done`]:
 //! a complete head, then a body framed by `Content-Length` or chunked coding, consumed to its

@@ -1,4 +1,4 @@
-//! The read timeout of held streams' sockets (hold.rs), kept by the socket itself.
+//! The read timeout of held streams' sockets (socket.rs), kept by the socket itself.
 
 use std::future::Future;
 use std::io;

@@ -1,4 +1,4 @@
-//! The pool of held streams' upstream connections (hold.rs): per upstream address, the
+//! The pool of held streams' upstream connections (the hold, mod.rs): per upstream address, the
 //! connections whose last exchange ended whole, newest last, each for [`IDLE_FOR`] at most.
 
 use std::collections::HashMap;
