@@ -239,7 +239,7 @@ impl Metrics {
         let streams_aborted = IntCounterVec::new(
             Opts::new(
                 "switchyard_streams_aborted_total",
-                "Streams that ended before the upstream finished them, by model and reason (client_disconnect, upstream_stream_interrupted, upstream_timeout, server_shutting_down).",
+                "Streams that ended before the upstream finished them, by model and reason (client_disconnect, client_write_timeout, upstream_stream_interrupted, upstream_timeout, server_shutting_down).",
             ),
             &["model", "reason"],
         )?;

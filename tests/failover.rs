@@ -162,3 +162,78 @@ async fn client_disconnect_mid_stream_aborts_the_upstream_generation() {
     let log = gw.access_log_lines(1).await;
     assert_eq!(log[0]["outcome"], "client_abort");
 }
+
+/// A server that streams 8 KiB events as fast as the gateway takes them, until the gateway
+/// closes the connection; returns its address and what it saw: when its first write failed.
+async fn firehose() -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Receiver<Instant>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed, seen) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.ends_with(b"}") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            request.extend_from_slice(&buf[..n]);
+        }
+        let header = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                      transfer-encoding: chunked\r\n\r\n";
+        conn.write_all(header.as_bytes()).await.unwrap();
+        let event = format!(
+            "data: {}\n\n",
+            json!({"choices": [{"index": 0, "delta": {"content": "x".repeat(8192)}}]})
+        );
+        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+        while conn.write_all(chunk.as_bytes()).await.is_ok() {}
+        let _ = closed.send(Instant::now());
+    });
+    (addr, seen)
+}
+
+/// A client that stops reading mid-stream is cut off once a write to it has waited
+/// `timeouts.client_write`, and its upstream connection is closed (which makes a GPU server
+/// abort the generation): a stuck reader holds neither for longer.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (upstream, closed) = firehose().await;
+    let gw = Gateway::start(&format!(
+        "timeouts:\n  client_write: 1s\npools:\n  p:\n    model: {SERVED}\n    engine: openai\n    \
+         health:\n      enabled: false\n    servers:\n      - url: http://{upstream}\n\
+         models:\n  m:\n    pool: p\n"
+    ));
+    let mut conn = tokio::net::TcpStream::connect(gw.api).await.unwrap();
+    let body = chat(true, 100_000).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut status = [0u8; 12];
+    conn.read_exact(&mut status).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+    // From here on the client reads nothing; the server would stream for ever.
+    let stopped = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(20), closed)
+        .await
+        .expect("the upstream connection still open 20 s after the client stopped reading")
+        .unwrap();
+    assert!(closed - stopped >= Duration::from_secs(1));
+    let log = gw.access_log_lines(1).await;
+    assert_eq!(log[0]["status"], 499, "{log:?}");
+    assert_eq!(log[0]["outcome"], "client_abort");
+    common::metric_eventually(
+        &gw.admin_url("/metrics"),
+        r#"switchyard_streams_aborted_total{model="m",reason="client_write_timeout"}"#,
+        1.0,
+    )
+    .await;
+    drop(conn);
+}

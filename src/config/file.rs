@@ -137,6 +137,8 @@ pub struct FileTimeouts {
     pub request_body: Option<String>,
     /// Idle client keep-alive connection.
     pub keepalive_idle: Option<String>,
+    /// Longest a write to the client may wait (a client that stopped reading).
+    pub client_write: Option<String>,
     /// TCP connect to an upstream server.
     pub connect: Option<String>,
     /// Longest gap between two reads from the upstream (time to response headers, time to

@@ -143,6 +143,9 @@ pub struct Timeouts {
     pub request_body: Duration,
     /// Idle client keep-alive connection. Default 75 s.
     pub keepalive_idle: Duration,
+    /// Longest a write to the client may wait: a client that stopped reading is cut off
+    /// past it, and its upstream closed. Default 60 s.
+    pub client_write: Duration,
     /// TCP connect to an upstream. Default 3 s.
     pub connect: Duration,
     /// Longest gap between two upstream reads, including the wait for the first token.
@@ -294,6 +297,7 @@ impl Config {
             "timeouts": {
                 "request_body": d(self.timeouts.request_body),
                 "keepalive_idle": d(self.timeouts.keepalive_idle),
+                "client_write": d(self.timeouts.client_write),
                 "connect": d(self.timeouts.connect),
                 "upstream_idle": d(self.timeouts.upstream_idle),
                 "stream_total": d(self.timeouts.stream_total),

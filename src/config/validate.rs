@@ -30,6 +30,8 @@ pub mod defaults {
     pub const GRACE_PERIOD_SECS: u64 = 60;
     pub const REQUEST_BODY_SECS: u64 = 30;
     pub const KEEPALIVE_IDLE_SECS: u64 = 75;
+    /// nginx's `send_timeout`.
+    pub const CLIENT_WRITE_SECS: u64 = 60;
     pub const CONNECT_SECS: u64 = 3;
     pub const UPSTREAM_IDLE_SECS: u64 = 60;
     pub const UPSTREAM_KEEPALIVE_POOL: usize = 1024;
@@ -213,6 +215,12 @@ fn timeouts(errs: &mut Errors, t: &FileTimeouts) -> Timeouts {
             "timeouts.keepalive_idle",
             t.keepalive_idle.as_deref(),
             defaults::KEEPALIVE_IDLE_SECS,
+        ),
+        client_write: duration(
+            errs,
+            "timeouts.client_write",
+            t.client_write.as_deref(),
+            defaults::CLIENT_WRITE_SECS,
         ),
         connect: duration(
             errs,

@@ -70,6 +70,8 @@ impl ProxyHttp for Proxy {
         ctx.request_id = Some(headers::request_id(session.req_header()));
         let runtime = self.gateway.runtime();
         session.set_keepalive(Some(runtime.config.timeouts.keepalive_idle.as_secs()));
+        // Pingora arms this timer only when a write cannot complete at once (a full socket).
+        session.set_write_timeout(Some(runtime.config.timeouts.client_write));
         let target = {
             let req = session.req_header();
             Target::classify(&req.method, req.uri.path())
@@ -540,9 +542,12 @@ impl ProxyHttp for Proxy {
             if let Some(reason) = ctx.interrupted {
                 self.gateway.metrics.stream_aborted(model, reason);
             } else if client_gone && ctx.sse.as_ref().is_some_and(|s| !s.done) {
-                self.gateway
-                    .metrics
-                    .stream_aborted(model, "client_disconnect");
+                let reason = if e.is_some_and(|e| e.etype() == &ErrorType::WriteTimedout) {
+                    "client_write_timeout"
+                } else {
+                    "client_disconnect"
+                };
+                self.gateway.metrics.stream_aborted(model, reason);
             }
         }
         log::access(&self.gateway, ctx, status, client_gone, now);
@@ -567,12 +572,16 @@ fn as_read_timeout(e: &mut Error) {
     }
 }
 
-/// Whether the error means the client went away (nothing left to answer).
+/// Whether the error means the client went away, or stopped reading past
+/// `timeouts.client_write` (nothing left to answer).
 fn is_client_gone(e: &Error) -> bool {
     e.esource() == &ErrorSource::Downstream
         && matches!(
             e.etype(),
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            ErrorType::ConnectionClosed
+                | ErrorType::ReadError
+                | ErrorType::WriteError
+                | ErrorType::WriteTimedout
         )
 }
 
