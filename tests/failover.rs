@@ -175,9 +175,20 @@ async fn firehose() -> (
     let (closed, seen) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (mut conn, _) = listener.accept().await.unwrap();
+        // The request: its head, then as many body bytes as its content-length says.
         let mut request = Vec::new();
         let mut buf = [0u8; 4096];
-        while !request.ends_with(b"}") {
+        let whole = |r: &[u8]| {
+            let text = String::from_utf8_lossy(r).to_ascii_lowercase();
+            let (head, body) = text.split_once("\r\n\r\n")?;
+            let length = head
+                .split("content-length: ")
+                .nth(1)?
+                .split("\r\n")
+                .next()?;
+            (body.len() >= length.parse::<usize>().ok()?).then_some(())
+        };
+        while whole(&request).is_none() {
             let n = conn.read(&mut buf).await.unwrap();
             assert!(n > 0, "the request ended early");
             request.extend_from_slice(&buf[..n]);
