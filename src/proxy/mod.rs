@@ -356,7 +356,7 @@ impl ProxyHttp for Proxy {
     /// A client that went away is an outcome (`client_abort`, in metrics and the access log),
     /// not an error worth Pingora's error log line.
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
-        is_client_gone(error)
+        client_gone(error).is_some()
     }
 
     /// An error after the connection was made. Never retried once the client has seen the
@@ -503,7 +503,8 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let client_gone = e.is_some_and(is_client_gone);
+        let gone = e.and_then(client_gone);
+        let client_gone = gone.is_some();
         let status = if client_gone {
             499
         } else {
@@ -539,14 +540,8 @@ impl ProxyHttp for Proxy {
                 self.gateway.metrics.retry(pool, reason, ok);
             }
             let model = &routed.runtime.models[routed.model].name;
-            if let Some(reason) = ctx.interrupted {
-                self.gateway.metrics.stream_aborted(model, reason);
-            } else if client_gone && ctx.sse.as_ref().is_some_and(|s| !s.done) {
-                let reason = if e.is_some_and(|e| e.etype() == &ErrorType::WriteTimedout) {
-                    "client_write_timeout"
-                } else {
-                    "client_disconnect"
-                };
+            let unfinished = ctx.sse.as_ref().is_some_and(|s| !s.done);
+            if let Some(reason) = ctx.interrupted.or(gone.filter(|_| unfinished)) {
                 self.gateway.metrics.stream_aborted(model, reason);
             }
         }
@@ -559,8 +554,8 @@ impl ProxyHttp for Proxy {
     }
 }
 
-/// A held stream's read timeout (hold/silence.rs) reaches Pingora as an I/O error of kind `TimedOut`
-/// and comes back as a `ReadError`: it is a read timeout like Pingora's own.
+/// A held stream's read timeout (hold/silence.rs) reaches Pingora as an I/O error of kind
+/// `TimedOut` and comes back as a `ReadError`: it is a read timeout like Pingora's own.
 fn as_read_timeout(e: &mut Error) {
     let timed_out = e.esource() == &ErrorSource::Upstream
         && e.etype() == &ErrorType::ReadError
@@ -572,23 +567,25 @@ fn as_read_timeout(e: &mut Error) {
     }
 }
 
-/// Whether the error means the client went away, or stopped reading past
-/// `timeouts.client_write` (nothing left to answer).
-fn is_client_gone(e: &Error) -> bool {
-    e.esource() == &ErrorSource::Downstream
-        && matches!(
-            e.etype(),
-            ErrorType::ConnectionClosed
-                | ErrorType::ReadError
-                | ErrorType::WriteError
-                | ErrorType::WriteTimedout
-        )
+/// Why the client is gone when the error says so (nothing left to answer), as the reason
+/// of an aborted stream: it went away, or it stopped reading past `timeouts.client_write`.
+fn client_gone(e: &Error) -> Option<&'static str> {
+    if e.esource() != &ErrorSource::Downstream {
+        return None;
+    }
+    match e.etype() {
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+            Some("client_disconnect")
+        }
+        ErrorType::WriteTimedout => Some("client_write_timeout"),
+        _ => None,
+    }
 }
 
 /// Maps a Pingora error to the answer the client gets; `None` when there is no one to answer.
 fn classify(e: &Error) -> Option<ApiError> {
     match e.esource() {
-        ErrorSource::Downstream if is_client_gone(e) => None,
+        ErrorSource::Downstream if client_gone(e).is_some() => None,
         ErrorSource::Downstream => Some(ApiError::invalid("malformed HTTP request", None)),
         ErrorSource::Upstream => Some(match e.etype() {
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => ApiError::UpstreamTimeout,
