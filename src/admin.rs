@@ -21,15 +21,15 @@ use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
-use crate::state::Gateway;
+use crate::state::Shared;
 
 pub struct Admin {
-    gateway: Arc<Gateway>,
+    shared: Arc<Shared>,
 }
 
 impl Admin {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
     }
 }
 
@@ -59,7 +59,7 @@ impl Admin {
     /// Whether the request carries the configured admin token (`admin_token_env`); always
     /// true when none is configured. Health probes are exempt (see `response`).
     fn authorized(&self, session: &ServerSession) -> bool {
-        let runtime = self.gateway.runtime();
+        let runtime = self.shared.runtime();
         let Some(token) = runtime.config.admin_token.as_deref() else {
             return true;
         };
@@ -75,8 +75,8 @@ impl Admin {
 
     /// Per-server gauges from live state; reset first so servers a reload removed disappear.
     fn set_server_gauges(&self) {
-        let m = &self.gateway.metrics;
-        let runtime = self.gateway.runtime();
+        let m = &self.shared.metrics;
+        let runtime = self.shared.runtime();
         let now = crate::upstream::now_ms();
         m.upstream_inflight.reset();
         m.upstream_usable.reset();
@@ -122,7 +122,7 @@ impl Admin {
     fn servers(&self) -> serde_json::Value {
         use crate::upstream::health::Health;
         use serde_json::json;
-        let runtime = self.gateway.runtime();
+        let runtime = self.shared.runtime();
         let now = crate::upstream::now_ms();
         let pools: Vec<_> = runtime
             .pools
@@ -172,7 +172,7 @@ impl Admin {
                 )
             }
         };
-        let runtime = self.gateway.runtime();
+        let runtime = self.shared.runtime();
         let server = runtime
             .pools
             .iter()
@@ -202,8 +202,8 @@ impl Admin {
     /// `POST /admin/reload`: 200 when applied; 400 with every error when refused (the old
     /// config keeps serving).
     async fn reload(&self) -> Response<Vec<u8>> {
-        let gateway = self.gateway.clone();
-        let result = tokio::task::spawn_blocking(move || gateway.reload()).await;
+        let shared = self.shared.clone();
+        let result = tokio::task::spawn_blocking(move || shared.reload()).await;
         let (status, body) = match result {
             Ok(Ok(())) => (StatusCode::OK, serde_json::json!({"status": "reloaded"})),
             Ok(Err(e)) => (
@@ -250,7 +250,7 @@ impl ServeHttp for Admin {
         match (get, path.as_str()) {
             (true, "/admin/servers") => return json(StatusCode::OK, &self.servers()),
             (true, "/admin/config") => {
-                return json(StatusCode::OK, &self.gateway.runtime().config.to_json())
+                return json(StatusCode::OK, &self.shared.runtime().config.to_json())
             }
             _ => {}
         }
@@ -260,11 +260,11 @@ impl ServeHttp for Admin {
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
-                    self.gateway.metrics.render(),
+                    self.shared.metrics.render(),
                 )
             }
             (true, "/healthz") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            (true, "/readyz") if self.gateway.is_ready() => {
+            (true, "/readyz") if self.shared.is_ready() => {
                 reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
             }
             (true, "/readyz") => reply(

@@ -1,6 +1,8 @@
 //! Builds the Pingora server and its services from a validated [`Config`], and runs it.
 
+mod connection_cap;
 mod listener;
+mod monitor;
 mod shutdown;
 
 use std::path::PathBuf;
@@ -20,8 +22,34 @@ pub use listener::BoundService;
 use crate::admin::Admin;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
-use crate::state::Gateway;
+use crate::proxy::{AccessLogBuffer, HeldPool, Proxy};
+use crate::state::Shared;
+
+/// The composition root: what the gateway's services share. Modules below `app` never reach up
+/// to it; each service is handed the parts it uses.
+pub struct Gateway {
+    /// The current runtime and what outlives it (state, limits, metrics, lifecycle).
+    pub shared: Arc<Shared>,
+    /// Access log lines not written out yet.
+    pub access_log: Arc<AccessLogBuffer>,
+    /// Streams' upstream connections kept for reuse (proxy/hold/).
+    pub held: Arc<HeldPool>,
+}
+
+impl Gateway {
+    /// Builds the first runtime; `config_path` is where reloads read from.
+    pub fn new(
+        config: Config,
+        metrics: Metrics,
+        config_path: Option<PathBuf>,
+    ) -> Result<Self, Vec<ConfigError>> {
+        Ok(Self {
+            shared: Arc::new(Shared::new(config, metrics, config_path)?),
+            access_log: Default::default(),
+            held: Default::default(),
+        })
+    }
+}
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +95,8 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
     let grace = config.server.grace_period;
     let max_requests = config.limits.max_requests_per_connection;
     let conf = server_conf(&config);
-    let gateway = Arc::new(Gateway::new(config, metrics, config_path).map_err(StartError::Config)?);
+    let gateway = Gateway::new(config, metrics, config_path).map_err(StartError::Config)?;
+    let shared = &gateway.shared;
 
     let opt = upgrade.then(|| pingora_core::server::configuration::Opt {
         upgrade: true,
@@ -79,12 +108,19 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     options.keepalive_request_limit = Some(max_requests);
-    let mut proxy = pingora_proxy::http_proxy(&server.configuration, Proxy::new(gateway.clone()));
+    let mut proxy = pingora_proxy::http_proxy(
+        &server.configuration,
+        Proxy::new(
+            shared.clone(),
+            gateway.access_log.clone(),
+            gateway.held.clone(),
+        ),
+    );
     proxy.server_options = Some(options);
     // Behind the per-IP connection cap (limits.connections_per_ip; a pass-through when off).
     let api = ListeningService::new(
         "switchyard-api".to_owned(),
-        crate::limits::per_ip::ConnectionCap::new(proxy, gateway.clone()),
+        connection_cap::ConnectionCap::new(proxy, shared.clone()),
     );
     let (drain, drained) = tokio::sync::watch::channel(false);
     let api = server.add_service(
@@ -94,28 +130,28 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
     );
 
     let admin_app =
-        ListeningService::new("switchyard-admin".to_owned(), Admin::new(gateway.clone()));
+        ListeningService::new("switchyard-admin".to_owned(), Admin::new(shared.clone()));
     let admin = server.add_service(BoundService::new(admin_app, admin, "admin").threads(1));
     server.add_service(background_service(
         "upstream health and load",
-        crate::upstream::monitor::Monitor::new(gateway.clone()),
+        monitor::Monitor::new(shared.clone()),
     ));
     // The listeners open (and say so) only once SIGHUP is handled: a reload sent as soon as
     // the gateway is up must not meet SIGHUP's default action, termination.
     let reload = server.add_service(background_service(
         "reload on SIGHUP",
-        ReloadOnHangup(gateway.clone()),
+        ReloadOnHangup(shared.clone()),
     ));
     api.add_dependency(&reload);
     admin.add_dependency(&reload);
     server.add_service(background_service(
         "access log flush",
-        AccessLogFlush(gateway.clone()),
+        AccessLogFlush(gateway.access_log.clone()),
     ));
 
     server.run(RunArgs {
         shutdown_signal: Box::new(shutdown::SignalWatch {
-            gateway: gateway.clone(),
+            shared: shared.clone(),
             drain,
             grace,
         }),
@@ -126,7 +162,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
 
 /// Writes out the access log's buffered lines every [`crate::proxy::ACCESS_LOG_FLUSH_EVERY`],
 /// so that a quiet gateway's lines do not wait for a full batch.
-struct AccessLogFlush(Arc<Gateway>);
+struct AccessLogFlush(Arc<AccessLogBuffer>);
 
 #[async_trait]
 impl BackgroundService for AccessLogFlush {
@@ -135,9 +171,9 @@ impl BackgroundService for AccessLogFlush {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.0.access_log.flush(),
+                _ = tick.tick() => self.0.flush(),
                 _ = shutdown.changed() => {
-                    self.0.access_log.flush();
+                    self.0.flush();
                     return;
                 }
             }
@@ -147,7 +183,7 @@ impl BackgroundService for AccessLogFlush {
 
 /// Reloads the config on SIGHUP (`systemctl reload`). Installing the handler also keeps
 /// SIGHUP's default action, termination, from stopping the gateway.
-struct ReloadOnHangup(Arc<Gateway>);
+struct ReloadOnHangup(Arc<Shared>);
 
 #[async_trait]
 impl BackgroundService for ReloadOnHangup {
@@ -170,9 +206,9 @@ impl BackgroundService for ReloadOnHangup {
             tokio::select! {
                 _ = hangups.recv() => {
                     tracing::info!("SIGHUP: reloading the config");
-                    let gateway = self.0.clone();
+                    let shared = self.0.clone();
                     // Reading and building touch the file system and DNS: off the runtime.
-                    let _ = tokio::task::spawn_blocking(move || gateway.reload()).await;
+                    let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
                 }
                 _ = shutdown.changed() => return,
             }

@@ -16,13 +16,13 @@ use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::state::Gateway;
+use crate::state::Shared;
 
 /// How long aborted requests get to write their error event and finish.
 const ABORT_WINDOW: Duration = Duration::from_secs(2);
 
 pub struct SignalWatch {
-    pub gateway: Arc<Gateway>,
+    pub shared: Arc<Shared>,
     /// Tells the public listener to stop accepting and its sessions to wind down.
     pub drain: watch::Sender<bool>,
     pub grace: Duration,
@@ -34,7 +34,7 @@ impl SignalWatch {
         // `None`: a limit past the clock's range (the config takes any duration) never ends.
         let deadline = tokio::time::Instant::now().checked_add(limit);
         loop {
-            if self.gateway.lifecycle.inflight() == 0 {
+            if self.shared.lifecycle.inflight() == 0 {
                 return true;
             }
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
@@ -45,7 +45,7 @@ impl SignalWatch {
     }
 
     async fn terminate(&self) {
-        let lifecycle = &self.gateway.lifecycle;
+        let lifecycle = &self.shared.lifecycle;
         lifecycle.start_draining();
         let _ = self.drain.send(true);
         tracing::info!(

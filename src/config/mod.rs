@@ -16,6 +16,7 @@ use crate::balance::{Policy, PolicySettings};
 use crate::limits::budget::{Cost, Period};
 use crate::limits::keys::KeyDigest;
 use crate::upstream::breaker::BreakerSettings;
+use crate::upstream::engine::Engine;
 use crate::upstream::health::HealthSettings;
 
 /// A validated configuration. Every field has its final type and default applied.
@@ -219,44 +220,6 @@ pub struct Model {
     pub default_max_tokens: u64,
     /// Prompt bytes per token for the estimate made before the server counts.
     pub bytes_per_token: f64,
-}
-
-/// The inference engine behind a pool: decides health and metrics paths later on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    Vllm,
-    Sglang,
-    Tgi,
-    Llamacpp,
-    Ollama,
-    Openai,
-}
-
-impl Engine {
-    pub const NAMES: [&'static str; 6] = ["vllm", "sglang", "tgi", "llamacpp", "ollama", "openai"];
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "vllm" => Self::Vllm,
-            "sglang" => Self::Sglang,
-            "tgi" => Self::Tgi,
-            "llamacpp" => Self::Llamacpp,
-            "ollama" => Self::Ollama,
-            "openai" => Self::Openai,
-            _ => return None,
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Vllm => "vllm",
-            Self::Sglang => "sglang",
-            Self::Tgi => "tgi",
-            Self::Llamacpp => "llamacpp",
-            Self::Ollama => "ollama",
-            Self::Openai => "openai",
-        }
-    }
 }
 
 impl Config {

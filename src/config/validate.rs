@@ -13,12 +13,13 @@ use super::values::{
     optional_positive, parse_url, positive, socket_addr, Errors,
 };
 use super::{
-    AccessLog, Config, ConfigError, Engine, Limits, LogFormat, Model, Pool, RetryBudget,
-    ScrapeSettings, ServerSettings, ServerSpec, Timeouts,
+    AccessLog, Config, ConfigError, Limits, LogFormat, Model, Pool, RetryBudget, ScrapeSettings,
+    ServerSettings, ServerSpec, Timeouts,
 };
 use crate::balance::{Policy, PolicySettings};
 use crate::limits::budget::Cost;
 use crate::upstream::breaker::BreakerSettings;
+use crate::upstream::engine::Engine;
 use crate::upstream::health::HealthSettings;
 
 /// Defaults, from ../shared/RELIABILITY.md (what Envoy, nginx and HAProxy do).

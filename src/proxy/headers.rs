@@ -143,8 +143,11 @@ pub fn to_upstream(
         if let Some(host) = upstream.host {
             h.insert(header::HOST, host.clone());
         }
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(ctx.body.len()));
-        if let Some(id) = &ctx.request_id {
+        h.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(ctx.request.body.len()),
+        );
+        if let Some(id) = &ctx.request.request_id {
             h.insert(X_REQUEST_ID, id.clone());
         }
         if let Some(ip) = client
@@ -241,8 +244,8 @@ mod tests {
                 ("x-custom", "kept"),
             ],
         );
-        let mut ctx = Ctx::new();
-        ctx.body = bytes::Bytes::from_static(b"{}");
+        let mut ctx = Ctx::default();
+        ctx.request.body = bytes::Bytes::from_static(b"{}");
         to_upstream(&mut req, None, server(None), &ctx);
         let h = &req.headers;
         for gone in [
@@ -288,9 +291,9 @@ mod tests {
                 ("X-Custom", "kept"),
             ],
         );
-        let mut ctx = Ctx::new();
-        ctx.body = bytes::Bytes::from_static(b"{\"model\":\"m\"}");
-        ctx.request_id = Some(HeaderValue::from_static("gateway-id"));
+        let mut ctx = Ctx::default();
+        ctx.request.body = bytes::Bytes::from_static(b"{\"model\":\"m\"}");
+        ctx.request.request_id = Some(HeaderValue::from_static("gateway-id"));
         let key = HeaderValue::from_static("Bearer sk-pool");
         let upstream = server(Some(&key));
         let client: SocketAddr = "192.0.2.7:5555"

@@ -33,10 +33,10 @@ pub(super) async fn admit(
         }));
     };
     let pool = runtime.models[model].pool;
-    ctx.stream = view.stream;
+    ctx.request.stream = view.stream;
     features(ctx, &runtime, pool, &view, &raw, session.req_header());
-    ctx.model_span = view.model_span.clone();
-    ctx.raw_body = raw.clone();
+    ctx.request.model_span = view.model_span.clone();
+    ctx.request.raw_body = raw.clone();
     ctx.routed = Some(Routed {
         runtime: runtime.clone(),
         model,
@@ -44,9 +44,9 @@ pub(super) async fn admit(
         fallbacks_used: 0,
     });
     tenancy::admit(&runtime, ctx, model, endpoint, &view).map_err(BodyError::Reject)?;
-    ctx.body = request::replace_model(
-        &ctx.raw_body,
-        ctx.model_span.clone(),
+    ctx.request.body = request::replace_model(
+        &ctx.request.raw_body,
+        ctx.request.model_span.clone(),
         &runtime.pools[pool].served_model_json,
     );
     Ok(())
@@ -63,7 +63,7 @@ fn features(
     req: &RequestHeader,
 ) {
     let prompt = raw.get(view.prompt_span.clone()).unwrap_or_default();
-    let f = &mut ctx.features;
+    let f = &mut ctx.request.features;
     f.prompt_bytes = prompt.len();
     f.prompt_tokens = (prompt.len() as u64).div_ceil(4);
     let policy = runtime.pools[pool].policy;

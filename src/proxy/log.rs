@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::Ctx;
 use crate::config::AccessLog;
-use crate::state::Gateway;
+use crate::state::Shared;
 
 #[derive(Serialize)]
 struct Line<'a> {
@@ -40,10 +40,17 @@ fn ms(d: std::time::Duration) -> f64 {
 }
 
 /// Writes the access log line for a finished request, if the access log is on.
-pub fn access(gateway: &Gateway, ctx: &Ctx, status: u16, client_gone: bool, now: Instant) {
+pub fn access(
+    log: &AccessLogBuffer,
+    shared: &Shared,
+    ctx: &Ctx,
+    status: u16,
+    client_gone: bool,
+    now: Instant,
+) {
     let runtime = ctx.routed.as_ref().map(|r| &r.runtime);
     let setting = runtime.map_or_else(
-        || gateway.runtime().config.server.access_log,
+        || shared.runtime().config.server.access_log,
         |rt| rt.config.server.access_log,
     );
     if setting == AccessLog::Off {
@@ -53,40 +60,44 @@ pub fn access(gateway: &Gateway, ctx: &Ctx, status: u16, client_gone: bool, now:
     let pool = routed.map(|r| &r.runtime.pools[r.pool]);
     let outcome = match status {
         _ if client_gone => "client_abort",
-        _ if ctx.interrupted == Some("upstream_timeout") => "timeout",
-        _ if ctx.interrupted.is_some() => "upstream_error",
-        401 | 429 if ctx.answered.is_some() => "rejected",
+        _ if ctx.response.interrupted == Some("upstream_timeout") => "timeout",
+        _ if ctx.response.interrupted.is_some() => "upstream_error",
+        401 | 429 if ctx.response.answered.is_some() => "rejected",
         _ if routed.is_none() => "rejected",
-        504 if ctx.answered.is_some() => "timeout",
-        _ if ctx.answered.is_some() => "upstream_error",
+        504 if ctx.response.answered.is_some() => "timeout",
+        _ if ctx.response.answered.is_some() => "upstream_error",
         500.. => "upstream_error",
         _ => "ok",
     };
     let line = Line {
         time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         request_id: ctx
+            .request
             .request_id
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .unwrap_or(""),
-        tenant: ctx.tenant_name.as_deref(),
+        tenant: ctx.tenancy.name.as_deref(),
         model: routed.map(|r| r.runtime.models[r.model].name.as_str()),
         pool: pool.map(|p| p.name.as_str()),
         server: pool
-            .zip(ctx.server)
+            .zip(ctx.attempt.server)
             .and_then(|(p, s)| p.servers.get(s))
             .map(|s| s.id.as_str()),
         status,
-        attempts: ctx.tried.attempts(),
-        stream: ctx.stream,
-        ttft_ms: ctx.first_byte.map(|t| ms(t.duration_since(ctx.started))),
-        duration_ms: ms(now.duration_since(ctx.started)),
-        overhead_us: ctx.overhead.map(|d| d.as_micros() as u64),
-        prompt_tokens: ctx.usage.prompt_tokens,
-        completion_tokens: ctx.usage.completion_tokens,
+        attempts: ctx.attempt.tried.attempts(),
+        stream: ctx.request.stream,
+        ttft_ms: ctx
+            .response
+            .first_byte
+            .map(|t| ms(t.duration_since(ctx.request.started))),
+        duration_ms: ms(now.duration_since(ctx.request.started)),
+        overhead_us: ctx.response.overhead.map(|d| d.as_micros() as u64),
+        prompt_tokens: ctx.response.usage.prompt_tokens,
+        completion_tokens: ctx.response.usage.completion_tokens,
         outcome,
     };
-    gateway.access_log.push(&line);
+    log.push(&line);
 }
 
 /// A batch goes out once it holds this much.

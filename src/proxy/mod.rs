@@ -41,18 +41,24 @@ pub use hold::HeldPool;
 pub use log::{AccessLogBuffer, FLUSH_EVERY as ACCESS_LOG_FLUSH_EVERY};
 
 use crate::openai::{request, ApiError, Target};
-use crate::state::Gateway;
+use crate::state::Shared;
 use crate::upstream::{self, retry_after};
 use body::BodyError;
 
 /// The gateway's proxy logic; one instance serves every request.
 pub struct Proxy {
-    gateway: Arc<Gateway>,
+    shared: Arc<Shared>,
+    access_log: Arc<AccessLogBuffer>,
+    held: Arc<HeldPool>,
 }
 
 impl Proxy {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    pub fn new(shared: Arc<Shared>, access_log: Arc<AccessLogBuffer>, held: Arc<HeldPool>) -> Self {
+        Self {
+            shared,
+            access_log,
+            held,
+        }
     }
 }
 
@@ -61,14 +67,14 @@ impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::new()
+        Ctx::default()
     }
 
     /// `Ok(true)`: the gateway answered (models list, or an error); `Ok(false)`: proxy it.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.request_guard = Some(self.gateway.lifecycle.start_request());
-        ctx.request_id = Some(headers::request_id(session.req_header()));
-        let runtime = self.gateway.runtime();
+        ctx.request.guard = Some(self.shared.lifecycle.start_request());
+        ctx.request.request_id = Some(headers::request_id(session.req_header()));
+        let runtime = self.shared.runtime();
         session.set_keepalive(Some(runtime.config.timeouts.keepalive_idle.as_secs()));
         // Pingora arms this timer only when a write cannot complete at once (a full socket).
         session.set_write_timeout(Some(runtime.config.timeouts.client_write));
@@ -78,7 +84,7 @@ impl ProxyHttp for Proxy {
         };
         let identified = match target {
             Target::Inference(_) | Target::ListModels => {
-                tenancy::identify(&self.gateway, &runtime, session, ctx)
+                tenancy::identify(&self.shared, &runtime, session, ctx)
             }
             _ => Ok(()),
         };
@@ -99,6 +105,7 @@ impl ProxyHttp for Proxy {
             }
             (Target::ListModels, _) => {
                 let body = ctx
+                    .tenancy
                     .tenant
                     .and_then(|t| runtime.tenants.list.get(t))
                     .map_or_else(|| runtime.models_body.clone(), |t| t.models_body.clone());
@@ -121,7 +128,7 @@ impl ProxyHttp for Proxy {
                 }
             }
         };
-        self.gateway
+        self.shared
             .metrics
             .reject(answer.code().unwrap_or("invalid_request"));
         respond::error(session, ctx, &answer).await?;
@@ -129,28 +136,28 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        if std::mem::take(&mut ctx.backoff) {
-            tokio::time::sleep(retry::backoff(ctx.tried.attempts())).await;
+        if std::mem::take(&mut ctx.attempt.backoff) {
+            tokio::time::sleep(retry::backoff(ctx.attempt.tried.attempts())).await;
         }
         let Some(routed) = &mut ctx.routed else {
-            ctx.error = Some(ApiError::Internal);
+            ctx.response.error = Some(ApiError::Internal);
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
         let runtime = routed.runtime.clone();
         let model = &runtime.models[routed.model];
-        let tried = ctx.tried;
+        let tried = ctx.attempt.tried;
         // The model's pool first, then its fallbacks in order, until one has a server left.
         let (pool_index, i) = loop {
             let pool = &runtime.pools[routed.pool];
             let picked = tried
                 .can_retry(routed.pool)
-                .then(|| pool.pick(&ctx.features, &|i| !tried.contains(routed.pool, i)))
+                .then(|| pool.pick(&ctx.request.features, &|i| !tried.contains(routed.pool, i)))
                 .flatten();
             if let Some(i) = picked {
                 break (routed.pool, i);
             }
             let Some(&next) = model.fallback.get(routed.fallbacks_used) else {
-                ctx.error = Some(if tried.attempts() == 0 {
+                ctx.response.error = Some(if tried.attempts() == 0 {
                     ApiError::NoHealthyUpstream
                 } else {
                     ApiError::UpstreamUnavailable
@@ -160,24 +167,24 @@ impl ProxyHttp for Proxy {
             routed.fallbacks_used += 1;
             routed.pool = next;
             // The fallback pool serves its own model name.
-            ctx.body = request::replace_model(
-                &ctx.raw_body,
-                ctx.model_span.clone(),
+            ctx.request.body = request::replace_model(
+                &ctx.request.raw_body,
+                ctx.request.model_span.clone(),
                 &runtime.pools[next].served_model_json,
             );
             tracing::debug!(model = %model.name, pool = %runtime.pools[next].name, "falling back");
         };
-        if !ctx.tried.push(pool_index, i) {
-            ctx.error = Some(ApiError::UpstreamUnavailable);
+        if !ctx.attempt.tried.push(pool_index, i) {
+            ctx.response.error = Some(ApiError::UpstreamUnavailable);
             return Error::e_explain(ErrorType::HTTPStatus(502), "attempt budget spent");
         }
         let server = &runtime.pools[pool_index].servers[i];
-        ctx.server = Some(i);
-        ctx.outcome_recorded = false;
-        ctx.inflight = Some(server.state.start(upstream::now_ms()));
+        ctx.attempt.server = Some(i);
+        ctx.attempt.outcome_recorded = false;
+        ctx.attempt.inflight = Some(server.state.start(upstream::now_ms()));
         let mut peer = Box::new(server.peer.clone());
         let t = &runtime.config.timeouts;
-        if ctx.stream {
+        if ctx.request.stream {
             // Streams connect through the hold (hold/), in their own connection group. Its
             // socket bounds the wait for the first event and every gap after it (the model's
             // first-token timeout): a silent server before the response header is failed
@@ -185,11 +192,11 @@ impl ProxyHttp for Proxy {
             let hold = Arc::new(hold::HoldConnect::new(
                 t.connect,
                 model.first_token_timeout,
-                self.gateway.lifecycle.clone(),
-                self.gateway.held.clone(),
+                self.shared.lifecycle.clone(),
+                self.held.clone(),
                 runtime.config.server.upstream_keepalive_pool,
             ));
-            ctx.hold = Some(hold.clone());
+            ctx.attempt.hold = Some(hold.clone());
             peer.options.custom_l4 = Some(hold);
             peer.options.read_timeout = None;
             peer.group_key = 1;
@@ -198,7 +205,7 @@ impl ProxyHttp for Proxy {
             // request's total limit.
             peer.options.read_timeout = Some(
                 t.request_total
-                    .saturating_sub(ctx.started.elapsed())
+                    .saturating_sub(ctx.request.started.elapsed())
                     .max(Duration::from_millis(1)),
             );
         }
@@ -216,7 +223,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         // A held stream's socket (fd -1 to Pingora) registered itself when it connected.
         if fd >= 0 {
-            ctx.upstream_socket = Some(self.gateway.lifecycle.register_upstream(fd));
+            ctx.attempt.upstream_socket = Some(self.shared.lifecycle.register_upstream(fd));
         }
         Ok(())
     }
@@ -227,11 +234,11 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream_sent = Some(Instant::now());
+        ctx.attempt.upstream_sent = Some(Instant::now());
         let server = ctx
             .routed
             .as_ref()
-            .zip(ctx.server)
+            .zip(ctx.attempt.server)
             .map(|(r, s)| (&r.runtime.pools[r.pool], s));
         let target = headers::Upstream {
             host: server.map(|(p, s)| &p.servers[s].host),
@@ -248,8 +255,8 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // Whatever Pingora replays from its retry buffer is a tail of what ctx.body holds.
-        *body = (end_of_stream && !ctx.body.is_empty()).then(|| ctx.body.clone());
+        // Whatever Pingora replays from its retry buffer is a tail of what ctx.request.body holds.
+        *body = (end_of_stream && !ctx.request.body.is_empty()).then(|| ctx.request.body.clone());
         Ok(())
     }
 
@@ -264,9 +271,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let status = upstream.status.as_u16();
-        ctx.upstream_status = Some(status);
-        ctx.upstream_header = Some(Instant::now());
-        let (Some(routed), Some(server)) = (&ctx.routed, ctx.server) else {
+        ctx.attempt.upstream_status = Some(status);
+        ctx.attempt.upstream_header = Some(Instant::now());
+        let (Some(routed), Some(server)) = (&ctx.routed, ctx.attempt.server) else {
             return Ok(());
         };
         let pool = &routed.runtime.pools[routed.pool];
@@ -283,7 +290,7 @@ impl ProxyHttp for Proxy {
             _ => upstream::Outcome::Success,
         };
         if outcome == upstream::Outcome::Failure {
-            self.gateway
+            self.shared
                 .metrics
                 .upstream_error(&pool.name, retry::status_kind(status));
         }
@@ -291,7 +298,7 @@ impl ProxyHttp for Proxy {
         if !matches!(status, 429 | 502 | 503 | 504) {
             return Ok(());
         }
-        let (Some(routed), tried) = (&ctx.routed, ctx.tried) else {
+        let (Some(routed), tried) = (&ctx.routed, ctx.attempt.tried) else {
             return Ok(());
         };
         if !self.can_try_again(routed, &tried) {
@@ -299,12 +306,12 @@ impl ProxyHttp for Proxy {
         }
         let pool = &routed.runtime.pools[routed.pool];
         let Some(token) = pool.take_retry() else {
-            ctx.budget_refused = true;
+            ctx.attempt.budget_refused = true;
             return Ok(());
         };
-        ctx.retry_tokens.push(token);
-        ctx.retry_status = Some(status);
-        ctx.backoff = true;
+        ctx.attempt.retry_tokens.push(token);
+        ctx.attempt.retry_status = Some(status);
+        ctx.attempt.backoff = true;
         self.note_retry(ctx, retry::status_kind(status));
         let mut e = Error::explain(ErrorType::HTTPStatus(status), "retryable upstream status");
         e.set_retry(true);
@@ -319,21 +326,23 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         // The client is about to see this answer: no fallback will rewrite the body for another
         // pool any more, so the client's original body is let go (a stream can stay open for
-        // minutes). `ctx.body` stays: Pingora may still be sending it.
-        ctx.raw_body = Bytes::new();
-        if let (Some(sent), Some(header)) = (ctx.upstream_sent, ctx.upstream_header) {
+        // minutes). `ctx.request.body` stays: Pingora may still be sending it.
+        ctx.request.raw_body = Bytes::new();
+        if let (Some(sent), Some(header)) = (ctx.attempt.upstream_sent, ctx.attempt.upstream_header)
+        {
             // The gateway's own time: arrival until the request was ready for the upstream,
             // plus upstream header until now. The upstream's own work is not in it.
-            ctx.overhead = Some(sent.duration_since(ctx.started) + header.elapsed());
+            ctx.response.overhead =
+                Some(sent.duration_since(ctx.request.started) + header.elapsed());
         }
         headers::edit_response(response, |h| {
-            if let Some(id) = &ctx.request_id {
+            if let Some(id) = &ctx.request.request_id {
                 h.insert(headers::X_REQUEST_ID, id.clone());
             }
-            if let Some(r) = &ctx.rate_headers {
+            if let Some(r) = &ctx.tenancy.rate_headers {
                 headers::rate_limits(h, r);
             }
-            if let Some(overhead) = ctx.overhead {
+            if let Some(overhead) = ctx.response.overhead {
                 let us = overhead.as_micros() as u64;
                 h.insert(headers::X_SWITCHYARD_OVERHEAD_US, us.into());
             }
@@ -373,11 +382,11 @@ impl ProxyHttp for Proxy {
         client_reused: bool,
     ) -> Box<Error> {
         as_read_timeout(&mut e);
-        if ctx.retry_status.take().is_some() {
+        if ctx.attempt.retry_status.take().is_some() {
             return e;
         }
         let upstream_fault = e.esource() == &ErrorSource::Upstream;
-        if upstream_fault && !ctx.outcome_recorded {
+        if upstream_fault && !ctx.attempt.outcome_recorded {
             self.record(ctx, upstream::Outcome::Failure);
         } else if upstream_fault && session.response_written().is_some() {
             // Died mid-stream after a good header: a failure all the same.
@@ -388,9 +397,9 @@ impl ProxyHttp for Proxy {
             _ => "reset",
         };
         if let Some(routed) = &ctx.routed {
-            if upstream_fault && !ctx.total_limit_hit {
+            if upstream_fault && !ctx.response.total_limit_hit {
                 let pool = &routed.runtime.pools[routed.pool];
-                self.gateway.metrics.upstream_error(&pool.name, kind);
+                self.shared.metrics.upstream_error(&pool.name, kind);
             }
         }
         if session.response_written().is_some() || !upstream_fault {
@@ -398,7 +407,7 @@ impl ProxyHttp for Proxy {
             return e;
         }
         // A held stream's pooled connection is reused outside Pingora's pool (hold/).
-        let reused = client_reused || ctx.hold.as_ref().is_some_and(|h| h.stale());
+        let reused = client_reused || ctx.attempt.hold.as_ref().is_some_and(|h| h.stale());
         e.retry.decide_reuse(reused);
         if e.retry() {
             // A pooled connection the server had closed: nothing was processed.
@@ -408,17 +417,17 @@ impl ProxyHttp for Proxy {
         let Some(routed) = &ctx.routed else {
             return e;
         };
-        if !self.can_try_again(routed, &ctx.tried) {
+        if !self.can_try_again(routed, &ctx.attempt.tried) {
             return e;
         }
         match routed.runtime.pools[routed.pool].take_retry() {
             Some(token) => {
-                ctx.retry_tokens.push(token);
-                ctx.backoff = true;
+                ctx.attempt.retry_tokens.push(token);
+                ctx.attempt.backoff = true;
                 self.note_retry(ctx, kind);
                 e.set_retry(true);
             }
-            None => ctx.budget_refused = true,
+            None => ctx.attempt.budget_refused = true,
         }
         e
     }
@@ -438,14 +447,14 @@ impl ProxyHttp for Proxy {
         };
         if let Some(routed) = &ctx.routed {
             let pool = &routed.runtime.pools[routed.pool];
-            self.gateway.metrics.upstream_error(&pool.name, kind);
+            self.shared.metrics.upstream_error(&pool.name, kind);
         }
         // Nothing reached the server: always safe to try another one, within the cap and
         // outside the retry budget.
         if ctx
             .routed
             .as_ref()
-            .is_some_and(|r| self.can_try_again(r, &ctx.tried))
+            .is_some_and(|r| self.can_try_again(r, &ctx.attempt.tried))
         {
             self.note_retry(ctx, kind);
             e.set_retry(true);
@@ -455,27 +464,29 @@ impl ProxyHttp for Proxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         // An upstream failure while shutdown ends requests is the shutdown, not the server.
-        let answer = if ctx.total_limit_hit {
+        let answer = if ctx.response.total_limit_hit {
             Some(ApiError::UpstreamTimeout)
         } else {
-            ctx.error.take().or_else(|| classify(e))
+            ctx.response.error.take().or_else(|| classify(e))
         };
         let answer = answer.map(|a| {
-            if self.gateway.lifecycle.is_aborting() && a.kind() == "upstream_error" {
+            if self.shared.lifecycle.is_aborting() && a.kind() == "upstream_error" {
                 ApiError::ShuttingDown
             } else {
                 a
             }
         });
         // Mid-stream: the client has a 200 and events; end the stream honestly.
-        if let (Some(status), Some(sse)) = (session.response_written().map(|r| r.status), &ctx.sse)
-        {
+        if let (Some(status), Some(sse)) = (
+            session.response_written().map(|r| r.status),
+            &ctx.response.sse,
+        ) {
             if let Some(api) = answer.filter(|_| !sse.done) {
                 let api = match api {
                     ApiError::ShuttingDown | ApiError::UpstreamTimeout => api,
                     _ => ApiError::StreamInterrupted,
                 };
-                ctx.interrupted = api.code();
+                ctx.response.interrupted = api.code();
                 let tail = sse.interruption(&api.body());
                 let _ = session.write_response_body(Some(tail), true).await;
             }
@@ -508,7 +519,8 @@ impl ProxyHttp for Proxy {
         let status = if client_gone {
             499
         } else {
-            ctx.answered
+            ctx.response
+                .answered
                 .or_else(|| session.response_written().map(|r| r.status.as_u16()))
                 .unwrap_or(0)
         };
@@ -518,39 +530,46 @@ impl ProxyHttp for Proxy {
             let m = &routed.runtime.models[routed.model].metrics;
             m.count(status);
             m.duration
-                .observe(now.duration_since(ctx.started).as_secs_f64());
-            if let Some(first) = ctx.first_byte {
+                .observe(now.duration_since(ctx.request.started).as_secs_f64());
+            if let Some(first) = ctx.response.first_byte {
                 m.ttft
-                    .observe(first.duration_since(ctx.started).as_secs_f64());
+                    .observe(first.duration_since(ctx.request.started).as_secs_f64());
             }
-            if let Some(overhead) = ctx.overhead {
+            if let Some(overhead) = ctx.response.overhead {
                 m.overhead.observe(overhead.as_secs_f64());
             }
-            if let Some(n) = ctx.usage.prompt_tokens {
+            if let Some(n) = ctx.response.usage.prompt_tokens {
                 m.prompt_tokens.inc_by(n);
             }
-            if let Some(n) = ctx.usage.completion_tokens {
+            if let Some(n) = ctx.response.usage.completion_tokens {
                 m.completion_tokens.inc_by(n);
             }
         }
         if let Some(routed) = &ctx.routed {
             let ok = (200..300).contains(&status);
             let pool = &routed.runtime.pools[routed.pool].name;
-            for reason in ctx.retries.iter().flatten() {
-                self.gateway.metrics.retry(pool, reason, ok);
+            for reason in ctx.attempt.retries.iter().flatten() {
+                self.shared.metrics.retry(pool, reason, ok);
             }
             let model = &routed.runtime.models[routed.model].name;
-            let unfinished = ctx.sse.as_ref().is_some_and(|s| !s.done);
-            if let Some(reason) = ctx.interrupted.or(gone.filter(|_| unfinished)) {
-                self.gateway.metrics.stream_aborted(model, reason);
+            let unfinished = ctx.response.sse.as_ref().is_some_and(|s| !s.done);
+            if let Some(reason) = ctx.response.interrupted.or(gone.filter(|_| unfinished)) {
+                self.shared.metrics.stream_aborted(model, reason);
             }
         }
-        log::access(&self.gateway, ctx, status, client_gone, now);
-        ctx.retry_tokens.clear();
-        ctx.admission = None;
-        ctx.inflight = None;
-        ctx.upstream_socket = None;
-        ctx.request_guard = None;
+        log::access(
+            &self.access_log,
+            &self.shared,
+            ctx,
+            status,
+            client_gone,
+            now,
+        );
+        ctx.attempt.retry_tokens.clear();
+        ctx.tenancy.admission = None;
+        ctx.attempt.inflight = None;
+        ctx.attempt.upstream_socket = None;
+        ctx.request.guard = None;
     }
 }
 

@@ -19,13 +19,13 @@ pub fn start(response: &mut http::HeaderMap, ctx: &mut Ctx) {
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if is_sse {
-        ctx.sse = Some(SseTracker::default());
-        if ctx.strip.is_some() {
+        ctx.response.sse = Some(SseTracker::default());
+        if ctx.response.strip.is_some() {
             // Events may be taken out: the length changes.
             response.remove(http::header::CONTENT_LENGTH);
         }
     } else {
-        ctx.strip = None;
+        ctx.response.strip = None;
     }
 }
 
@@ -33,14 +33,14 @@ pub fn start(response: &mut http::HeaderMap, ctx: &mut Ctx) {
 pub fn chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Result<()> {
     if end_of_stream {
         // The upstream is done with: its socket goes back to Pingora's pool now.
-        ctx.upstream_socket = None;
+        ctx.attempt.upstream_socket = None;
     }
     if let Some(chunk) = body.as_ref() {
         // Usage is read before the usage event may be taken out.
-        ctx.usage.observe(chunk);
-        ctx.response_bytes += chunk.len() as u64;
+        ctx.response.usage.observe(chunk);
+        ctx.response.bytes += chunk.len() as u64;
     }
-    if let Some(strip) = &mut ctx.strip {
+    if let Some(strip) = &mut ctx.response.strip {
         let mut out = body.take().map(|b| strip.filter(b)).unwrap_or_default();
         if end_of_stream {
             if let Some(rest) = strip.finish() {
@@ -55,19 +55,20 @@ pub fn chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Re
         return Ok(());
     };
     let now = Instant::now();
-    if ctx.first_byte.is_none() {
-        ctx.first_byte = Some(now);
+    if ctx.response.first_byte.is_none() {
+        ctx.response.first_byte = Some(now);
         if let (Some(routed), Some(server), Some(sent)) =
-            (&ctx.routed, ctx.server, ctx.upstream_sent)
+            (&ctx.routed, ctx.attempt.server, ctx.attempt.upstream_sent)
         {
             let state = &routed.runtime.pools[routed.pool].servers[server].state;
             state.observe_ttfb(now.duration_since(sent), upstream::now_ms());
         }
     }
-    if ctx.stream {
+    if ctx.request.stream {
         if let Some(routed) = &ctx.routed {
-            if now.duration_since(ctx.started) > routed.runtime.config.timeouts.stream_total {
-                ctx.total_limit_hit = true;
+            if now.duration_since(ctx.request.started) > routed.runtime.config.timeouts.stream_total
+            {
+                ctx.response.total_limit_hit = true;
                 return Error::e_explain(
                     ErrorType::ReadTimedout,
                     "stream exceeded timeouts.stream_total",
@@ -75,19 +76,19 @@ pub fn chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Re
             }
         }
     }
-    if let Some(sse) = &mut ctx.sse {
+    if let Some(sse) = &mut ctx.response.sse {
         let events = sse.observe(chunk);
         if events > 0 {
             // Inter-token latency: the gap to the previous event for the first event of
             // the chunk; events that arrived together count as 0.
-            if let (Some(routed), Some(last)) = (&ctx.routed, ctx.last_event) {
+            if let (Some(routed), Some(last)) = (&ctx.routed, ctx.response.last_event) {
                 let itl = &routed.runtime.models[routed.model].metrics.itl;
                 itl.observe(now.duration_since(last).as_secs_f64());
                 for _ in 1..events {
                     itl.observe(0.0);
                 }
             }
-            ctx.last_event = Some(now);
+            ctx.response.last_event = Some(now);
         }
     }
     Ok(())

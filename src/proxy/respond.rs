@@ -18,7 +18,7 @@ fn header(status: u16, len: usize, ctx: &Ctx) -> Result<ResponseHeader> {
     headers::edit_response(&mut resp, |h| {
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(CONTENT_LENGTH, HeaderValue::from(len));
-        if let Some(id) = &ctx.request_id {
+        if let Some(id) = &ctx.request.request_id {
             h.insert(headers::X_REQUEST_ID, id.clone());
         }
     });
@@ -30,7 +30,7 @@ const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 /// Writes a complete JSON response.
 pub async fn json(session: &mut Session, ctx: &mut Ctx, status: u16, body: Bytes) -> Result<()> {
     let resp = header(status, body.len(), ctx)?;
-    ctx.answered = Some(status);
+    ctx.response.answered = Some(status);
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }
@@ -54,7 +54,7 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &ApiError) -> Result
         if e.status() == 401 {
             h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Some(r) = &ctx.rate_headers {
+        if let Some(r) = &ctx.tenancy.rate_headers {
             headers::rate_limits(h, r);
         }
         if closes {
@@ -64,7 +64,7 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &ApiError) -> Result
     if closes {
         session.set_keepalive(None);
     }
-    ctx.answered = Some(e.status());
+    ctx.response.answered = Some(e.status());
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }

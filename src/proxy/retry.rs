@@ -10,7 +10,7 @@ use crate::upstream;
 impl Proxy {
     /// Feeds the current attempt's outcome to its server's breaker, once per attempt.
     pub(super) fn record(&self, ctx: &mut Ctx, outcome: upstream::Outcome) {
-        if std::mem::replace(&mut ctx.outcome_recorded, true) {
+        if std::mem::replace(&mut ctx.attempt.outcome_recorded, true) {
             return;
         }
         self.record_again(ctx, outcome);
@@ -18,7 +18,7 @@ impl Proxy {
 
     /// Feeds an outcome even if one was recorded (a stream that died after a good header).
     pub(super) fn record_again(&self, ctx: &Ctx, outcome: upstream::Outcome) {
-        let (Some(routed), Some(server)) = (&ctx.routed, ctx.server) else {
+        let (Some(routed), Some(server)) = (&ctx.routed, ctx.attempt.server) else {
             return;
         };
         let pool = &routed.runtime.pools[routed.pool];
@@ -53,8 +53,11 @@ impl Proxy {
 
     /// Notes why the current attempt is retried (a metric label, counted at the end).
     pub(super) fn note_retry(&self, ctx: &mut Ctx, reason: ctx::RetryReason) {
-        let n = ctx.tried.attempts();
-        if let Some(slot) = n.checked_sub(1).and_then(|i| ctx.retries.get_mut(i)) {
+        let n = ctx.attempt.tried.attempts();
+        if let Some(slot) = n
+            .checked_sub(1)
+            .and_then(|i| ctx.attempt.retries.get_mut(i))
+        {
             *slot = Some(reason);
         }
     }

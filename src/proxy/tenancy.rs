@@ -7,12 +7,12 @@ use super::Ctx;
 use crate::limits::budget::{self, Period};
 use crate::limits::{AuthError, Refusal, RefusalReason};
 use crate::openai::{request, ApiError, Endpoint, RequestView};
-use crate::state::{Gateway, Runtime};
+use crate::state::{Runtime, Shared};
 use crate::upstream;
 
 /// Per-IP request rate and the API key, before any body is read.
 pub fn identify(
-    gateway: &Gateway,
+    shared: &Shared,
     runtime: &Runtime,
     session: &Session,
     ctx: &mut Ctx,
@@ -23,7 +23,7 @@ pub fn identify(
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        if ip.is_some_and(|ip| !gateway.per_ip.request(ip, per_second)) {
+        if ip.is_some_and(|ip| !shared.per_ip.request(ip, per_second)) {
             return Err(ApiError::IpRateLimited);
         }
     }
@@ -31,14 +31,15 @@ pub fn identify(
         .headers
         .get(http::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    ctx.tenant = runtime
+    ctx.tenancy.tenant = runtime
         .tenants
         .identify(authorization)
         .map_err(|e| match e {
             AuthError::Missing => ApiError::MissingApiKey,
             AuthError::Invalid => ApiError::InvalidApiKey,
         })?;
-    ctx.tenant_name = ctx
+    ctx.tenancy.name = ctx
+        .tenancy
         .tenant
         .and_then(|t| runtime.tenants.list.get(t))
         .map(|t| t.name.clone());
@@ -54,7 +55,7 @@ pub fn admit(
     endpoint: Endpoint,
     view: &RequestView<'_>,
 ) -> Result<(), ApiError> {
-    let tenant = ctx.tenant.and_then(|t| runtime.tenants.list.get(t));
+    let tenant = ctx.tenancy.tenant.and_then(|t| runtime.tenants.list.get(t));
     if let Some(t) = tenant.filter(|t| !t.allows(model)) {
         t.metrics.reject("model_not_found");
         // The same answer as for a model that does not exist.
@@ -64,23 +65,23 @@ pub fn admit(
     }
     if view.stream && endpoint != Endpoint::Embeddings && !view.include_usage {
         if let Some((body, span)) = request::ask_for_usage(
-            &ctx.raw_body,
+            &ctx.request.raw_body,
             view.stream_options_span.clone(),
-            ctx.model_span.clone(),
+            ctx.request.model_span.clone(),
         ) {
-            ctx.raw_body = body;
-            ctx.model_span = span;
-            ctx.strip = Some(Default::default());
+            ctx.request.raw_body = body;
+            ctx.request.model_span = span;
+            ctx.response.strip = Some(Default::default());
         }
     }
     let m = &runtime.models[model];
     let prompt_bytes = view.prompt_span.len() as f64;
-    ctx.prompt_estimate = (prompt_bytes / m.bytes_per_token).ceil() as u64;
+    ctx.request.prompt_estimate = (prompt_bytes / m.bytes_per_token).ceil() as u64;
     let completion = match endpoint {
         Endpoint::Embeddings => 0,
         _ => view.max_tokens.unwrap_or(m.default_max_tokens),
     };
-    let estimate = ctx.prompt_estimate.saturating_add(completion);
+    let estimate = ctx.request.prompt_estimate.saturating_add(completion);
     match runtime.tenants.admit(
         tenant,
         model,
@@ -89,15 +90,15 @@ pub fn admit(
         budget::unix_secs(),
     ) {
         Ok(admission) => {
-            ctx.rate_headers = Some(admission.headers);
-            ctx.admission = Some(admission);
+            ctx.tenancy.rate_headers = Some(admission.headers);
+            ctx.tenancy.admission = Some(admission);
             Ok(())
         }
         Err(refusal) => {
             if let Some(t) = tenant {
                 t.metrics.reject(refusal.reason.label());
             }
-            ctx.rate_headers = Some(refusal.headers);
+            ctx.tenancy.rate_headers = Some(refusal.headers);
             Err(refused(&refusal, &m.name))
         }
     }
@@ -172,20 +173,28 @@ fn refused(r: &Refusal, model: &str) -> ApiError {
 /// Tokens a finished request used: the server's `usage` when it reported it, else what was
 /// estimated or counted (`exact` false). Nothing when no answer came from a server.
 pub fn used_tokens(ctx: &Ctx) -> (u64, u64, bool) {
-    let (p, c) = (ctx.usage.prompt_tokens, ctx.usage.completion_tokens);
+    let (p, c) = (
+        ctx.response.usage.prompt_tokens,
+        ctx.response.usage.completion_tokens,
+    );
     if let (Some(p), Some(c)) = (p, c) {
         return (p, c, true);
     }
-    if ctx.first_byte.is_none() || !ctx.upstream_status.is_some_and(|s| (200..300).contains(&s)) {
+    if ctx.response.first_byte.is_none()
+        || !ctx
+            .attempt
+            .upstream_status
+            .is_some_and(|s| (200..300).contains(&s))
+    {
         return (0, 0, false);
     }
-    let completion = match &ctx.sse {
+    let completion = match &ctx.response.sse {
         // One event per token, without the final `data: [DONE]`.
         Some(sse) => u64::from(sse.events.saturating_sub(u32::from(sse.done))),
-        None => ctx.response_bytes.div_ceil(4),
+        None => ctx.response.bytes.div_ceil(4),
     };
     (
-        p.unwrap_or(ctx.prompt_estimate),
+        p.unwrap_or(ctx.request.prompt_estimate),
         c.unwrap_or(completion),
         false,
     )
@@ -194,10 +203,10 @@ pub fn used_tokens(ctx: &Ctx) -> (u64, u64, bool) {
 /// Settles the reservation to what was used, and counts tokens and spend.
 pub fn settle(ctx: &mut Ctx) {
     let (prompt, completion, exact) = used_tokens(ctx);
-    if let Some(a) = &mut ctx.admission {
+    if let Some(a) = &mut ctx.tenancy.admission {
         a.settle(prompt + completion, upstream::now_ms());
     }
-    let (Some(routed), Some(t)) = (&ctx.routed, ctx.tenant) else {
+    let (Some(routed), Some(t)) = (&ctx.routed, ctx.tenancy.tenant) else {
         return;
     };
     let Some(tenant) = routed.runtime.tenants.list.get(t) else {

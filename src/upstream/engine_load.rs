@@ -2,7 +2,7 @@
 //! requests running and waiting, and how full its KV cache is. Scraped in the background by
 //! `upstream::monitor`; read by the `least_load` policy.
 
-use crate::config::Engine;
+use super::engine::Engine;
 
 /// One scrape's reading.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::config::Engine;
+use super::engine::Engine;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthSettings {

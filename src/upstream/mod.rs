@@ -8,9 +8,9 @@
 //! a mutex that the common case (breaker closed) never takes to decide.
 
 pub mod breaker;
+pub mod engine;
 pub mod engine_load;
 pub mod health;
-pub mod monitor;
 pub mod retry_after;
 
 use std::collections::HashMap;

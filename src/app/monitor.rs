@@ -19,11 +19,12 @@ use pingora_error::ErrorType;
 use pingora_http::RequestHeader;
 use tokio::task::JoinHandle;
 
-use super::engine_load;
-use super::health::{HealthSettings, HealthTracker, Probe};
-use super::now_ms;
-use crate::config::{Engine, ScrapeSettings};
-use crate::state::{Gateway, Runtime};
+use crate::config::ScrapeSettings;
+use crate::state::{Runtime, Shared};
+use crate::upstream::engine::Engine;
+use crate::upstream::engine_load;
+use crate::upstream::health::{Health, HealthSettings, HealthTracker, Probe};
+use crate::upstream::{now_ms, ServerState};
 
 /// How often the set of tasks is compared with the runtime's servers.
 const RECONCILE_EVERY: Duration = Duration::from_millis(250);
@@ -39,11 +40,11 @@ enum Kind {
 
 /// Runs the probes; a Pingora background service.
 pub struct Monitor {
-    gateway: Arc<Gateway>,
+    gateway: Arc<Shared>,
 }
 
 impl Monitor {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
+    pub fn new(gateway: Arc<Shared>) -> Self {
         Self { gateway }
     }
 }
@@ -110,13 +111,13 @@ fn wanted(runtime: &Runtime) -> Vec<(Kind, String)> {
 /// What a task needs of its server, looked up in the current runtime (first pool that has it).
 struct Target {
     peer: HttpPeer,
-    state: Arc<super::ServerState>,
+    state: Arc<ServerState>,
     health: HealthSettings,
     scrape: Option<ScrapeSettings>,
     engine: Engine,
 }
 
-fn target(gateway: &Gateway, id: &str) -> Option<Target> {
+fn target(gateway: &Shared, id: &str) -> Option<Target> {
     let runtime = gateway.runtime();
     runtime
         .pools
@@ -139,7 +140,7 @@ fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.9 + fastrand::f64() * 0.2)
 }
 
-async fn health_loop(gateway: Arc<Gateway>, connector: Arc<Connector>, id: String) {
+async fn health_loop(gateway: Arc<Shared>, connector: Arc<Connector>, id: String) {
     let Some(first) = target(&gateway, &id) else {
         return;
     };
@@ -169,7 +170,7 @@ async fn health_loop(gateway: Arc<Gateway>, connector: Arc<Connector>, id: Strin
         if let Some(health) = tracker.record(probe, &t.health) {
             t.state.set_health(health, now_ms());
             match health {
-                super::health::Health::Unhealthy => {
+                Health::Unhealthy => {
                     tracing::warn!(server = %id, ?probe, "health check: server is down")
                 }
                 _ => tracing::info!(server = %id, "health check: server is {}", health.name()),
@@ -179,7 +180,7 @@ async fn health_loop(gateway: Arc<Gateway>, connector: Arc<Connector>, id: Strin
     }
 }
 
-async fn scrape_loop(gateway: Arc<Gateway>, connector: Arc<Connector>, id: String) {
+async fn scrape_loop(gateway: Arc<Shared>, connector: Arc<Connector>, id: String) {
     let mut failing = false;
     loop {
         let Some(t) = target(&gateway, &id) else {

@@ -4,123 +4,27 @@
 //! metric handles, the `/v1/models` body); the request path then only indexes into it.
 //! Per-server state comes from the [`Registry`], so it survives a rebuild.
 
+mod pool;
+mod shared;
+
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
 use serde::Serialize;
 
-use crate::balance::{Balance, Candidates, Features, Policy};
-use crate::config::{Config, ConfigError, LoadError, RetryBudget};
-use crate::limits::budget::Cost;
-use crate::limits::per_ip::PerIp;
+pub use pool::{Pool, RetryToken, Server};
+pub use shared::{ReloadError, Shared};
+
+use crate::config::{Config, ConfigError};
 use crate::limits::store::LocalStore;
 use crate::limits::Tenants;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::routing::RouteTable;
-use crate::upstream::{Registry, ServerState};
-
-/// One upstream server, ready to use.
-pub struct Server {
-    /// `host:port`
-    pub id: String,
-    /// `id` as the `Host` header of requests to it.
-    pub host: http::HeaderValue,
-    /// Prebuilt peer (address, timeouts); cloned into a `Box` per attempt.
-    pub peer: HttpPeer,
-    pub state: Arc<ServerState>,
-}
-
-/// A pool of interchangeable servers serving one model.
-pub struct Pool {
-    pub name: String,
-    /// The served model name as a JSON string literal, spliced into forwarded bodies.
-    pub served_model_json: Bytes,
-    pub servers: Box<[Server]>,
-    /// The servers' states and weights in server order, as the policy sees them.
-    states: Box<[Arc<ServerState>]>,
-    weights: Box<[u32]>,
-    pub balancer: Box<dyn Balance>,
-    pub policy: Policy,
-    pub slow_start: Duration,
-    pub retry_budget: RetryBudget,
-    /// Retries of requests a server received, in flight now (see `RetryBudget`).
-    pub retries_inflight: Arc<AtomicU64>,
-    pub cost: Cost,
-    /// `Bearer <key>` for the upstream, when the pool has a key.
-    pub upstream_auth: Option<http::HeaderValue>,
-}
-
-impl Pool {
-    /// Picks a usable server for which `allowed` holds (e.g. not tried yet by this request).
-    /// A server in its slow start takes a request with the probability of its ramp; when
-    /// that leaves none, ramping servers are taken anyway rather than failing the request.
-    pub fn pick(&self, features: &Features, allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let now = crate::upstream::now_ms();
-        let usable =
-            |i: usize| allowed(i) && self.servers.get(i).is_some_and(|s| s.state.is_usable(now));
-        let ramped = |i: usize| {
-            usable(i) && {
-                let r = self.states[i].ramp(now, self.slow_start);
-                r >= 1.0 || fastrand::f64() < r
-            }
-        };
-        let mut candidates = Candidates {
-            states: &self.states,
-            weights: &self.weights,
-            eligible: &ramped,
-            now_ms: now,
-        };
-        if let Some(i) = self.balancer.pick(features, &candidates) {
-            return Some(i);
-        }
-        candidates.eligible = &usable;
-        self.balancer.pick(features, &candidates)
-    }
-
-    /// Whether some usable server is left for which `allowed` holds, without advancing the
-    /// balancer.
-    pub fn has_candidate(&self, allowed: &dyn Fn(usize) -> bool) -> bool {
-        let now = crate::upstream::now_ms();
-        self.servers
-            .iter()
-            .enumerate()
-            .any(|(i, s)| allowed(i) && s.state.is_usable(now))
-    }
-
-    /// Requests in flight to the pool's servers.
-    pub fn inflight(&self) -> u64 {
-        self.states.iter().map(|s| s.inflight()).sum()
-    }
-
-    /// Takes a slot of the retry budget, or `None` when the budget is spent.
-    pub fn take_retry(&self) -> Option<RetryToken> {
-        let limit = (self.retry_budget.ratio * self.inflight() as f64) as u64;
-        let limit = limit.max(self.retry_budget.min);
-        let taken = self.retries_inflight.fetch_add(1, Ordering::Relaxed);
-        if taken >= limit {
-            self.retries_inflight.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(RetryToken(self.retries_inflight.clone()))
-    }
-}
-
-/// A slot of a pool's retry budget, given back on drop (when the request ends).
-#[must_use]
-#[derive(Debug)]
-pub struct RetryToken(Arc<AtomicU64>);
-
-impl Drop for RetryToken {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+use crate::upstream::Registry;
 
 /// A public model.
 pub struct Model {
@@ -294,137 +198,10 @@ fn models_body(config: &Config, allowed: Option<&[usize]>) -> Bytes {
     serde_json::to_vec(&list).map_or_else(|_| Bytes::new(), Bytes::from)
 }
 
-/// What the proxy and the admin listener share: the current runtime and what outlives it.
-pub struct Gateway {
-    runtime: ArcSwap<Runtime>,
-    pub registry: Registry,
-    pub metrics: Metrics,
-    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
-    /// Limiter state (rate buckets, concurrency, spend); outlives runtimes.
-    pub store: LocalStore,
-    /// Per client IP counters.
-    pub per_ip: PerIp,
-    /// Access log lines not written out yet.
-    pub access_log: crate::proxy::AccessLogBuffer,
-    /// Streams' upstream connections kept for reuse (proxy/hold/).
-    pub held: Arc<crate::proxy::HeldPool>,
-    /// The file reloads read; `None` for a config that did not come from a file (the demo).
-    config_path: Option<PathBuf>,
-    /// Serialises reloads so that two of them cannot interleave read, build and swap.
-    reloading: Mutex<()>,
-}
-
-/// Why a reload was refused; the old config keeps serving.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("this gateway was not started from a config file")]
-    NoFile,
-    #[error("{0}")]
-    Load(#[from] LoadError),
-}
-
-impl ReloadError {
-    /// Every problem, with its YAML path where there is one.
-    pub fn errors(&self) -> Vec<ConfigError> {
-        match self {
-            Self::NoFile => vec![ConfigError {
-                path: String::new(),
-                message: self.to_string(),
-            }],
-            Self::Load(e) => e.errors(),
-        }
-    }
-}
-
-impl Gateway {
-    /// Builds the first runtime; `config_path` is where reloads read from.
-    pub fn new(
-        config: Config,
-        metrics: Metrics,
-        config_path: Option<PathBuf>,
-    ) -> Result<Self, Vec<ConfigError>> {
-        let registry = Registry::default();
-        let store = LocalStore::default();
-        let runtime = Runtime::build(config, &registry, &store, &metrics)?;
-        metrics.config_load(true);
-        Ok(Self {
-            runtime: ArcSwap::from_pointee(runtime),
-            registry,
-            store,
-            per_ip: PerIp::default(),
-            access_log: Default::default(),
-            held: Default::default(),
-            metrics,
-            lifecycle: Default::default(),
-            config_path,
-            reloading: Mutex::new(()),
-        })
-    }
-
-    /// Reads, validates and builds the config file, then swaps it in atomically: requests in
-    /// flight keep the runtime they started with, new ones see the new one, none sees a mix.
-    /// Per-server state survives for servers that stay. A bad file changes nothing.
-    pub fn reload(&self) -> Result<(), ReloadError> {
-        let _serial = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let result = self.build_from_file();
-        self.metrics.config_load(result.is_ok());
-        match result {
-            Ok(runtime) => {
-                let old = self.runtime.load();
-                for (what, before, after) in [
-                    ("listen", old.config.listen, runtime.config.listen),
-                    ("admin", old.config.admin, runtime.config.admin),
-                ] {
-                    if before != after {
-                        tracing::warn!(
-                            "{what} changed from {before} to {after}: listener addresses change only on restart"
-                        );
-                    }
-                }
-                self.runtime.store(Arc::new(runtime));
-                drop(old);
-                self.store.prune();
-                tracing::info!("config reloaded");
-                Ok(())
-            }
-            Err(e) => {
-                for err in e.errors() {
-                    tracing::error!("config reload refused: {err}");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn build_from_file(&self) -> Result<Runtime, ReloadError> {
-        let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
-        let config = crate::config::load(path)?;
-        Runtime::build(config, &self.registry, &self.store, &self.metrics)
-            .map_err(|errs| ReloadError::Load(LoadError::Invalid(errs)))
-    }
-
-    /// The current snapshot; load once per request.
-    pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime.load_full()
-    }
-
-    /// Whether every pool has at least one server not known to be down, and the gateway is
-    /// not shutting down.
-    pub fn is_ready(&self) -> bool {
-        let now = crate::upstream::now_ms();
-        !self.lifecycle.is_draining()
-            && self
-                .runtime
-                .load()
-                .pools
-                .iter()
-                .all(|p| p.servers.iter().any(|s| s.state.is_usable(now)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::Features;
 
     fn runtime(extra: &str) -> Runtime {
         let yaml = format!(

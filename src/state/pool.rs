@@ -1,0 +1,110 @@
+//! A pool of interchangeable servers as the request path uses it: its servers with their
+//! prebuilt peers, its balancer, and its retry budget.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_core::upstreams::peer::HttpPeer;
+
+use crate::balance::{Balance, Candidates, Features, Policy};
+use crate::config::RetryBudget;
+use crate::limits::budget::Cost;
+use crate::upstream::ServerState;
+
+/// One upstream server, ready to use.
+pub struct Server {
+    /// `host:port`
+    pub id: String,
+    /// `id` as the `Host` header of requests to it.
+    pub host: http::HeaderValue,
+    /// Prebuilt peer (address, timeouts); cloned into a `Box` per attempt.
+    pub peer: HttpPeer,
+    pub state: Arc<ServerState>,
+}
+
+/// A pool of interchangeable servers serving one model.
+pub struct Pool {
+    pub name: String,
+    /// The served model name as a JSON string literal, spliced into forwarded bodies.
+    pub served_model_json: bytes::Bytes,
+    pub servers: Box<[Server]>,
+    /// The servers' states and weights in server order, as the policy sees them.
+    pub(super) states: Box<[Arc<ServerState>]>,
+    pub(super) weights: Box<[u32]>,
+    pub balancer: Box<dyn Balance>,
+    pub policy: Policy,
+    pub slow_start: Duration,
+    pub retry_budget: RetryBudget,
+    /// Retries of requests a server received, in flight now (see `RetryBudget`).
+    pub retries_inflight: Arc<AtomicU64>,
+    pub cost: Cost,
+    /// `Bearer <key>` for the upstream, when the pool has a key.
+    pub upstream_auth: Option<http::HeaderValue>,
+}
+
+impl Pool {
+    /// Picks a usable server for which `allowed` holds (e.g. not tried yet by this request).
+    /// A server in its slow start takes a request with the probability of its ramp; when
+    /// that leaves none, ramping servers are taken anyway rather than failing the request.
+    pub fn pick(&self, features: &Features, allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let now = crate::upstream::now_ms();
+        let usable =
+            |i: usize| allowed(i) && self.servers.get(i).is_some_and(|s| s.state.is_usable(now));
+        let ramped = |i: usize| {
+            usable(i) && {
+                let r = self.states[i].ramp(now, self.slow_start);
+                r >= 1.0 || fastrand::f64() < r
+            }
+        };
+        let mut candidates = Candidates {
+            states: &self.states,
+            weights: &self.weights,
+            eligible: &ramped,
+            now_ms: now,
+        };
+        if let Some(i) = self.balancer.pick(features, &candidates) {
+            return Some(i);
+        }
+        candidates.eligible = &usable;
+        self.balancer.pick(features, &candidates)
+    }
+
+    /// Whether some usable server is left for which `allowed` holds, without advancing the
+    /// balancer.
+    pub fn has_candidate(&self, allowed: &dyn Fn(usize) -> bool) -> bool {
+        let now = crate::upstream::now_ms();
+        self.servers
+            .iter()
+            .enumerate()
+            .any(|(i, s)| allowed(i) && s.state.is_usable(now))
+    }
+
+    /// Requests in flight to the pool's servers.
+    pub fn inflight(&self) -> u64 {
+        self.states.iter().map(|s| s.inflight()).sum()
+    }
+
+    /// Takes a slot of the retry budget, or `None` when the budget is spent.
+    pub fn take_retry(&self) -> Option<RetryToken> {
+        let limit = (self.retry_budget.ratio * self.inflight() as f64) as u64;
+        let limit = limit.max(self.retry_budget.min);
+        let taken = self.retries_inflight.fetch_add(1, Ordering::Relaxed);
+        if taken >= limit {
+            self.retries_inflight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(RetryToken(self.retries_inflight.clone()))
+    }
+}
+
+/// A slot of a pool's retry budget, given back on drop (when the request ends).
+#[must_use]
+#[derive(Debug)]
+pub struct RetryToken(Arc<AtomicU64>);
+
+impl Drop for RetryToken {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,137 @@
+//! What outlives a runtime: the current snapshot behind ArcSwap, per-server state, limiter
+//! state, metrics and the lifecycle; and the reload that builds a new snapshot and swaps it in.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::Runtime;
+use crate::config::{Config, ConfigError, LoadError};
+use crate::limits::per_ip::PerIp;
+use crate::limits::store::LocalStore;
+use crate::metrics::Metrics;
+use crate::upstream::Registry;
+
+/// What the proxy, the admin listener and the monitors share: the current runtime and what
+/// outlives it.
+pub struct Shared {
+    runtime: ArcSwap<Runtime>,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// Limiter state (rate buckets, concurrency, spend); outlives runtimes.
+    pub store: LocalStore,
+    /// Per client IP counters.
+    pub per_ip: PerIp,
+    /// The file reloads read; `None` for a config that did not come from a file (the demo).
+    config_path: Option<PathBuf>,
+    /// Serialises reloads so that two of them cannot interleave read, build and swap.
+    reloading: Mutex<()>,
+}
+
+/// Why a reload was refused; the old config keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this gateway was not started from a config file")]
+    NoFile,
+    #[error("{0}")]
+    Load(#[from] LoadError),
+}
+
+impl ReloadError {
+    /// Every problem, with its YAML path where there is one.
+    pub fn errors(&self) -> Vec<ConfigError> {
+        match self {
+            Self::NoFile => vec![ConfigError {
+                path: String::new(),
+                message: self.to_string(),
+            }],
+            Self::Load(e) => e.errors(),
+        }
+    }
+}
+
+impl Shared {
+    /// Builds the first runtime; `config_path` is where reloads read from.
+    pub fn new(
+        config: Config,
+        metrics: Metrics,
+        config_path: Option<PathBuf>,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let registry = Registry::default();
+        let store = LocalStore::default();
+        let runtime = Runtime::build(config, &registry, &store, &metrics)?;
+        metrics.config_load(true);
+        Ok(Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            registry,
+            store,
+            per_ip: PerIp::default(),
+            metrics,
+            lifecycle: Default::default(),
+            config_path,
+            reloading: Mutex::new(()),
+        })
+    }
+
+    /// Reads, validates and builds the config file, then swaps it in atomically: requests in
+    /// flight keep the runtime they started with, new ones see the new one, none sees a mix.
+    /// Per-server state survives for servers that stay. A bad file changes nothing.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let _serial = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.build_from_file();
+        self.metrics.config_load(result.is_ok());
+        match result {
+            Ok(runtime) => {
+                let old = self.runtime.load();
+                for (what, before, after) in [
+                    ("listen", old.config.listen, runtime.config.listen),
+                    ("admin", old.config.admin, runtime.config.admin),
+                ] {
+                    if before != after {
+                        tracing::warn!(
+                            "{what} changed from {before} to {after}: listener addresses change only on restart"
+                        );
+                    }
+                }
+                self.runtime.store(Arc::new(runtime));
+                drop(old);
+                self.store.prune();
+                tracing::info!("config reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                for err in e.errors() {
+                    tracing::error!("config reload refused: {err}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn build_from_file(&self) -> Result<Runtime, ReloadError> {
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
+        let config = crate::config::load(path)?;
+        Runtime::build(config, &self.registry, &self.store, &self.metrics)
+            .map_err(|errs| ReloadError::Load(LoadError::Invalid(errs)))
+    }
+
+    /// The current snapshot; load once per request.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Whether every pool has at least one server not known to be down, and the gateway is
+    /// not shutting down.
+    pub fn is_ready(&self) -> bool {
+        let now = crate::upstream::now_ms();
+        !self.lifecycle.is_draining()
+            && self
+                .runtime
+                .load()
+                .pools
+                .iter()
+                .all(|p| p.servers.iter().any(|s| s.state.is_usable(now)))
+    }
+}
