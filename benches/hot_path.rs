@@ -11,13 +11,12 @@ use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::sync::Arc;
 use switchyard::balance::{Candidates, Features, Policy, PolicySettings};
-use switchyard::config::Model;
 use switchyard::openai::request::replace_model;
 use switchyard::openai::sse::SseTracker;
 use switchyard::openai::strip::UsageStrip;
 use switchyard::openai::usage::UsageScanner;
 use switchyard::openai::RequestView;
-use switchyard::routing::RouteTable;
+use switchyard::routing::Router;
 use switchyard::upstream::engine_load::EngineLoad;
 use switchyard::upstream::ServerState;
 
@@ -51,20 +50,18 @@ fn chunks(stream: &[u8]) -> Vec<bytes::Bytes> {
     out
 }
 
-fn routes() -> RouteTable {
-    let models: Vec<Model> = (0..32)
-        .map(|i| Model {
-            name: format!("model-{i}"),
-            aliases: vec![format!("alias-{i}-a"), format!("alias-{i}-b")],
-            pool: i,
-            fallback: vec![],
-            first_token_timeout: std::time::Duration::from_secs(60),
-            limits: Default::default(),
-            default_max_tokens: 1024,
-            bytes_per_token: 4.0,
-        })
-        .collect();
-    RouteTable::new(&models)
+/// A router over 32 models with two aliases each: 96 names.
+fn routes() -> Router {
+    let mut yaml = String::from(
+        "pools:\n  p:\n    model: m\n    servers: [{url: \"http://127.0.0.1:1\"}]\nmodels:\n",
+    );
+    for i in 0..32 {
+        yaml.push_str(&format!(
+            "  model-{i}:\n    pool: p\n    aliases: [alias-{i}-a, alias-{i}-b]\n"
+        ));
+    }
+    let config = switchyard::config::parse(&yaml).unwrap();
+    switchyard::state::router(&config).unwrap()
 }
 
 /// Allocations made by `f`, run `n` times, per run.

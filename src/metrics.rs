@@ -60,6 +60,13 @@ pub struct Metrics {
     tenant_spend: CounterVec,
     /// Requests refused by tenant and reason.
     tenant_rejections: IntCounterVec,
+    /// Virtual models' decisions by model, rule and target.
+    route_decisions: IntCounterVec,
+    /// Dollars by requested model, and what a virtual model's baseline would have cost.
+    cost: CounterVec,
+    cost_baseline: CounterVec,
+    /// Mirrored requests by model, target and outcome.
+    shadow: IntCounterVec,
 }
 
 /// Handles of one tenant, resolved at build time (tenant and model names come from config).
@@ -264,6 +271,40 @@ impl Metrics {
             ),
             &["tenant", "reason"],
         )?;
+        let route_decisions = IntCounterVec::new(
+            Opts::new(
+                "switchyard_route_decisions_total",
+                "Decisions of virtual models, by virtual model, rule (1-based, as in x-switchyard-route) and target model.",
+            ),
+            &["model", "rule", "target"],
+        )?;
+        let cost = CounterVec::new(
+            Opts::new(
+                "switchyard_cost_usd_total",
+                "Dollars the tokens of finished requests cost at the prices of the pools that served them, by the model the request named (a virtual model counts what its routed traffic cost).",
+            ),
+            &["model"],
+        )?;
+        let cost_baseline = CounterVec::new(
+            Opts::new(
+                "switchyard_cost_baseline_usd_total",
+                "What the same tokens would have cost on a virtual model's baseline model, by virtual model; minus switchyard_cost_usd_total, the savings of routing.",
+            ),
+            &["model"],
+        )?;
+        let shadow = IntCounterVec::new(
+            Opts::new(
+                "switchyard_shadow_requests_total",
+                "Requests mirrored to a shadow model, by model, shadow target and outcome (ok, error: failed or not 2xx, skipped: over max_inflight).",
+            ),
+            &["model", "target", "outcome"],
+        )?;
+        for c in [&route_decisions, &shadow] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        for c in [&cost, &cost_baseline] {
+            registry.register(Box::new(c.clone()))?;
+        }
         registry.register(Box::new(tenant_spend.clone()))?;
         for c in [&tenant_tokens, &tenant_rejections] {
             registry.register(Box::new(c.clone()))?;
@@ -314,7 +355,34 @@ impl Metrics {
             tenant_tokens,
             tenant_spend,
             tenant_rejections,
+            route_decisions,
+            cost,
+            cost_baseline,
+            shadow,
         })
+    }
+
+    /// The counter of one decision of a virtual model.
+    pub fn decision(&self, model: &str, rule: &str, target: &str) -> IntCounter {
+        self.route_decisions
+            .with_label_values(&[model, rule, target])
+    }
+
+    /// Dollars spent on requests naming `model`.
+    pub fn cost(&self, model: &str) -> Counter {
+        self.cost.with_label_values(&[model])
+    }
+
+    /// What a virtual model's traffic would have cost on its baseline.
+    pub fn cost_baseline(&self, model: &str) -> Counter {
+        self.cost_baseline.with_label_values(&[model])
+    }
+
+    /// Counts a mirrored request; `outcome` is ok, error or skipped.
+    pub fn shadow(&self, model: &str, target: &str, outcome: &'static str) {
+        self.shadow
+            .with_label_values(&[model, target, outcome])
+            .inc();
     }
 
     /// Resolves the handles of one tenant for the given models (in model index order).

@@ -185,6 +185,9 @@ pub struct FilePool {
     pub cost: FileCost,
     /// Environment variable holding the key sent upstream as `Authorization: Bearer`.
     pub api_key_env: Option<String>,
+    /// Tokens a sequence may hold on these servers (prompt + completion); a request that
+    /// cannot fit skips the pool.
+    pub context_window: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,7 +245,8 @@ pub struct FileServerEntry {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileModel {
-    pub pool: String,
+    /// The pool serving the model; a model without one is virtual and has `route`.
+    pub pool: Option<String>,
     #[serde(default)]
     pub aliases: Vec<String>,
     /// Pools tried in order when the model's own pool has no server left to try.
@@ -258,4 +262,87 @@ pub struct FileModel {
     pub default_max_tokens: Option<i64>,
     /// Prompt bytes per token for the estimate made before the server counts (default 4).
     pub bytes_per_token: Option<f64>,
+    /// A virtual model's rules: the first whose `when` holds chooses the model that answers.
+    pub route: Option<Vec<FileRule>>,
+    /// A virtual model's reference model: the savings metric compares with its prices.
+    pub baseline: Option<String>,
+    /// Mirror a sample of requests to another model; its answers are discarded.
+    pub shadow: Option<FileShadow>,
+}
+
+/// One entry of `models.X.route`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRule {
+    /// Conditions that must all hold; absent on the default (last) entry.
+    pub when: Option<FileWhen>,
+    /// A model, or a list of candidates (the best by `prefer` that fits).
+    pub to: Option<FileNames>,
+    /// Weighted arms between models (A/B, canary).
+    pub split: Option<Vec<FileArm>>,
+    /// `split`: session (x-session-id, else the body's `user`) | tenant | none.
+    pub sticky: Option<String>,
+    /// Candidate lists: price | latency | throughput (default price).
+    pub prefer: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileArm {
+    pub to: String,
+    pub weight: i64,
+}
+
+/// A name, or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileNames {
+    One(String),
+    List(Vec<String>),
+}
+
+impl FileNames {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s.clone()],
+            Self::List(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWhen {
+    pub tools: Option<bool>,
+    pub images: Option<bool>,
+    pub json_mode: Option<bool>,
+    pub stream: Option<bool>,
+    pub prompt_tokens: Option<FileBounds>,
+    pub max_tokens: Option<FileBounds>,
+    pub turns: Option<FileBounds>,
+    pub keywords: Option<Vec<String>>,
+    pub regex: Option<FileNames>,
+    /// What `keywords` and `regex` read: last_user (default) | conversation.
+    pub scope: Option<String>,
+    /// Header name → a value or a list of values.
+    pub header: Option<BTreeMap<String, FileNames>>,
+    pub tenant: Option<FileNames>,
+    pub model_requested: Option<FileNames>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBounds {
+    pub over: Option<i64>,
+    pub under: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileShadow {
+    pub to: String,
+    /// Share of requests mirrored (default 100).
+    pub percent: Option<f64>,
+    /// Mirrors in flight at most (default 8).
+    pub max_inflight: Option<i64>,
 }

@@ -2,6 +2,7 @@
 //! Loading is parse → validate; building the runtime from a `Config` is `state::Runtime::build`.
 
 pub mod file;
+mod route;
 mod tenants;
 pub mod validate;
 mod values;
@@ -13,8 +14,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::balance::{Policy, PolicySettings};
-use crate::limits::budget::{Cost, Period};
+use crate::limits::budget::Period;
 use crate::limits::keys::KeyDigest;
+use crate::routing::spec::{Serve, Shadow};
+use crate::routing::Cost;
 use crate::upstream::breaker::BreakerSettings;
 use crate::upstream::engine::Engine;
 use crate::upstream::health::HealthSettings;
@@ -180,6 +183,8 @@ pub struct Pool {
     /// The key sent upstream (`Authorization: Bearer`), read from `api_key_env`.
     pub api_key: Option<String>,
     pub api_key_env: Option<String>,
+    /// Tokens a sequence may hold (prompt + completion); `None`: not limited.
+    pub context_window: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -210,16 +215,15 @@ pub struct Model {
     /// Public name clients send.
     pub name: String,
     pub aliases: Vec<String>,
-    /// Index into `Config::pools`.
-    pub pool: usize,
-    /// Indices into `Config::pools`, tried in order when `pool` has no server left.
-    pub fallback: Vec<usize>,
+    /// Its pool and fallback pools, or the rules of a virtual model.
+    pub serve: Serve,
     pub first_token_timeout: Duration,
     pub limits: LimitSet,
     /// Completion tokens reserved when a request sets no `max_tokens`.
     pub default_max_tokens: u64,
     /// Prompt bytes per token for the estimate made before the server counts.
     pub bytes_per_token: f64,
+    pub shadow: Option<Shadow>,
 }
 
 impl Config {
@@ -305,12 +309,25 @@ impl Config {
                 "cost": {"input_per_mtok": p.cost.input_per_mtok, "output_per_mtok": p.cost.output_per_mtok},
                 "api_key_env": p.api_key_env,
                 "api_key": p.api_key.as_ref().map(|_| "<redacted>"),
+                "context_window": p.context_window,
             })).collect::<Vec<_>>(),
             "models": self.models.iter().map(|m| json!({
                 "name": m.name,
                 "aliases": m.aliases,
-                "pool": self.pools.get(m.pool).map(|p| p.name.as_str()),
-                "fallback": m.fallback.iter().filter_map(|&i| self.pools.get(i)).map(|p| p.name.as_str()).collect::<Vec<_>>(),
+                "pool": m.serve.pool().and_then(|p| self.pools.get(p)).map(|p| p.name.as_str()),
+                "fallback": match &m.serve {
+                    Serve::Pools { fallback, .. } => fallback.iter().filter_map(|&i| self.pools.get(i)).map(|p| p.name.as_str()).collect::<Vec<_>>(),
+                    Serve::Route(_) => Vec::new(),
+                },
+                "route": match &m.serve {
+                    Serve::Route(rules) => Some(route::to_json(rules, self)),
+                    Serve::Pools { .. } => None,
+                },
+                "shadow": m.shadow.as_ref().map(|s| json!({
+                    "to": self.models.get(s.to).map(|t| t.name.as_str()),
+                    "percent": s.percent,
+                    "max_inflight": s.max_inflight,
+                })),
                 "first_token_timeout": d(m.first_token_timeout),
                 "limits": m.limits.to_json(),
                 "default_max_tokens": m.default_max_tokens,
@@ -438,7 +455,7 @@ models:
         let c = parse(SAMPLE).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.pools.len(), 2);
-        let llama = &c.pools[c.models[0].pool];
+        let llama = &c.pools[c.models[0].serve.pool().unwrap()];
         assert_eq!(llama.served_model, "meta-llama/Llama-3.1-8B-Instruct");
         assert_eq!(llama.servers[0].weight.get(), 2);
         assert_eq!(llama.servers[1].weight.get(), 1);

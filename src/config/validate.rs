@@ -17,7 +17,8 @@ use super::{
     ServerSettings, ServerSpec, Timeouts,
 };
 use crate::balance::{Policy, PolicySettings};
-use crate::limits::budget::Cost;
+use crate::routing::spec::Serve;
+use crate::routing::Cost;
 use crate::upstream::breaker::BreakerSettings;
 use crate::upstream::engine::Engine;
 use crate::upstream::health::HealthSettings;
@@ -403,6 +404,7 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
             Err(reason) => errs.push(format!("{sat}.url"), reason),
         }
     }
+    let context_window = optional_positive(errs, &format!("{at}.context_window"), p.context_window);
     (errs.0.len() == before).then(|| Pool {
         name: name.to_owned(),
         served_model: p.model.clone(),
@@ -419,6 +421,7 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
         cost,
         api_key,
         api_key_env: p.api_key_env.clone(),
+        context_window,
     })
 }
 
@@ -518,6 +521,7 @@ fn models(
 ) -> Vec<Model> {
     // Every public name and alias resolves to exactly one model.
     let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+    let names = super::route::Names::new(file);
     let mut out = Vec::with_capacity(file.models.len());
     for (name, m) in &file.models {
         let at = format!("models.{name}");
@@ -540,28 +544,46 @@ fn models(
                 );
             }
         }
-        let pool = pools.iter().position(|p| p.name == m.pool);
-        if pool.is_none() && !file.pools.contains_key(&m.pool) {
-            errs.push(format!("{at}.pool"), format!("no pool named {:?}", m.pool));
-        }
-        let mut fallback = Vec::with_capacity(m.fallback.len());
-        for (i, f) in m.fallback.iter().enumerate() {
-            match pools.iter().position(|p| &p.name == f) {
-                Some(_) if f == &m.pool => {
-                    errs.push(format!("{at}.fallback[{i}]"), "is the model's own pool")
-                }
-                Some(p) if fallback.contains(&p) => errs.push(
-                    format!("{at}.fallback[{i}]"),
-                    format!("{f:?} is listed twice"),
-                ),
-                Some(p) => fallback.push(p),
-                None if file.pools.contains_key(f) => {}
-                None => errs.push(
-                    format!("{at}.fallback[{i}]"),
-                    format!("no pool named {f:?}"),
-                ),
+        let serve = match (&m.pool, &m.route) {
+            (Some(_), Some(_)) => {
+                errs.push(
+                    &at,
+                    "has both `pool` and `route`: a model is served by a pool or routes to other models",
+                );
+                None
             }
-        }
+            (None, None) => {
+                errs.push(
+                    &at,
+                    "needs `pool` (served by servers) or `route` (a virtual model choosing another model)",
+                );
+                None
+            }
+            (Some(pool), None) => {
+                if m.baseline.is_some() {
+                    errs.push(
+                        format!("{at}.baseline"),
+                        "applies to virtual models (with `route`) only",
+                    );
+                }
+                pool_and_fallbacks(errs, &at, pool, &m.fallback, pools, file)
+            }
+            (None, Some(_)) => {
+                if !m.fallback.is_empty() {
+                    errs.push(
+                        format!("{at}.fallback"),
+                        "a virtual model has no pool to fall back from; its targets' fallbacks apply",
+                    );
+                }
+                Some(Serve::Route(super::route::rules(
+                    errs, &at, name, m, &names, file,
+                )))
+            }
+        };
+        let shadow = m
+            .shadow
+            .as_ref()
+            .and_then(|s| super::route::shadow(errs, &at, out.len(), name, s, &names));
         let first_token_timeout = duration_ms(
             errs,
             &format!("{at}.first_token_timeout"),
@@ -582,18 +604,55 @@ fn models(
             defaults::BYTES_PER_TOKEN,
             0.5..=64.0,
         );
-        if let Some(pool) = pool {
+        if let Some(serve) = serve {
             out.push(Model {
                 name: name.clone(),
                 aliases: m.aliases.clone(),
-                pool,
-                fallback,
+                serve,
                 first_token_timeout,
                 limits,
                 default_max_tokens,
                 bytes_per_token,
+                shadow,
             });
         }
     }
     out
+}
+
+/// A model's pool and its fallback pools, as indices into `pools`.
+fn pool_and_fallbacks(
+    errs: &mut Errors,
+    at: &str,
+    pool_name: &str,
+    fallbacks: &[String],
+    pools: &[Pool],
+    file: &FileConfig,
+) -> Option<Serve> {
+    let pool = pools.iter().position(|p| p.name == pool_name);
+    if pool.is_none() && !file.pools.contains_key(pool_name) {
+        errs.push(format!("{at}.pool"), format!("no pool named {pool_name:?}"));
+    }
+    let mut fallback = Vec::with_capacity(fallbacks.len());
+    for (i, f) in fallbacks.iter().enumerate() {
+        match pools.iter().position(|p| &p.name == f) {
+            Some(_) if f == pool_name => {
+                errs.push(format!("{at}.fallback[{i}]"), "is the model's own pool")
+            }
+            Some(p) if fallback.contains(&p) => errs.push(
+                format!("{at}.fallback[{i}]"),
+                format!("{f:?} is listed twice"),
+            ),
+            Some(p) => fallback.push(p),
+            None if file.pools.contains_key(f) => {}
+            None => errs.push(
+                format!("{at}.fallback[{i}]"),
+                format!("no pool named {f:?}"),
+            ),
+        }
+    }
+    Some(Serve::Pools {
+        pool: pool?,
+        fallback,
+    })
 }

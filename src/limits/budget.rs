@@ -1,4 +1,4 @@
-//! Spend budgets: UTC calendar days and months, and what a request costs.
+//! Spend budgets: UTC calendar days and months.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -63,25 +63,6 @@ pub fn unix_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Prices of a pool in dollars per million tokens.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Cost {
-    pub input_per_mtok: f64,
-    pub output_per_mtok: f64,
-}
-
-impl Cost {
-    /// Micro-dollars for the given tokens (1 $/Mtok is one micro-dollar per token).
-    pub fn micros(&self, prompt: u64, completion: u64) -> u64 {
-        let m = prompt as f64 * self.input_per_mtok + completion as f64 * self.output_per_mtok;
-        m.round() as u64
-    }
-
-    pub fn is_free(&self) -> bool {
-        self.input_per_mtok == 0.0 && self.output_per_mtok == 0.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,16 +90,5 @@ mod tests {
             2024 * 12 + 3,
             "2024-03-01"
         );
-    }
-
-    #[test]
-    fn cost_in_micro_dollars() {
-        let c = Cost {
-            input_per_mtok: 0.10,
-            output_per_mtok: 0.20,
-        };
-        assert_eq!(c.micros(1_000_000, 0), 100_000);
-        assert_eq!(c.micros(30, 20), 7);
-        assert!(Cost::default().is_free());
     }
 }

@@ -24,6 +24,10 @@ use bucket::{Rate, Snapshot, Take};
 use budget::Period;
 use store::{Concurrency, LocalStore, Permit, RateLimiter, SpendCounter};
 
+/// Limit scopes a request can pass through: its tenant, and on each of the requested and the
+/// routed-to model the tenant's per-model limits and the model's own.
+const SCOPES: usize = 5;
+
 /// One scope's limits resolved to store handles.
 pub struct Scope {
     requests: Option<(Rate, Arc<RateLimiter>)>,
@@ -193,27 +197,42 @@ impl Tenants {
         }
     }
 
-    /// Whether a request of `tenant` on `model` passes through any rate limit.
-    fn scopes<'a>(&'a self, tenant: Option<&'a Tenant>, model: usize) -> [Option<&'a Scope>; 3] {
-        [
-            tenant.and_then(|t| t.scope.as_ref()),
-            tenant
-                .and_then(|t| t.per_model.get(model))
-                .and_then(Option::as_ref),
-            self.models.get(model).and_then(Option::as_ref),
-        ]
+    /// The limits a request of `tenant` passes through: the tenant's, then for each model
+    /// the tenant's on it and the model's own. `models` is the model the request named and
+    /// the one a virtual model chose (the same twice for a model serving itself).
+    fn scopes<'a>(
+        &'a self,
+        tenant: Option<&'a Tenant>,
+        models: [usize; 2],
+    ) -> [Option<&'a Scope>; SCOPES] {
+        let on = |model: usize| {
+            [
+                tenant
+                    .and_then(|t| t.per_model.get(model))
+                    .and_then(Option::as_ref),
+                self.models.get(model).and_then(Option::as_ref),
+            ]
+        };
+        let [a, b] = on(models[0]);
+        let [c, d] = if models[1] == models[0] {
+            [None, None]
+        } else {
+            on(models[1])
+        };
+        [tenant.and_then(|t| t.scope.as_ref()), a, b, c, d]
     }
 
-    /// Admits a request of `tokens` estimated tokens, or says why not.
+    /// Admits a request of `tokens` estimated tokens, or says why not. `models`: the model
+    /// the request named and the model it was routed to (see [`Self::scopes`]).
     pub fn admit(
         &self,
         tenant: Option<&Tenant>,
-        model: usize,
+        models: [usize; 2],
         tokens: u64,
         now_ms: u64,
         unix_secs: u64,
     ) -> Result<Admission, Refusal> {
-        let scopes = self.scopes(tenant, model);
+        let scopes = self.scopes(tenant, models);
         let mut admission = Admission {
             reserved: tokens,
             ..Admission::default()
@@ -245,7 +264,7 @@ impl Tenants {
                 }
             }
         }
-        let mut taken: [Option<(Rate, &Arc<RateLimiter>, u64)>; 6] = Default::default();
+        let mut taken: [Option<(Rate, &Arc<RateLimiter>, u64)>; 2 * SCOPES] = Default::default();
         let (mut n, mut held) = (0, 0);
         let limiters = scopes
             .iter()
@@ -305,7 +324,7 @@ fn keep_tightest(slot: &mut Option<Snapshot>, s: Snapshot) {
 }
 
 /// The headers of a request that took nothing.
-fn headers(scopes: &[Option<&Scope>; 3], now_ms: u64) -> RateHeaders {
+fn headers(scopes: &[Option<&Scope>; SCOPES], now_ms: u64) -> RateHeaders {
     let mut h = RateHeaders::default();
     for s in scopes.iter().flatten() {
         if let Some((rate, l)) = &s.requests {
@@ -330,8 +349,8 @@ pub struct RateHeaders {
 #[derive(Debug, Default)]
 pub struct Admission {
     reserved: u64,
-    tokens: [Option<(Rate, Arc<RateLimiter>)>; 3],
-    permits: [Option<Permit>; 3],
+    tokens: [Option<(Rate, Arc<RateLimiter>)>; SCOPES],
+    permits: [Option<Permit>; SCOPES],
     pub headers: RateHeaders,
 }
 
@@ -453,17 +472,17 @@ mod tests {
             "tenants:\n  team:\n    keys: [\"{KEY_A}\"]\n    limits:\n      requests_per_minute: 10\n      per_model:\n        a2: {{tokens_per_minute: 100}}\n"
         ));
         let team = Some(&t.list[0]);
-        let ok = t.admit(team, 0, 60, 0, 0).unwrap();
+        let ok = t.admit(team, [0, 0], 60, 0, 0).unwrap();
         assert_eq!(ok.headers.requests.unwrap().remaining, 9);
         assert_eq!(ok.headers.tokens.unwrap().remaining, 40);
-        let refused = t.admit(team, 0, 60, 0, 0).unwrap_err();
+        let refused = t.admit(team, [0, 0], 60, 0, 0).unwrap_err();
         assert_eq!(refused.reason, RefusalReason::Tokens { wait_ms: 12_000 });
         assert_eq!(
             refused.headers.requests.unwrap().remaining,
             9,
             "request put back"
         );
-        let too_large = t.admit(team, 0, 101, 0, 0).unwrap_err();
+        let too_large = t.admit(team, [0, 0], 101, 0, 0).unwrap_err();
         assert_eq!(
             too_large.reason,
             RefusalReason::TooLarge {
@@ -472,7 +491,7 @@ mod tests {
             }
         );
         // Model b has no per-model limit: only the tenant's requests count.
-        let b = t.admit(team, 1, 10_000, 0, 0).unwrap();
+        let b = t.admit(team, [1, 1], 10_000, 0, 0).unwrap();
         assert_eq!(b.headers.requests.unwrap().remaining, 8);
         assert_eq!(b.headers.tokens, None);
     }
@@ -483,9 +502,9 @@ mod tests {
             "tenants:\n  team:\n    keys: [\"{KEY_A}\"]\n    limits: {{tokens_per_minute: 1000}}\n"
         ));
         let team = Some(&t.list[0]);
-        let mut a = t.admit(team, 0, 900, 0, 0).unwrap();
+        let mut a = t.admit(team, [0, 0], 900, 0, 0).unwrap();
         a.settle(100, 0);
-        let b = t.admit(team, 0, 0, 0, 0).unwrap();
+        let b = t.admit(team, [0, 0], 0, 0, 0).unwrap();
         assert_eq!(b.headers.tokens.unwrap().remaining, 900);
     }
 
@@ -495,13 +514,13 @@ mod tests {
             "tenants:\n  team:\n    keys: [\"{KEY_A}\"]\n    limits: {{concurrent_requests: 1}}\n"
         ));
         let team = Some(&t.list[0]);
-        let held = t.admit(team, 0, 1, 0, 0).unwrap();
+        let held = t.admit(team, [0, 0], 1, 0, 0).unwrap();
         assert_eq!(
-            t.admit(team, 0, 1, 0, 0).unwrap_err().reason,
+            t.admit(team, [0, 0], 1, 0, 0).unwrap_err().reason,
             RefusalReason::Concurrency { limit: 1 }
         );
         drop(held);
-        assert!(t.admit(team, 0, 1, 0, 0).is_ok());
+        assert!(t.admit(team, [0, 0], 1, 0, 0).is_ok());
     }
 
     #[test]
@@ -513,17 +532,17 @@ mod tests {
         let now = 1_795_266_000; // 13:00 UTC
         let (day, _) = Period::Day.at(now);
         team.budgets[0].spent.add(day, 999_999);
-        assert!(t.admit(Some(team), 0, 1, 0, now).is_ok());
+        assert!(t.admit(Some(team), [0, 0], 1, 0, now).is_ok());
         team.budgets[0].spent.add(day, 1);
         assert_eq!(
-            t.admit(Some(team), 0, 1, 0, now).unwrap_err().reason,
+            t.admit(Some(team), [0, 0], 1, 0, now).unwrap_err().reason,
             RefusalReason::Budget {
                 period: Period::Day,
                 retry_after_secs: 11 * 3600
             }
         );
         assert!(
-            t.admit(Some(team), 0, 1, 0, now + 11 * 3600).is_ok(),
+            t.admit(Some(team), [0, 0], 1, 0, now + 11 * 3600).is_ok(),
             "next day"
         );
     }

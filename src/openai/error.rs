@@ -32,6 +32,12 @@ pub enum ApiError {
     },
     #[error("The model `{model}` does not exist or you do not have access to it.")]
     ModelNotFound { model: String },
+    #[error("This model's maximum context length is {window} tokens. However, you requested about {needed} tokens (the prompt estimate plus max_tokens). Please reduce the length of the messages or max_tokens.")]
+    ContextLengthExceeded { needed: u64, window: u64 },
+    #[error("No rule of model `{model}` matches this request.")]
+    NoMatchingRoute { model: String },
+    #[error("No model this request may go to is within its provider.max_price (prompt {prompt} $/Mtok, completion {completion} $/Mtok).")]
+    OverMaxPrice { prompt: String, completion: String },
     #[error("No upstream server is available for this model right now.")]
     NoHealthyUpstream,
     #[error("The upstream server could not be reached.")]
@@ -93,7 +99,10 @@ impl ApiError {
 
     pub fn status(&self) -> u16 {
         match self {
-            Self::UnknownPath { .. } | Self::ModelNotFound { .. } => 404,
+            Self::UnknownPath { .. } | Self::ModelNotFound { .. } | Self::OverMaxPrice { .. } => {
+                404
+            }
+            Self::ContextLengthExceeded { .. } | Self::NoMatchingRoute { .. } => 400,
             Self::MethodNotAllowed { .. } => 405,
             Self::BodyTooLarge { .. } => 413,
             Self::LengthRequired { .. } => 411,
@@ -117,7 +126,10 @@ impl ApiError {
             | Self::LengthRequired { .. }
             | Self::BodyTimeout
             | Self::InvalidRequest { .. }
-            | Self::ModelNotFound { .. } => "invalid_request_error",
+            | Self::ModelNotFound { .. }
+            | Self::ContextLengthExceeded { .. }
+            | Self::NoMatchingRoute { .. }
+            | Self::OverMaxPrice { .. } => "invalid_request_error",
             Self::NoHealthyUpstream
             | Self::UpstreamUnavailable
             | Self::UpstreamTimeout
@@ -139,6 +151,9 @@ impl ApiError {
             Self::BodyTimeout => Some("request_timeout"),
             Self::InvalidRequest { .. } => None,
             Self::ModelNotFound { .. } => Some("model_not_found"),
+            Self::ContextLengthExceeded { .. } => Some("context_length_exceeded"),
+            Self::NoMatchingRoute { .. } => Some("no_matching_route"),
+            Self::OverMaxPrice { .. } => Some("no_model_within_max_price"),
             Self::NoHealthyUpstream => Some("no_healthy_upstream"),
             Self::UpstreamUnavailable => Some("upstream_unavailable"),
             Self::UpstreamTimeout => Some("upstream_timeout"),
@@ -154,7 +169,9 @@ impl ApiError {
     pub fn param(&self) -> Option<&str> {
         match self {
             Self::InvalidRequest { param, .. } => param.as_deref(),
-            Self::ModelNotFound { .. } => Some("model"),
+            Self::ModelNotFound { .. } | Self::NoMatchingRoute { .. } => Some("model"),
+            Self::ContextLengthExceeded { .. } => Some("messages"),
+            Self::OverMaxPrice { .. } => Some("provider.max_price"),
             _ => None,
         }
     }

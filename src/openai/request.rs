@@ -35,6 +35,15 @@ pub struct RequestView<'a> {
     pub stream_options_span: Option<Range<usize>>,
     /// The client asked for the usage chunk (`stream_options.include_usage: true`).
     pub include_usage: bool,
+    /// `tools`, `functions`, `tool_choice` and `response_format` as sent: what the router's
+    /// `tools` and `json_mode` conditions read.
+    pub tools: Option<&'a RawValue>,
+    pub functions: Option<&'a RawValue>,
+    pub tool_choice: Option<&'a RawValue>,
+    pub response_format: Option<&'a RawValue>,
+    /// The request's routing preferences (`models`, `provider`, `max_ttft_ms`): read by the
+    /// router and stripped before the body is forwarded, `null` included.
+    pub preferences: [Option<&'a RawValue>; 3],
 }
 
 #[derive(Deserialize)]
@@ -60,6 +69,20 @@ struct Raw<'a> {
     /// Kept even when `null`, so that its span is known and it can be replaced.
     #[serde(borrow, default, deserialize_with = "present")]
     stream_options: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tools: Option<&'a RawValue>,
+    #[serde(borrow)]
+    functions: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_choice: Option<&'a RawValue>,
+    #[serde(borrow)]
+    response_format: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    models: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    provider: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    max_ttft_ms: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -118,6 +141,20 @@ impl<'a> RequestView<'a> {
             user,
             stream_options_span: raw.stream_options.and_then(|o| span_in(body, o)),
             include_usage,
+            tools: raw.tools,
+            functions: raw.functions,
+            tool_choice: raw.tool_choice,
+            response_format: raw.response_format,
+            preferences: [raw.models, raw.provider, raw.max_ttft_ms],
+        })
+    }
+
+    /// Byte ranges of the preference values present, in the body.
+    pub fn preference_spans(&self, body: &[u8]) -> impl Iterator<Item = Range<usize>> + '_ {
+        let base = body.as_ptr() as usize;
+        self.preferences.iter().flatten().filter_map(move |raw| {
+            let start = (raw.get().as_ptr() as usize).checked_sub(base)?;
+            Some(start..start + raw.get().len())
         })
     }
 }
@@ -208,6 +245,88 @@ pub fn replace_model(body: &[u8], span: Range<usize>, quoted: &[u8]) -> Bytes {
     out.extend_from_slice(quoted);
     out.extend_from_slice(&body[span.end..]);
     out.freeze()
+}
+
+/// The body without the top-level members whose values are at `values` (each member's key,
+/// colon and one separating comma go with it), and where the model value moved to. `None`
+/// when a span is not a member's value.
+pub fn remove_members(
+    body: &[u8],
+    values: &[Range<usize>],
+    model_span: Range<usize>,
+) -> Option<(Bytes, Range<usize>)> {
+    let skip_back = |mut i: usize| {
+        while i > 0 && body[i - 1].is_ascii_whitespace() {
+            i -= 1;
+        }
+        i
+    };
+    let skip_forward = |mut i: usize| {
+        while body.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let mut cuts: Vec<Range<usize>> = Vec::with_capacity(values.len());
+    for v in values {
+        // value ← ws ← ':' ← ws ← "key"
+        let colon = skip_back(v.start).checked_sub(1)?;
+        (body.get(colon) == Some(&b':')).then_some(())?;
+        let close = skip_back(colon).checked_sub(1)?;
+        (body.get(close) == Some(&b'"')).then_some(())?;
+        let mut open = close;
+        loop {
+            open = open.checked_sub(1)?;
+            let escaped = body[..open]
+                .iter()
+                .rev()
+                .take_while(|&&b| b == b'\\')
+                .count()
+                % 2
+                == 1;
+            if body[open] == b'"' && !escaped {
+                break;
+            }
+        }
+        let before = skip_back(open).checked_sub(1)?;
+        let cut = match body.get(before) {
+            // `, "key": value` — the comma before goes.
+            Some(b',') => before..v.end,
+            // `{"key": value, ...` — the comma after goes, if any.
+            Some(b'{') => {
+                let after = skip_forward(v.end);
+                if body.get(after) == Some(&b',') {
+                    open..skip_forward(after + 1)
+                } else {
+                    open..v.end
+                }
+            }
+            _ => return None,
+        };
+        cuts.push(cut);
+    }
+    cuts.sort_by_key(|c| c.start);
+    // Two members at the start of the object would both claim the comma between them.
+    for i in 1..cuts.len() {
+        if cuts[i].start < cuts[i - 1].end {
+            cuts[i].start = cuts[i - 1].end;
+        }
+    }
+    let removed_before = |at: usize| -> usize {
+        cuts.iter()
+            .map(|c| c.end.min(at).saturating_sub(c.start))
+            .sum()
+    };
+    let mut out = BytesMut::with_capacity(body.len());
+    let mut at = 0;
+    for c in &cuts {
+        out.extend_from_slice(&body[at..c.start]);
+        at = c.end;
+    }
+    out.extend_from_slice(&body[at..]);
+    let model = model_span.start - removed_before(model_span.start)
+        ..model_span.end - removed_before(model_span.end);
+    Some((out.freeze(), model))
 }
 
 /// The body with `stream_options.include_usage` set to true (other stream options kept), and

@@ -13,12 +13,16 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use super::ctx::Routed;
 use super::Ctx;
 use crate::limits::{reset_text, RateHeaders};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_SWITCHYARD_OVERHEAD_US: HeaderName =
     HeaderName::from_static("x-switchyard-overhead-us");
+/// The public model that answered, and the decision that chose it.
+pub const X_SWITCHYARD_MODEL: HeaderName = HeaderName::from_static("x-switchyard-model");
+pub const X_SWITCHYARD_ROUTE: HeaderName = HeaderName::from_static("x-switchyard-route");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `x-ratelimit-{limit,remaining,reset}-requests`, then the same for `-tokens`.
@@ -54,6 +58,17 @@ pub fn edit_response<R>(resp: &mut ResponseHeader, edit: impl FnOnce(&mut Header
     out
 }
 
+/// `x-switchyard-model` (the model of the current step) and `x-switchyard-route` (the
+/// decision): prebuilt values, cloned.
+pub fn route(h: &mut HeaderMap, routed: &Routed) {
+    if let Some(v) = &routed.model().header {
+        h.insert(X_SWITCHYARD_MODEL, v.clone());
+    }
+    if let Some(v) = routed.decision().and_then(|d| d.header.as_ref()) {
+        h.insert(X_SWITCHYARD_ROUTE, v.clone());
+    }
+}
+
 /// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers.
 pub fn rate_limits(h: &mut HeaderMap, rate: &RateHeaders) {
     for (names, snapshot) in RATE_LIMIT.iter().zip([rate.requests, rate.tokens]) {
@@ -66,7 +81,8 @@ pub fn rate_limits(h: &mut HeaderMap, rate: &RateHeaders) {
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and client-supplied forwarding or credential headers:
+/// Hop-by-hop headers (RFC 9110 §7.6.1), client-supplied forwarding or credential headers, and
+/// the gateway's own `x-switchyard-*` (the client's routing hints are read here, not there):
 /// none of them may reach the upstream as the client sent them.
 fn is_stripped(name: &str) -> bool {
     matches!(
@@ -87,7 +103,7 @@ fn is_stripped(name: &str) -> bool {
             | "x-real-ip"
             // The client's API key is for the gateway; pools carry their own upstream key.
             | "authorization"
-    )
+    ) || name.starts_with("x-switchyard-")
 }
 
 /// The request id: the client's `x-request-id` when it is short printable ASCII, else 128

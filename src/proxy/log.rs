@@ -21,7 +21,10 @@ struct Line<'a> {
     time: String,
     request_id: &'a str,
     tenant: Option<&'a str>,
+    /// The model that answered (the route's model at the last attempt).
     model: Option<&'a str>,
+    /// The decision, as `x-switchyard-route` says it.
+    route: Option<&'a str>,
     pool: Option<&'a str>,
     server: Option<&'a str>,
     status: u16,
@@ -33,6 +36,9 @@ struct Line<'a> {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     outcome: &'static str,
+    /// A mirrored request (`models.X.shadow`), whose answer no client saw.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    shadow: bool,
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -57,7 +63,7 @@ pub fn access(
         return;
     }
     let routed = ctx.routed.as_ref();
-    let pool = routed.map(|r| &r.runtime.pools[r.pool]);
+    let pool = routed.map(|r| r.pool());
     let outcome = match status {
         _ if client_gone => "client_abort",
         _ if ctx.response.interrupted == Some("upstream_timeout") => "timeout",
@@ -78,7 +84,8 @@ pub fn access(
             .and_then(|v| v.to_str().ok())
             .unwrap_or(""),
         tenant: ctx.tenancy.name.as_deref(),
-        model: routed.map(|r| r.runtime.models[r.model].name.as_str()),
+        model: routed.map(|r| r.model().name.as_str()),
+        route: routed.and_then(|r| r.decision()).map(|d| d.label.as_str()),
         pool: pool.map(|p| p.name.as_str()),
         server: pool
             .zip(ctx.attempt.server)
@@ -96,6 +103,49 @@ pub fn access(
         prompt_tokens: ctx.response.usage.prompt_tokens,
         completion_tokens: ctx.response.usage.completion_tokens,
         outcome,
+        shadow: false,
+    };
+    log.push(&line);
+}
+
+/// The access log line of a mirrored request: `model` is the shadow target, `route` the model
+/// whose shadow it is.
+pub fn shadow(
+    log: &AccessLogBuffer,
+    m: &super::shadow::Mirror,
+    target: &str,
+    server: Option<(&str, &str)>,
+    status: u16,
+    duration: std::time::Duration,
+    usage: &crate::openai::usage::UsageScanner,
+) {
+    let route = format!("{}#shadow", m.runtime.models[m.model].name);
+    let line = Line {
+        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        request_id: m
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        tenant: m.tenant.as_deref(),
+        model: Some(target),
+        route: Some(&route),
+        pool: server.map(|(p, _)| p),
+        server: server.map(|(_, s)| s),
+        status,
+        attempts: usize::from(server.is_some()),
+        stream: m.stream,
+        ttft_ms: None,
+        duration_ms: ms(duration),
+        overhead_us: None,
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        outcome: if (200..300).contains(&status) {
+            "ok"
+        } else {
+            "upstream_error"
+        },
+        shadow: true,
     };
     log.push(&line);
 }
@@ -173,6 +223,7 @@ mod tests {
             request_id: id,
             tenant: None,
             model: None,
+            route: None,
             pool: None,
             server: None,
             status: 200,
@@ -184,6 +235,7 @@ mod tests {
             prompt_tokens: None,
             completion_tokens: None,
             outcome: "ok",
+            shadow: false,
         }
     }
 

@@ -24,6 +24,7 @@ mod log;
 mod relay;
 mod respond;
 mod retry;
+mod shadow;
 mod tenancy;
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct Proxy {
     shared: Arc<Shared>,
     access_log: Arc<AccessLogBuffer>,
     held: Arc<HeldPool>,
+    /// Connections of mirrored requests (shadow.rs), apart from the client's.
+    mirror: Arc<pingora_core::connectors::http::Connector>,
 }
 
 impl Proxy {
@@ -58,6 +61,7 @@ impl Proxy {
             shared,
             access_log,
             held,
+            mirror: Arc::new(pingora_core::connectors::http::Connector::new(None)),
         }
     }
 }
@@ -92,7 +96,15 @@ impl ProxyHttp for Proxy {
             (_, Err(e)) => e,
             (Target::Inference(endpoint), _) => {
                 match intake::admit(session, ctx, runtime, endpoint).await {
-                    Ok(()) => return Ok(false),
+                    Ok(()) => {
+                        let uri = &session.req_header().uri;
+                        let path = uri
+                            .path_and_query()
+                            .map_or(uri.path(), |p| p.as_str())
+                            .as_bytes();
+                        shadow::start(ctx, path, &self.shared, &self.access_log, &self.mirror);
+                        return Ok(false);
+                    }
                     Err(BodyError::Reject(e)) => e,
                     Err(BodyError::ClientGone) => {
                         return Error::e_explain(
@@ -144,19 +156,23 @@ impl ProxyHttp for Proxy {
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
         let runtime = routed.runtime.clone();
-        let model = &runtime.models[routed.model];
         let tried = ctx.attempt.tried;
-        // The model's pool first, then its fallbacks in order, until one has a server left.
+        // The route's steps in order (the model's pool, its fallbacks, other models), until
+        // one has a server left.
         let (pool_index, i) = loop {
-            let pool = &runtime.pools[routed.pool];
+            let pool_index = routed.pool_index();
             let picked = tried
-                .can_retry(routed.pool)
-                .then(|| pool.pick(&ctx.request.features, &|i| !tried.contains(routed.pool, i)))
+                .can_retry(pool_index)
+                .then(|| {
+                    routed
+                        .pool()
+                        .pick(&ctx.request.features, &|i| !tried.contains(pool_index, i))
+                })
                 .flatten();
             if let Some(i) = picked {
-                break (routed.pool, i);
+                break (pool_index, i);
             }
-            let Some(&next) = model.fallback.get(routed.fallbacks_used) else {
+            let Some(next) = routed.route.chain.get(routed.step + 1) else {
                 ctx.response.error = Some(if tried.attempts() == 0 {
                     ApiError::NoHealthyUpstream
                 } else {
@@ -164,16 +180,17 @@ impl ProxyHttp for Proxy {
                 });
                 return Error::e_explain(ErrorType::HTTPStatus(503), "no server left to try");
             };
-            routed.fallbacks_used += 1;
-            routed.pool = next;
-            // The fallback pool serves its own model name.
+            routed.step += 1;
+            // The next pool serves its own model name.
+            let pool = &runtime.pools[next.pool as usize];
             ctx.request.body = request::replace_model(
                 &ctx.request.raw_body,
                 ctx.request.model_span.clone(),
-                &runtime.pools[next].served_model_json,
+                &pool.served_model_json,
             );
-            tracing::debug!(model = %model.name, pool = %runtime.pools[next].name, "falling back");
+            tracing::debug!(model = %routed.model().name, pool = %pool.name, "falling back");
         };
+        let model = routed.model();
         if !ctx.attempt.tried.push(pool_index, i) {
             ctx.response.error = Some(ApiError::UpstreamUnavailable);
             return Error::e_explain(ErrorType::HTTPStatus(502), "attempt budget spent");
@@ -239,7 +256,7 @@ impl ProxyHttp for Proxy {
             .routed
             .as_ref()
             .zip(ctx.attempt.server)
-            .map(|(r, s)| (&r.runtime.pools[r.pool], s));
+            .map(|(r, s)| (r.pool(), s));
         let target = headers::Upstream {
             host: server.map(|(p, s)| &p.servers[s].host),
             auth: server.and_then(|(p, _)| p.upstream_auth.as_ref()),
@@ -276,7 +293,7 @@ impl ProxyHttp for Proxy {
         let (Some(routed), Some(server)) = (&ctx.routed, ctx.attempt.server) else {
             return Ok(());
         };
-        let pool = &routed.runtime.pools[routed.pool];
+        let pool = routed.pool();
         let asked = matches!(status, 429 | 503)
             .then(|| retry_after::cooldown(&upstream.headers, std::time::SystemTime::now()))
             .flatten();
@@ -304,7 +321,7 @@ impl ProxyHttp for Proxy {
         if !self.can_try_again(routed, &tried) {
             return Ok(());
         }
-        let pool = &routed.runtime.pools[routed.pool];
+        let pool = routed.pool();
         let Some(token) = pool.take_retry() else {
             ctx.attempt.budget_refused = true;
             return Ok(());
@@ -345,6 +362,9 @@ impl ProxyHttp for Proxy {
             if let Some(overhead) = ctx.response.overhead {
                 let us = overhead.as_micros() as u64;
                 h.insert(headers::X_SWITCHYARD_OVERHEAD_US, us.into());
+            }
+            if let Some(routed) = &ctx.routed {
+                headers::route(h, routed);
             }
             relay::start(h, ctx);
         });
@@ -398,7 +418,7 @@ impl ProxyHttp for Proxy {
         };
         if let Some(routed) = &ctx.routed {
             if upstream_fault && !ctx.response.total_limit_hit {
-                let pool = &routed.runtime.pools[routed.pool];
+                let pool = routed.pool();
                 self.shared.metrics.upstream_error(&pool.name, kind);
             }
         }
@@ -420,7 +440,7 @@ impl ProxyHttp for Proxy {
         if !self.can_try_again(routed, &ctx.attempt.tried) {
             return e;
         }
-        match routed.runtime.pools[routed.pool].take_retry() {
+        match routed.pool().take_retry() {
             Some(token) => {
                 ctx.attempt.retry_tokens.push(token);
                 ctx.attempt.backoff = true;
@@ -446,7 +466,7 @@ impl ProxyHttp for Proxy {
             _ => "connect_error",
         };
         if let Some(routed) = &ctx.routed {
-            let pool = &routed.runtime.pools[routed.pool];
+            let pool = routed.pool();
             self.shared.metrics.upstream_error(&pool.name, kind);
         }
         // Nothing reached the server: always safe to try another one, within the cap and
@@ -525,33 +545,35 @@ impl ProxyHttp for Proxy {
                 .unwrap_or(0)
         };
         tenancy::settle(ctx);
+        relay::observe_decode_rate(ctx);
         let now = Instant::now();
         if let Some(routed) = &ctx.routed {
-            let m = &routed.runtime.models[routed.model].metrics;
-            m.count(status);
-            m.duration
-                .observe(now.duration_since(ctx.request.started).as_secs_f64());
-            if let Some(first) = ctx.response.first_byte {
-                m.ttft
-                    .observe(first.duration_since(ctx.request.started).as_secs_f64());
-            }
-            if let Some(overhead) = ctx.response.overhead {
-                m.overhead.observe(overhead.as_secs_f64());
-            }
-            if let Some(n) = ctx.response.usage.prompt_tokens {
-                m.prompt_tokens.inc_by(n);
-            }
-            if let Some(n) = ctx.response.usage.completion_tokens {
-                m.completion_tokens.inc_by(n);
+            if let Some(m) = &routed.model().metrics {
+                m.count(status);
+                m.duration
+                    .observe(now.duration_since(ctx.request.started).as_secs_f64());
+                if let Some(first) = ctx.response.first_byte {
+                    m.ttft
+                        .observe(first.duration_since(ctx.request.started).as_secs_f64());
+                }
+                if let Some(overhead) = ctx.response.overhead {
+                    m.overhead.observe(overhead.as_secs_f64());
+                }
+                if let Some(n) = ctx.response.usage.prompt_tokens {
+                    m.prompt_tokens.inc_by(n);
+                }
+                if let Some(n) = ctx.response.usage.completion_tokens {
+                    m.completion_tokens.inc_by(n);
+                }
             }
         }
         if let Some(routed) = &ctx.routed {
             let ok = (200..300).contains(&status);
-            let pool = &routed.runtime.pools[routed.pool].name;
+            let pool = &routed.pool().name;
             for reason in ctx.attempt.retries.iter().flatten() {
                 self.shared.metrics.retry(pool, reason, ok);
             }
-            let model = &routed.runtime.models[routed.model].name;
+            let model = &routed.model().name;
             let unfinished = ctx.response.sse.as_ref().is_some_and(|s| !s.done);
             if let Some(reason) = ctx.response.interrupted.or(gone.filter(|_| unfinished)) {
                 self.shared.metrics.stream_aborted(model, reason);

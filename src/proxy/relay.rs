@@ -60,8 +60,13 @@ pub fn chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Re
         if let (Some(routed), Some(server), Some(sent)) =
             (&ctx.routed, ctx.attempt.server, ctx.attempt.upstream_sent)
         {
-            let state = &routed.runtime.pools[routed.pool].servers[server].state;
-            state.observe_ttfb(now.duration_since(sent), upstream::now_ms());
+            let state = &routed.pool().servers[server].state;
+            let waited = now.duration_since(sent);
+            let at = upstream::now_ms();
+            state.observe_ttfb(waited, at);
+            if ctx.request.stream {
+                state.observe_ttft(waited, at);
+            }
         }
     }
     if ctx.request.stream {
@@ -82,14 +87,42 @@ pub fn chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Re
             // Inter-token latency: the gap to the previous event for the first event of
             // the chunk; events that arrived together count as 0.
             if let (Some(routed), Some(last)) = (&ctx.routed, ctx.response.last_event) {
-                let itl = &routed.runtime.models[routed.model].metrics.itl;
-                itl.observe(now.duration_since(last).as_secs_f64());
-                for _ in 1..events {
-                    itl.observe(0.0);
+                if let Some(m) = &routed.model().metrics {
+                    m.itl.observe(now.duration_since(last).as_secs_f64());
+                    for _ in 1..events {
+                        m.itl.observe(0.0);
+                    }
                 }
             }
             ctx.response.last_event = Some(now);
         }
     }
     Ok(())
+}
+
+/// At the end of a stream: its decode rate (tokens after the first, over the time between the
+/// first and the last event) feeds its server's estimate, which the router's `throughput`
+/// preference reads.
+pub fn observe_decode_rate(ctx: &Ctx) {
+    let (Some(routed), Some(server), Some(sse), Some(first), Some(last)) = (
+        &ctx.routed,
+        ctx.attempt.server,
+        &ctx.response.sse,
+        ctx.response.first_byte,
+        ctx.response.last_event,
+    ) else {
+        return;
+    };
+    let tokens = ctx
+        .response
+        .usage
+        .completion_tokens
+        .unwrap_or(u64::from(sse.events.saturating_sub(u32::from(sse.done))));
+    let secs = last.duration_since(first).as_secs_f64();
+    if tokens >= 2 && secs > 0.0 {
+        if let Some(s) = routed.pool().servers.get(server) {
+            s.state
+                .observe_decode_rate((tokens - 1) as f64 / secs, upstream::now_ms());
+        }
+    }
 }

@@ -21,6 +21,9 @@ fn header(status: u16, len: usize, ctx: &Ctx) -> Result<ResponseHeader> {
         if let Some(id) = &ctx.request.request_id {
             h.insert(headers::X_REQUEST_ID, id.clone());
         }
+        if let Some(routed) = &ctx.routed {
+            headers::route(h, routed);
+        }
     });
     Ok(resp)
 }

@@ -21,7 +21,7 @@ impl Proxy {
         let (Some(routed), Some(server)) = (&ctx.routed, ctx.attempt.server) else {
             return;
         };
-        let pool = &routed.runtime.pools[routed.pool];
+        let pool = routed.pool();
         let s = &pool.servers[server];
         if let Some(state) = s.state.record(outcome, upstream::now_ms()) {
             match state {
@@ -36,19 +36,20 @@ impl Proxy {
     }
 
     /// Whether another attempt is possible: a server left in the current pool within its
-    /// cap, or a fallback pool with a usable server.
+    /// cap, or a later step of the route with a usable server.
     pub(super) fn can_try_again(&self, routed: &Routed, tried: &ctx::Tried) -> bool {
         if tried.attempts() >= MAX_ATTEMPTS {
             return false;
         }
-        let rt = &routed.runtime;
-        let here = tried.can_retry(routed.pool)
-            && rt.pools[routed.pool].has_candidate(&|i| !tried.contains(routed.pool, i));
-        here || rt.models[routed.model]
-            .fallback
+        let pool = routed.pool_index();
+        let here =
+            tried.can_retry(pool) && routed.pool().has_candidate(&|i| !tried.contains(pool, i));
+        here || routed
+            .route
+            .chain
             .iter()
-            .skip(routed.fallbacks_used)
-            .any(|&p| rt.pools[p].has_candidate(&|_| true))
+            .skip(routed.step + 1)
+            .any(|s| routed.runtime.pools[s.pool as usize].has_candidate(&|_| true))
     }
 
     /// Notes why the current attempt is retried (a metric label, counted at the end).

@@ -46,23 +46,19 @@ pub fn identify(
     Ok(())
 }
 
-/// Checks the tenant may use `model`, asks a streaming server for usage, and admits the
-/// request under every limit that applies.
+/// Asks a streaming server for usage, and admits the routed request under every limit that
+/// applies: the tenant's, and those on the model it named and on the model it was routed to.
 pub fn admit(
     runtime: &Runtime,
     ctx: &mut Ctx,
-    model: usize,
     endpoint: Endpoint,
     view: &RequestView<'_>,
 ) -> Result<(), ApiError> {
     let tenant = ctx.tenancy.tenant.and_then(|t| runtime.tenants.list.get(t));
-    if let Some(t) = tenant.filter(|t| !t.allows(model)) {
-        t.metrics.reject("model_not_found");
-        // The same answer as for a model that does not exist.
-        return Err(ApiError::ModelNotFound {
-            model: crate::openai::error::echo(&view.model),
-        });
-    }
+    let (requested, model) = ctx
+        .routed
+        .as_ref()
+        .map_or((0, 0), |r| (r.route.requested, r.model_index()));
     if view.stream && endpoint != Endpoint::Embeddings && !view.include_usage {
         if let Some((body, span)) = request::ask_for_usage(
             &ctx.request.raw_body,
@@ -84,7 +80,7 @@ pub fn admit(
     let estimate = ctx.request.prompt_estimate.saturating_add(completion);
     match runtime.tenants.admit(
         tenant,
-        model,
+        [requested, model],
         estimate,
         upstream::now_ms(),
         budget::unix_secs(),
@@ -200,21 +196,35 @@ pub fn used_tokens(ctx: &Ctx) -> (u64, u64, bool) {
     )
 }
 
-/// Settles the reservation to what was used, and counts tokens and spend.
+/// Settles the reservation to what was used, and counts tokens and spend: the tenant's, the
+/// requested model's, and what a virtual model's baseline would have cost.
 pub fn settle(ctx: &mut Ctx) {
     let (prompt, completion, exact) = used_tokens(ctx);
     if let Some(a) = &mut ctx.tenancy.admission {
         a.settle(prompt + completion, upstream::now_ms());
     }
-    let (Some(routed), Some(t)) = (&ctx.routed, ctx.tenancy.tenant) else {
+    let Some(routed) = &ctx.routed else {
         return;
     };
-    let Some(tenant) = routed.runtime.tenants.list.get(t) else {
+    let cost = &routed.pool().cost;
+    if !cost.is_free() {
+        let requested = routed.requested();
+        requested
+            .cost
+            .inc_by(cost.dollars_e6(prompt, completion) / 1e6);
+        if let Some((counter, baseline)) = &requested.baseline {
+            counter.inc_by(baseline.dollars_e6(prompt, completion) / 1e6);
+        }
+    }
+    let Some(tenant) = ctx
+        .tenancy
+        .tenant
+        .and_then(|t| routed.runtime.tenants.list.get(t))
+    else {
         return;
     };
     tenant
         .metrics
-        .tokens(routed.model, prompt, completion, exact);
-    let cost = &routed.runtime.pools[routed.pool].cost;
+        .tokens(routed.model_index(), prompt, completion, exact);
     tenant.spend(cost.micros(prompt, completion), budget::unix_secs());
 }

@@ -23,27 +23,36 @@ use crate::config::{Config, ConfigError};
 use crate::limits::store::LocalStore;
 use crate::limits::Tenants;
 use crate::metrics::{Metrics, ModelMetrics};
-use crate::routing::RouteTable;
+use crate::routing::spec::Serve;
+use crate::routing::{Cost, ModelDef, PoolDef, Router};
 use crate::upstream::Registry;
 
 /// A public model.
 pub struct Model {
     pub name: String,
-    /// Index into `Runtime::pools`.
-    pub pool: usize,
-    /// Indices into `Runtime::pools`, tried in order when `pool` has no server left.
-    pub fallback: Box<[usize]>,
+    /// The name as the `x-switchyard-model` header of the answers it gives.
+    pub header: Option<http::HeaderValue>,
     pub first_token_timeout: Duration,
-    pub metrics: ModelMetrics,
+    /// Request metrics of the model as it answers from its pools (a virtual model never
+    /// answers itself: `None`).
+    pub metrics: Option<ModelMetrics>,
     /// Completion tokens reserved when a request sets no `max_tokens`.
     pub default_max_tokens: u64,
     pub bytes_per_token: f64,
+    /// Dollars spent on requests that named this model (virtual or not).
+    pub cost: prometheus::Counter,
+    /// A virtual model's baseline: what the same tokens would have cost at its prices.
+    pub baseline: Option<(prometheus::Counter, Cost)>,
+    /// Mirrors of this model's requests in flight (its `shadow`).
+    pub shadows_inflight: Arc<AtomicU64>,
 }
 
 /// Everything a request needs, immutable once built.
 pub struct Runtime {
     pub config: Config,
-    pub routes: RouteTable,
+    pub router: Router,
+    /// Per decision of the router (same index): its counter, for virtual models' decisions.
+    pub decisions: Box<[Option<prometheus::IntCounter>]>,
     pub models: Box<[Model]>,
     pub pools: Box<[Pool]>,
     /// Prebuilt `GET /v1/models` response body (of an open gateway; tenants have their own).
@@ -92,6 +101,7 @@ impl Runtime {
             let weights: Vec<u32> = p.servers.iter().map(|s| s.weight.get()).collect();
             pools.push(Pool {
                 name: p.name.clone(),
+                load_max_age_ms: p.policy.load_max_age_ms,
                 served_model_json: json_string(&p.served_model),
                 states: servers.iter().map(|s| s.state.clone()).collect(),
                 servers: servers.into_boxed_slice(),
@@ -112,21 +122,52 @@ impl Runtime {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let router = router(&config).map_err(|e| {
+            vec![ConfigError {
+                path: format!("models.{}.route[{}].when", e.model, e.rule),
+                message: e.message,
+            }]
+        })?;
         let models = config
             .models
             .iter()
             .map(|m| Model {
                 name: m.name.clone(),
-                pool: m.pool,
-                fallback: m.fallback.clone().into_boxed_slice(),
+                header: http::HeaderValue::from_str(&m.name).ok(),
                 first_token_timeout: m.first_token_timeout,
-                metrics: metrics.model(&m.name, &config.pools[m.pool].name),
+                metrics: m
+                    .serve
+                    .pool()
+                    .map(|p| metrics.model(&m.name, &config.pools[p].name)),
                 default_max_tokens: m.default_max_tokens,
                 bytes_per_token: m.bytes_per_token,
+                cost: metrics.cost(&m.name),
+                baseline: match &m.serve {
+                    Serve::Route(rules) => rules.baseline.and_then(|b| {
+                        let pool = config.models.get(b)?.serve.pool()?;
+                        Some((metrics.cost_baseline(&m.name), config.pools.get(pool)?.cost))
+                    }),
+                    Serve::Pools { .. } => None,
+                },
+                shadows_inflight: Arc::default(),
+            })
+            .collect();
+        let decisions = router
+            .decisions()
+            .iter()
+            .map(|d| {
+                (d.rule > 0).then(|| {
+                    metrics.decision(
+                        &config.models[d.model].name,
+                        &d.rule.to_string(),
+                        &config.models[d.target].name,
+                    )
+                })
             })
             .collect();
         Ok(Self {
-            routes: RouteTable::new(&config.models),
+            router,
+            decisions,
             models_body: models_body(&config, None),
             tenants: Tenants::build(&config, store, metrics, |allowed| {
                 models_body(&config, allowed)
@@ -135,6 +176,49 @@ impl Runtime {
             pools: pools.into_boxed_slice(),
             config,
         })
+    }
+}
+
+/// The router of a config: names, and every virtual model's rules compiled. Opens no socket
+/// (`switchyard route` builds it alone).
+pub fn router(config: &Config) -> Result<Router, crate::routing::BuildError> {
+    let models: Vec<ModelDef<'_>> = config
+        .models
+        .iter()
+        .map(|m| ModelDef {
+            name: &m.name,
+            aliases: &m.aliases,
+            serve: &m.serve,
+            bytes_per_token: m.bytes_per_token,
+            default_max_tokens: m.default_max_tokens,
+            shadow: m.shadow.as_ref(),
+        })
+        .collect();
+    let pools: Vec<PoolDef<'_>> = config
+        .pools
+        .iter()
+        .map(|p| PoolDef {
+            name: &p.name,
+            context_window: p.context_window,
+            cost: p.cost,
+        })
+        .collect();
+    Router::build(&models, &pools)
+}
+
+impl crate::routing::Live for Runtime {
+    fn usable(&self, pool: usize) -> bool {
+        self.pools
+            .get(pool)
+            .is_some_and(|p| p.has_candidate(&|_| true))
+    }
+
+    fn ttft_ms(&self, pool: usize) -> Option<f64> {
+        self.pools.get(pool)?.predicted_ttft_ms()
+    }
+
+    fn tokens_per_s(&self, pool: usize) -> Option<f64> {
+        self.pools.get(pool)?.decode_rate()
     }
 }
 

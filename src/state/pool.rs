@@ -9,7 +9,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 
 use crate::balance::{Balance, Candidates, Features, Policy};
 use crate::config::RetryBudget;
-use crate::limits::budget::Cost;
+use crate::routing::Cost;
 use crate::upstream::ServerState;
 
 /// One upstream server, ready to use.
@@ -26,6 +26,8 @@ pub struct Server {
 /// A pool of interchangeable servers serving one model.
 pub struct Pool {
     pub name: String,
+    /// An engine reading older than this is ignored (three scrape intervals).
+    pub load_max_age_ms: u64,
     /// The served model name as a JSON string literal, spliced into forwarded bodies.
     pub served_model_json: bytes::Bytes,
     pub servers: Box<[Server]>,
@@ -78,6 +80,27 @@ impl Pool {
             .iter()
             .enumerate()
             .any(|(i, s)| allowed(i) && s.state.is_usable(now))
+    }
+
+    /// The router's prediction of the time to first token here, ms: the best of the usable
+    /// servers' predictions (`None`: none measured yet).
+    pub fn predicted_ttft_ms(&self) -> Option<f64> {
+        let now = crate::upstream::now_ms();
+        self.servers
+            .iter()
+            .filter(|s| s.state.is_usable(now))
+            .filter_map(|s| s.state.predicted_ttft_ms(now, self.load_max_age_ms))
+            .min_by(f64::total_cmp)
+    }
+
+    /// The best decode rate of the usable servers, tokens/s (`None`: none measured yet).
+    pub fn decode_rate(&self) -> Option<f64> {
+        let now = crate::upstream::now_ms();
+        self.servers
+            .iter()
+            .filter(|s| s.state.is_usable(now))
+            .filter_map(|s| s.state.decode_rate())
+            .max_by(f64::total_cmp)
     }
 
     /// Requests in flight to the pool's servers.

@@ -58,8 +58,16 @@ pub struct ServerState {
     /// Peak-EWMA of time to first byte in microseconds (f64 bits; 0: not measured yet).
     ewma_us: AtomicU64,
     ewma_at_ms: AtomicU64,
-    /// Last engine reading: running + waiting, and KV usage (f64 bits).
+    /// Streams only: EWMA of time to first token in microseconds, and of the decode rate in
+    /// tokens/s (f64 bits; 0: not measured yet). The router predicts a pool's TTFT and
+    /// throughput from them.
+    ttft_us: AtomicU64,
+    ttft_at_ms: AtomicU64,
+    decode_rate: AtomicU64,
+    decode_at_ms: AtomicU64,
+    /// Last engine reading: running + waiting, waiting alone, and KV usage (f64 bits).
     engine_queue: AtomicU64,
+    engine_waiting: AtomicU64,
     engine_kv: AtomicU64,
     /// When the reading was taken (0: never) and the gateway's in-flight count then.
     scraped_at_ms: AtomicU64,
@@ -79,7 +87,12 @@ impl Default for ServerState {
             breaker_code: AtomicU8::new(BreakerState::Closed.code()),
             ewma_us: AtomicU64::new(0),
             ewma_at_ms: AtomicU64::new(0),
+            ttft_us: AtomicU64::new(0),
+            ttft_at_ms: AtomicU64::new(0),
+            decode_rate: AtomicU64::new(0),
+            decode_at_ms: AtomicU64::new(0),
             engine_queue: AtomicU64::new(0),
+            engine_waiting: AtomicU64::new(0),
             engine_kv: AtomicU64::new(0),
             scraped_at_ms: AtomicU64::new(0),
             inflight_at_scrape: AtomicU64::new(0),
@@ -233,9 +246,54 @@ impl ServerState {
         (us > 0.0).then_some(us / 1000.0)
     }
 
+    /// Adds a stream's time to first token to its EWMA (each sample's weight grows with the
+    /// time since the last one, as in [`Self::observe_ttfb`], without the jump to peaks).
+    pub fn observe_ttft(&self, sample: Duration, now_ms: u64) {
+        blend(
+            &self.ttft_us,
+            &self.ttft_at_ms,
+            sample.as_micros() as f64,
+            now_ms,
+        );
+    }
+
+    /// Time to first token of streams, EWMA in milliseconds (`None` before the first).
+    pub fn ttft_ms(&self) -> Option<f64> {
+        let us = load_f64(&self.ttft_us);
+        (us > 0.0).then_some(us / 1000.0)
+    }
+
+    /// Adds a stream's decode rate (tokens/s after its first token) to its EWMA.
+    pub fn observe_decode_rate(&self, tokens_per_s: f64, now_ms: u64) {
+        if tokens_per_s.is_finite() && tokens_per_s > 0.0 {
+            blend(&self.decode_rate, &self.decode_at_ms, tokens_per_s, now_ms);
+        }
+    }
+
+    /// Decode rate of streams, EWMA in tokens/s (`None` before the first).
+    pub fn decode_rate(&self) -> Option<f64> {
+        let r = load_f64(&self.decode_rate);
+        (r > 0.0).then_some(r)
+    }
+
+    /// Predicted time to first token of a new request, ms: the streams' TTFT EWMA (else the
+    /// time-to-first-byte EWMA), once more for each request waiting in the engine's queue
+    /// (a fresh reading no older than `max_age_ms`). `None` before any measurement.
+    pub fn predicted_ttft_ms(&self, now_ms: u64, max_age_ms: u64) -> Option<f64> {
+        let base = self.ttft_ms().or_else(|| self.ewma_ms())?;
+        let at = self.scraped_at_ms.load(Ordering::Relaxed);
+        let waiting = if at != 0 && now_ms.saturating_sub(at) <= max_age_ms {
+            load_f64(&self.engine_waiting)
+        } else {
+            0.0
+        };
+        Some(base * (1.0 + waiting))
+    }
+
     /// Stores an engine reading taken at `now_ms`.
     pub fn set_engine_load(&self, load: EngineLoad, now_ms: u64) {
         store_f64(&self.engine_queue, load.running + load.waiting);
+        store_f64(&self.engine_waiting, load.waiting);
         store_f64(&self.engine_kv, load.kv_usage);
         self.inflight_at_scrape
             .store(self.inflight(), Ordering::Relaxed);
@@ -266,6 +324,20 @@ impl ServerState {
         (at != 0 && now_ms.saturating_sub(at) <= max_age_ms)
             .then(|| (load_f64(&self.engine_queue), load_f64(&self.engine_kv)))
     }
+}
+
+/// Blends `sample` into the EWMA at `value` last updated at `at`: the first sample is taken
+/// whole; later ones weigh `1 - exp(-Δt / 10 s)`.
+fn blend(value: &AtomicU64, at: &AtomicU64, sample: f64, now_ms: u64) {
+    let prev = load_f64(value);
+    let last = at.swap(now_ms, Ordering::Relaxed);
+    let next = if prev == 0.0 {
+        sample
+    } else {
+        let w = (-(now_ms.saturating_sub(last) as f64) / EWMA_DECAY_MS).exp();
+        prev * w + sample * (1.0 - w)
+    };
+    store_f64(value, next);
 }
 
 /// Decrements the server's in-flight count on drop (including when the client goes away).
@@ -425,6 +497,47 @@ mod tests {
             (100.0..101.0).contains(&later),
             "a minute later it does: {later}"
         );
+    }
+
+    #[test]
+    fn predicted_ttft_follows_stream_samples_and_the_engine_queue() {
+        let s = ServerState::default();
+        assert_eq!(s.predicted_ttft_ms(0, 1_000), None, "nothing measured");
+        s.observe_ttfb(Duration::from_millis(400), 10);
+        assert_eq!(
+            s.predicted_ttft_ms(10, 1_000),
+            Some(400.0),
+            "first byte until a stream"
+        );
+        s.observe_ttft(Duration::from_millis(100), 20);
+        assert_eq!(s.predicted_ttft_ms(20, 1_000), Some(100.0));
+        s.observe_ttft(Duration::from_millis(300), 20_020);
+        let blended = s.ttft_ms().unwrap();
+        assert!(
+            (270.0..300.0).contains(&blended),
+            "20 s later the new sample weighs 86 %: {blended}"
+        );
+        s.set_engine_load(
+            EngineLoad {
+                running: 8.0,
+                waiting: 2.0,
+                kv_usage: 0.1,
+            },
+            20_020,
+        );
+        let queued = s.predicted_ttft_ms(20_030, 1_000).unwrap();
+        assert!(
+            (queued - 3.0 * blended).abs() < 1e-9,
+            "two waiting: three TTFTs"
+        );
+        assert_eq!(
+            s.predicted_ttft_ms(30_000, 1_000),
+            Some(blended),
+            "a stale reading is ignored"
+        );
+        s.observe_decode_rate(50.0, 1);
+        s.observe_decode_rate(f64::INFINITY, 2);
+        assert_eq!(s.decode_rate(), Some(50.0));
     }
 
     #[test]

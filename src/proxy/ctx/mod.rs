@@ -16,18 +16,50 @@ pub use request::Request;
 pub use response::Response;
 pub use tenancy::Tenancy;
 
-use crate::state::Runtime;
+use crate::routing::{Decision, Route, Step};
+use crate::state::{Model, Pool, Runtime};
 
-/// The request's route, once its model is known.
+/// The request's route, once decided: the runtime it was decided on (the request keeps it to
+/// the end, across reloads) and where in the route's chain the current attempt is.
 pub struct Routed {
     pub runtime: Arc<Runtime>,
-    /// Index into `runtime.models`.
-    pub model: usize,
-    /// Index into `runtime.pools`: the pool of the current attempt (the model's own, or a
-    /// fallback).
-    pub pool: usize,
-    /// How many of the model's fallback pools have been entered.
-    pub fallbacks_used: usize,
+    pub route: Route,
+    /// Index into `route.chain`: the step (model, pool) of the current attempt.
+    pub step: usize,
+}
+
+impl Routed {
+    fn current(&self) -> Step {
+        self.route.chain.get(self.step).unwrap_or_default()
+    }
+
+    /// Index into `runtime.models` of the model answering at this step (never virtual).
+    pub fn model_index(&self) -> usize {
+        self.current().model as usize
+    }
+
+    /// Index into `runtime.pools` of the current attempt's pool.
+    pub fn pool_index(&self) -> usize {
+        self.current().pool as usize
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.runtime.models[self.model_index()]
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.runtime.pools[self.pool_index()]
+    }
+
+    /// The model the client named (virtual or not).
+    pub fn requested(&self) -> &Model {
+        &self.runtime.models[self.route.requested]
+    }
+
+    /// The decision's label and metric.
+    pub fn decision(&self) -> Option<&Decision> {
+        self.runtime.router.decision(self.route.decision)
+    }
 }
 
 #[derive(Default)]

@@ -1,0 +1,208 @@
+//! Shadow traffic (`models.X.shadow`): a sample of a model's admitted requests is sent to
+//! another model as well, its answer read to the end and discarded. The mirror runs in a task
+//! of its own after admission: it never delays, fails or alters the client's answer, and it
+//! counts against no tenant limit or budget. Over `max_inflight` mirrors of a model, a mirror
+//! is skipped. Each mirror is counted (`switchyard_shadow_requests_total`) and logged with
+//! `"shadow": true`; its server's in-flight count and breaker see it like any request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pingora_core::connectors::http::Connector;
+use pingora_http::RequestHeader;
+
+use super::log::{self, AccessLogBuffer};
+use super::Ctx;
+use crate::openai::request;
+use crate::openai::usage::UsageScanner;
+use crate::state::{Runtime, Shared};
+use crate::upstream::{self, Outcome};
+
+/// What a mirror needs once the request has moved on.
+pub struct Mirror {
+    pub runtime: Arc<Runtime>,
+    /// The model whose shadow this is (the one the client named).
+    pub model: usize,
+    pub target: usize,
+    pub path: Bytes,
+    pub body: Bytes,
+    pub model_span: std::ops::Range<usize>,
+    pub stream: bool,
+    pub request_id: Option<http::HeaderValue>,
+    pub tenant: Option<Arc<str>>,
+    pub features: crate::balance::Features,
+}
+
+/// Mirrors the request in `ctx` to its route's shadow, if it has one and the shadow has room.
+pub fn start(
+    ctx: &Ctx,
+    path: &[u8],
+    shared: &Arc<Shared>,
+    log: &Arc<AccessLogBuffer>,
+    connector: &Arc<Connector>,
+) {
+    let Some(routed) = &ctx.routed else { return };
+    let Some(target) = routed.route.shadow else {
+        return;
+    };
+    let runtime = &routed.runtime;
+    let model = routed.route.requested;
+    let spec = runtime.config.models[model]
+        .shadow
+        .as_ref()
+        .or(runtime.config.models[routed.model_index()].shadow.as_ref());
+    let limit = spec.map_or(0, |s| s.max_inflight);
+    let inflight = runtime.models[model].shadows_inflight.clone();
+    let (name, target_name) = (&runtime.models[model].name, &runtime.models[target].name);
+    if inflight.fetch_add(1, Ordering::Relaxed) >= limit {
+        inflight.fetch_sub(1, Ordering::Relaxed);
+        shared.metrics.shadow(name, target_name, "skipped");
+        return;
+    }
+    let slot = Slot(inflight);
+    let mirror = Mirror {
+        runtime: runtime.clone(),
+        model,
+        target,
+        path: Bytes::copy_from_slice(path),
+        body: ctx.request.raw_body.clone(),
+        model_span: ctx.request.model_span.clone(),
+        stream: ctx.request.stream,
+        request_id: ctx.request.request_id.clone(),
+        tenant: ctx.tenancy.name.clone(),
+        features: ctx.request.features.clone(),
+    };
+    let (shared, log, connector) = (shared.clone(), log.clone(), connector.clone());
+    tokio::spawn(async move {
+        let _slot = slot;
+        run(mirror, &shared, &log, &connector).await;
+    });
+}
+
+/// A mirror's place under `max_inflight`, given back when it ends.
+struct Slot(Arc<AtomicU64>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn run(m: Mirror, shared: &Shared, log: &AccessLogBuffer, connector: &Connector) {
+    let started = Instant::now();
+    let rt = &m.runtime;
+    let (name, target) = (&rt.models[m.model].name, &rt.models[m.target].name);
+    let pools: Vec<usize> = match &rt.config.models[m.target].serve {
+        crate::routing::spec::Serve::Pools { pool, fallback } => std::iter::once(*pool)
+            .chain(fallback.iter().copied())
+            .collect(),
+        crate::routing::spec::Serve::Route(_) => Vec::new(),
+    };
+    let picked = pools.iter().find_map(|&p| {
+        let pool = &rt.pools[p];
+        pool.pick(&m.features, &|_| true).map(|s| (pool, s))
+    });
+    let Some((pool, server)) = picked else {
+        shared.metrics.shadow(name, target, "error");
+        log::shadow(
+            log,
+            &m,
+            target,
+            None,
+            0,
+            started.elapsed(),
+            &UsageScanner::default(),
+        );
+        return;
+    };
+    let s = &pool.servers[server];
+    let _inflight = s.state.start(upstream::now_ms());
+    let body = request::replace_model(&m.body, m.model_span.clone(), &pool.served_model_json);
+    let t = &rt.config.timeouts;
+    let limit = if m.stream {
+        t.stream_total
+    } else {
+        t.request_total
+    };
+    let mut usage = UsageScanner::default();
+    let result = tokio::time::timeout(limit, exchange(connector, s, pool, &m, body, &mut usage))
+        .await
+        .unwrap_or(Err(()));
+    let outcome = match result {
+        Ok(status) if (200..300).contains(&status) => "ok",
+        _ => "error",
+    };
+    let server_fault = match result {
+        Ok(status) => matches!(status, 500 | 502..=504),
+        Err(()) => true,
+    };
+    s.state.record(
+        if server_fault {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        },
+        upstream::now_ms(),
+    );
+    shared.metrics.shadow(name, target, outcome);
+    log::shadow(
+        log,
+        &m,
+        target,
+        Some((&pool.name, &s.id)),
+        result.unwrap_or(0),
+        started.elapsed(),
+        &usage,
+    );
+}
+
+/// Sends the mirrored request and reads the answer to its end; the status, or `Err` when the
+/// exchange failed.
+async fn exchange(
+    connector: &Connector,
+    server: &crate::state::Server,
+    pool: &crate::state::Pool,
+    m: &Mirror,
+    body: Bytes,
+    usage: &mut UsageScanner,
+) -> Result<u16, ()> {
+    let (mut session, _reused) = connector
+        .get_http_session(&server.peer)
+        .await
+        .map_err(|_| ())?;
+    let mut req = RequestHeader::build("POST", &m.path, None).map_err(|_| ())?;
+    super::headers::edit_request(&mut req, |h| {
+        h.insert(http::header::HOST, server.host.clone());
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        h.insert(http::header::CONTENT_LENGTH, body.len().into());
+        if let Some(id) = &m.request_id {
+            h.insert(super::headers::X_REQUEST_ID, id.clone());
+        }
+        if let Some(key) = &pool.upstream_auth {
+            h.insert(http::header::AUTHORIZATION, key.clone());
+        }
+    });
+    session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(|_| ())?;
+    session
+        .write_request_body(body, true)
+        .await
+        .map_err(|_| ())?;
+    session.finish_request_body().await.map_err(|_| ())?;
+    session.read_response_header().await.map_err(|_| ())?;
+    let status = session.response_header().map_or(0, |h| h.status.as_u16());
+    while let Some(chunk) = session.read_response_body().await.map_err(|_| ())? {
+        usage.observe(&chunk);
+    }
+    connector
+        .release_http_session(session, &server.peer, Some(Duration::from_secs(4)))
+        .await;
+    Ok(status)
+}

@@ -1,0 +1,261 @@
+//! The trace behind a decision: each rule tried and why it held or not, the candidates with
+//! their price, predicted TTFT and fit, the split, and the pick. `switchyard route` prints it
+//! as text, `POST /admin/route` returns it as JSON. Only a traced decision fills one; the
+//! request path passes `None` and pays nothing for it.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Trace {
+    /// The public model the request named (canonical name).
+    pub model: String,
+    /// The name as the client wrote it (an alias, perhaps).
+    pub requested_as: String,
+    #[serde(rename = "virtual")]
+    pub is_virtual: bool,
+    pub request: RequestFacts,
+    /// Rules of a virtual model, in order (those after the deciding one as not reached).
+    pub rules: Vec<RuleTrace>,
+    /// The candidates of the deciding rule, best first.
+    pub candidates: Vec<CandidateTrace>,
+    pub split: Option<SplitTrace>,
+    pub decision: Option<DecisionTrace>,
+    /// Why the request would be refused, in OpenAI's error shape.
+    pub refusal: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RequestFacts {
+    pub endpoint: &'static str,
+    pub prompt_tokens_estimate: u64,
+    pub max_tokens: Option<u64>,
+    pub stream: bool,
+    pub tenant: Option<String>,
+    /// Preferences the request carried (`models`, `provider`, TTFT target).
+    pub models: Vec<String>,
+    pub sort: Option<&'static str>,
+    pub max_price: Option<[f64; 2]>,
+    pub max_ttft_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RuleTrace {
+    /// 1-based, as in the route header.
+    pub rule: usize,
+    /// `default` for the rule without conditions.
+    pub when: Vec<ConditionTrace>,
+    pub target: String,
+    /// `matched`, `not matched`, `matched, but …` or `not reached`.
+    pub outcome: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConditionTrace {
+    pub condition: &'static str,
+    pub holds: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct CandidateTrace {
+    pub model: String,
+    /// The first pool of its chain that fits (none: it cannot take the request).
+    pub pool: Option<String>,
+    pub allowed: bool,
+    pub fits: bool,
+    pub within_max_price: bool,
+    pub usable: bool,
+    pub expected_cost_usd: Option<f64>,
+    pub input_per_mtok: Option<f64>,
+    pub output_per_mtok: Option<f64>,
+    pub predicted_ttft_ms: Option<f64>,
+    pub tokens_per_s: Option<f64>,
+    pub context_window: Option<u64>,
+    pub picked: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SplitTrace {
+    pub sticky: &'static str,
+    /// Whether the request had a key for it (without one, the arm is drawn at random).
+    pub keyed: bool,
+    pub arms: Vec<ArmTrace>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ArmTrace {
+    pub model: String,
+    pub weight: u32,
+    pub eligible: bool,
+    pub picked: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DecisionTrace {
+    pub model: String,
+    /// 1-based rule, 0 for a model that serves itself.
+    pub rule: usize,
+    /// The `x-switchyard-route` value.
+    pub route: String,
+    /// Models and pools tried in order.
+    pub chain: Vec<StepTrace>,
+    pub shadow: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepTrace {
+    pub model: String,
+    pub pool: String,
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+impl Trace {
+    /// The trace as lines for a terminal.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let r = &self.request;
+        let _ = writeln!(
+            out,
+            "request: model {:?}{} ({}), {}, ~{} prompt tokens, max_tokens {}, stream {}, tenant {}",
+            self.model,
+            if self.requested_as == self.model {
+                String::new()
+            } else {
+                format!(" as {:?}", self.requested_as)
+            },
+            if self.is_virtual { "virtual" } else { "served by pools" },
+            r.endpoint,
+            r.prompt_tokens_estimate,
+            opt(r.max_tokens),
+            r.stream,
+            r.tenant.as_deref().unwrap_or("-"),
+        );
+        if !r.models.is_empty()
+            || r.sort.is_some()
+            || r.max_price.is_some()
+            || r.max_ttft_ms.is_some()
+        {
+            let _ = writeln!(
+                out,
+                "preferences: models [{}], sort {}, max price {}, max ttft {}",
+                r.models.join(", "),
+                opt(r.sort),
+                r.max_price
+                    .map_or_else(|| "-".to_owned(), |[p, c]| format!("{p}/{c} $/Mtok")),
+                r.max_ttft_ms
+                    .map_or_else(|| "-".to_owned(), |t| format!("{t} ms")),
+            );
+        }
+        for rule in &self.rules {
+            let when = if rule.when.is_empty() {
+                "default".to_owned()
+            } else {
+                rule.when
+                    .iter()
+                    .map(|c| c.condition)
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            };
+            let _ = writeln!(
+                out,
+                "rule {:>2}  when {when} → {}: {}",
+                rule.rule, rule.target, rule.outcome
+            );
+            for c in &rule.when {
+                let _ = writeln!(
+                    out,
+                    "           {} {}: {}",
+                    if c.holds { "✓" } else { "✗" },
+                    c.condition,
+                    c.detail
+                );
+            }
+        }
+        if let Some(s) = &self.split {
+            let _ = writeln!(
+                out,
+                "split (sticky {}, {}):",
+                s.sticky,
+                if s.keyed {
+                    "keyed"
+                } else {
+                    "no key: drawn by weight"
+                }
+            );
+            for a in &s.arms {
+                let _ = writeln!(
+                    out,
+                    "  {} {:<24} weight {:>4}{}",
+                    if a.picked { "→" } else { " " },
+                    a.model,
+                    a.weight,
+                    if a.eligible { "" } else { "  (not eligible)" }
+                );
+            }
+        }
+        if !self.candidates.is_empty() {
+            let _ = writeln!(
+                out,
+                "candidates (best first):\n    {:<24} {:<16} {:>12} {:>10} {:>10} {:>9}  notes",
+                "model", "pool", "cost $", "ttft ms", "tok/s", "context"
+            );
+            for c in &self.candidates {
+                let mut notes = Vec::new();
+                for (ok, what) in [
+                    (c.allowed, "not allowed"),
+                    (c.fits, "does not fit"),
+                    (c.within_max_price, "over max price"),
+                    (c.usable, "no usable server"),
+                ] {
+                    if !ok {
+                        notes.push(what);
+                    }
+                }
+                let _ = writeln!(
+                    out,
+                    "  {} {:<24} {:<16} {:>12} {:>10} {:>10} {:>9}  {}",
+                    if c.picked { "→" } else { " " },
+                    c.model,
+                    c.pool.as_deref().unwrap_or("-"),
+                    c.expected_cost_usd
+                        .map_or_else(|| "-".to_owned(), |d| format!("{d:.6}")),
+                    c.predicted_ttft_ms
+                        .map_or_else(|| "unknown".to_owned(), |t| format!("{t:.1}")),
+                    c.tokens_per_s
+                        .map_or_else(|| "unknown".to_owned(), |t| format!("{t:.1}")),
+                    opt(c.context_window),
+                    notes.join(", ")
+                );
+            }
+        }
+        match (&self.decision, &self.refusal) {
+            (Some(d), _) => {
+                let chain: Vec<String> = d
+                    .chain
+                    .iter()
+                    .map(|s| format!("{} (pool {})", s.model, s.pool))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "decision: {} (x-switchyard-route: {})\nchain: {}",
+                    d.model,
+                    d.route,
+                    chain.join(" → ")
+                );
+                if let Some(s) = &d.shadow {
+                    let _ = writeln!(out, "shadow: mirrored to {s}");
+                }
+            }
+            (None, Some(e)) => {
+                let _ = writeln!(out, "refused: {e}");
+            }
+            (None, None) => {}
+        }
+        out
+    }
+}
