@@ -10,6 +10,7 @@
 //! | `GET /admin/servers` | pools and their servers' live state |
 //! | `POST /admin/pools/{pool}/servers/{host:port}/drain` (`/undrain`) | no new requests to that server (in-flight ones finish), or back in rotation; survives reloads |
 //! | `GET /admin/config` | the effective config, defaults applied, secrets redacted |
+//! | `POST /admin/route` | the routing decision a request would get against the live state, traced (body: the request; headers: its headers; `?tenant=NAME`, `?path=/v1/...`) |
 //!
 //! With `admin_token_env` set, every path but the two health probes requires
 //! `Authorization: Bearer <token>` (401 otherwise).
@@ -199,6 +200,78 @@ impl Admin {
         }
     }
 
+    /// `POST /admin/route`: the decision the body (a request) would get now, as a trace; the
+    /// answer is 200 with `status` saying what the client would get (200: routed).
+    async fn route(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let runtime = self.shared.runtime();
+        let limit = runtime.config.limits.max_body_size;
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= limit => {
+                    body.extend_from_slice(&chunk)
+                }
+                Ok(Some(_)) => {
+                    return json(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &serde_json::json!({"error": format!("a request body is at most {limit} bytes")}),
+                    )
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({"error": "could not read the request body"}),
+                    )
+                }
+            }
+        }
+        let req = session.req_header();
+        let query = |key: &str| {
+            req.uri.query().and_then(|q| {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.to_owned())
+            })
+        };
+        let path = query("path").unwrap_or_else(|| "/v1/chat/completions".to_owned());
+        let Some(endpoint) = crate::openai::Endpoint::from_path(&path) else {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": format!("{path:?} is not an inference path (/v1/chat/completions, /v1/completions, /v1/embeddings)")}),
+            );
+        };
+        let tenant = match query("tenant") {
+            None => None,
+            Some(name) => match runtime.tenants.list.iter().find(|t| *t.name == *name) {
+                Some(t) => Some(t),
+                None => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({"error": format!("no tenant named {name:?}")}),
+                    )
+                }
+            },
+        };
+        let allowed = |m: usize| tenant.is_none_or(|t| t.allows(m));
+        let caller = crate::proxy::Caller {
+            tenant: tenant.map(|t| &*t.name),
+            allowed: &allowed,
+        };
+        let (trace, result) = crate::proxy::dry_run(
+            &runtime.router,
+            &*runtime,
+            endpoint,
+            &body,
+            &req.headers,
+            &caller,
+        );
+        let mut out = serde_json::to_value(&trace).unwrap_or_default();
+        out["status"] = result.err().unwrap_or(200).into();
+        json(StatusCode::OK, &out)
+    }
+
     /// `POST /admin/reload`: 200 when applied; 400 with every error when refused (the old
     /// config keeps serving).
     async fn reload(&self) -> Response<Vec<u8>> {
@@ -244,6 +317,7 @@ impl ServeHttp for Admin {
         }
         match (post, path.as_str()) {
             (true, "/admin/reload") => return self.reload().await,
+            (true, "/admin/route") => return self.route(session).await,
             (true, p) if p.starts_with("/admin/pools/") => return self.drain(p),
             _ => {}
         }

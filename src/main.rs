@@ -34,6 +34,25 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Print the routing decision for a request read from stdin, without opening any socket:
+    /// each rule tried and why, the candidates, the pick. Exit 0 when the request is routed,
+    /// 1 when it would be refused (the refusal is printed).
+    Route {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// A request header, `NAME:VALUE` (repeatable).
+        #[arg(short = 'H', long = "header", value_name = "NAME:VALUE")]
+        headers: Vec<String>,
+        /// The tenant the request comes from (its model list applies).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The path the request is sent to.
+        #[arg(long, default_value = "/v1/chat/completions")]
+        path: String,
+        /// The trace as JSON (what `POST /admin/route` answers).
+        #[arg(long)]
+        json: bool,
+    },
     /// The gateway in front of three simulated GPU servers, on the embedded demo config.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -83,6 +102,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config, upgrade } => run(&config, upgrade),
         Command::Check { config } => return check(&config),
+        Command::Route {
+            config,
+            headers,
+            tenant,
+            path,
+            json,
+        } => return route(&config, &headers, tenant.as_deref(), &path, json),
         Command::Demo { listen, admin } => demo(listen, admin),
         Command::Sim(args) => run_sim(args),
         Command::Key { action } => key(action),
@@ -123,6 +149,97 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn route(
+    path: &Path,
+    headers: &[String],
+    tenant: Option<&str>,
+    api_path: &str,
+    json: bool,
+) -> ExitCode {
+    match dry_run(path, headers, tenant, api_path) {
+        Ok((trace, routed)) => {
+            if json {
+                let mut v = serde_json::to_value(&trace).unwrap_or_default();
+                v["status"] = routed.err().unwrap_or(200).into();
+                println!("{v:#}");
+            } else {
+                print!("{}", trace.render());
+            }
+            if routed.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dry_run(
+    path: &Path,
+    headers: &[String],
+    tenant: Option<&str>,
+    api_path: &str,
+) -> anyhow::Result<(switchyard::routing::Trace, Result<(), u16>)> {
+    use std::io::Read as _;
+    let config = config::load(path)?;
+    let router = switchyard::state::router(&config)?;
+    let endpoint = switchyard::openai::Endpoint::from_path(api_path).ok_or_else(|| {
+        anyhow!("{api_path:?} is not an inference path (/v1/chat/completions, /v1/completions, /v1/embeddings)")
+    })?;
+    let mut map = http::HeaderMap::new();
+    for h in headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow!("--header {h:?}: expected NAME:VALUE"))?;
+        map.append(
+            http::HeaderName::from_bytes(name.trim().as_bytes())
+                .with_context(|| format!("--header {h:?}"))?,
+            http::HeaderValue::from_str(value.trim()).with_context(|| format!("--header {h:?}"))?,
+        );
+    }
+    let list = match tenant {
+        None => None,
+        Some(name) => Some(
+            config
+                .tenants
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "--tenant {name:?}: no tenant of that name in {}",
+                        path.display()
+                    )
+                })?
+                .models
+                .clone(),
+        ),
+    };
+    let allowed = |m: usize| {
+        list.as_ref()
+            .is_none_or(|l| l.as_ref().is_none_or(|l| l.contains(&m)))
+    };
+    let mut body = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut body)
+        .context("reading the request from stdin")?;
+    let caller = switchyard::proxy::Caller {
+        tenant,
+        allowed: &allowed,
+    };
+    Ok(switchyard::proxy::dry_run(
+        &router,
+        &switchyard::routing::Offline,
+        endpoint,
+        &body,
+        &map,
+        &caller,
+    ))
 }
 
 fn key(action: KeyAction) -> anyhow::Result<()> {
@@ -233,6 +350,10 @@ models: {models}
 
   curl http://{listen}/v1/chat/completions -H 'content-type: application/json' \
     -d '{{"model":"fast","stream":true,"messages":[{{"role":"user","content":"Hello!"}}]}}'
+
+  routed by request (x-switchyard-route says why):
+  curl -i http://{listen}/v1/chat/completions -H 'content-type: application/json' \
+    -d '{{"model":"auto","messages":[{{"role":"user","content":"Why does my Rust code not compile?"}}]}}'
 
   from openai import OpenAI
   client = OpenAI(base_url="http://{listen}/v1", api_key="unused")

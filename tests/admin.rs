@@ -190,11 +190,22 @@ async fn the_grafana_dashboard_queries_only_metrics_the_gateway_exports() {
     // A dead server (upstream errors, retries) beside a scraped vLLM-like one (engine load).
     let dead = common::dead_addr();
     let gw = Gateway::start(&format!(
-        "pools:\n  p:\n    model: {SERVED}\n    engine: vllm\n    balance: weighted_round_robin\n    health:\n      enabled: false\n    servers:\n      - url: http://{dead}\n      - url: {}\nmodels:\n  m:\n    pool: p\ntenants:\n  t:\n    keys: [\"sha256:101e79fe08703a87435b8d8f154c786969f607df11ee4419804c9477e6bfd701\"]\n    limits: {{requests_per_minute: 3}}\n",
+        "pools:\n  p:\n    model: {SERVED}\n    engine: vllm\n    balance: weighted_round_robin\n    health:\n      enabled: false\n    servers:\n      - url: http://{dead}\n      - url: {}\nmodels:\n  m:\n    pool: p\n  auto:\n    baseline: m\n    shadow: {{to: m}}\n    route:\n      - to: m\ntenants:\n  t:\n    keys: [\"sha256:101e79fe08703a87435b8d8f154c786969f607df11ee4419804c9477e6bfd701\"]\n    limits: {{requests_per_minute: 4}}\n",
         sim.url()
     ));
+    // Through a virtual model with a baseline and a shadow: decisions, costs, mirrors.
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("sk-dash")
+        .json(&json!({"model": "auto", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     // Round robin puts the dead server first for one of the first two requests; the fourth
-    // request is over the tenant's limit.
+    // request is over the tenant's limit (the one to `auto` took one).
     for fault in ["", "", "die_after=1", ""] {
         let resp = client()
             .post(gw.url("/v1/chat/completions"))
@@ -226,6 +237,12 @@ async fn the_grafana_dashboard_queries_only_metrics_the_gateway_exports() {
         .send()
         .await
         .unwrap();
+    common::metric_eventually(
+        &gw.admin_url("/metrics"),
+        r#"switchyard_shadow_requests_total{model="auto",outcome="ok",target="m"}"#,
+        1.0,
+    )
+    .await;
     let metrics = common::metric_eventually(
         &gw.admin_url("/metrics"),
         r#"switchyard_rejected_requests_total{reason="model_not_found"}"#,

@@ -79,3 +79,160 @@ fn check_reports_unknown_fields_and_missing_files() {
     assert!(!ok);
     assert!(stderr.contains("cannot read"), "{stderr}");
 }
+
+#[test]
+fn check_refuses_route_loops_unknown_targets_and_bad_regexes_with_their_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &path,
+        r#"
+pools:
+  p:
+    model: served
+    servers:
+      - url: http://127.0.0.1:8001
+models:
+  plain:
+    pool: p
+  a:
+    route:
+      - when: {regex: '(?i)\bsummari[sz]e('}
+        to: plain
+      - to: b
+  b:
+    route:
+      - when: {keywords: [x]}
+        to: coder
+      - to: a
+"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("models."))
+        .collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    assert!(lines[0].starts_with("models.a.route[0].when.regex: not a valid regular expression"));
+    assert_eq!(
+        lines[1],
+        r#"models.a.route[1].to: "b" is a virtual model; virtual models route only to models served by pools ("b" routes back to "a": a loop)"#
+    );
+    assert_eq!(lines[2], r#"models.b.route[0].to: no model named "coder""#);
+    assert_eq!(
+        lines[3],
+        r#"models.b.route[1].to: "a" is a virtual model; virtual models route only to models served by pools ("a" routes back to "b": a loop)"#
+    );
+}
+
+/// `switchyard route` with `stdin` as the request; exit code, stdout, stderr.
+fn route(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .arg("route")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+const ROUTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/router.yaml");
+
+#[test]
+fn route_prints_each_rule_tried_and_the_decision_without_a_socket() {
+    // conf/router.yaml names servers on 10.0.0.x that do not exist here: nothing is contacted.
+    let (code, out, err) = route(
+        &["-c", ROUTER],
+        r#"{"model":"auto","messages":[{"role":"user","content":"my rust code segfaults"}]}"#,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with(r#"request: model "auto" (virtual), chat/completions"#),
+        "{out}"
+    );
+    assert_eq!(lines[1], "rule  1  when tools → qwen-2.5-72b: not matched");
+    assert_eq!(lines[2], "           ✗ tools: tools absent");
+    assert_eq!(lines[5], "rule  3  when keywords → coder: matched");
+    assert_eq!(
+        lines[6],
+        r#"           ✓ keywords: keyword "rust" in the last user message"#
+    );
+    assert!(
+        out.contains(
+            "rule  6  when default → best by price of [llama-3.1-8b, qwen-2.5-72b]: not reached"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "decision: coder (x-switchyard-route: auto#3:keywords)\nchain: coder (pool coder)\n"
+        ),
+        "{out}"
+    );
+
+    // A tenant and a header, and candidates with their prices.
+    let (code, out, _) = route(
+        &["-c", ROUTER, "--tenant", "internal", "-H", "x-team: docs"],
+        r#"{"model":"router","messages":[{"role":"user","content":"hello"}],"max_tokens":100}"#,
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains(r#"request: model "auto" as "router""#),
+        "{out}"
+    );
+    assert!(out.contains("candidates (best first):"), "{out}");
+    let best = out.lines().find(|l| l.starts_with("  → ")).unwrap();
+    assert!(
+        best.contains("llama-3.1-8b") && best.contains("llama-8b") && best.contains("8192"),
+        "{best}"
+    );
+    assert!(
+        out.contains("decision: llama-3.1-8b (x-switchyard-route: auto#6:price=llama-3.1-8b)"),
+        "{out}"
+    );
+
+    // JSON, as /admin/route answers.
+    let (code, out, _) = route(
+        &["-c", ROUTER, "--json"],
+        r#"{"model":"auto","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+    );
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["decision"]["route"], "auto#1:tools");
+    assert_eq!(v["rules"][0]["when"][0]["holds"], true);
+}
+
+#[test]
+fn route_exits_1_with_the_refusal_and_2_on_bad_input() {
+    let long = format!(
+        r#"{{"model":"qwen-2.5-72b","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(200_000)
+    );
+    let (code, out, _) = route(&["-c", ROUTER], &long);
+    assert_eq!(code, Some(1));
+    assert!(out.contains(r#""code":"context_length_exceeded""#), "{out}");
+    let (code, out, _) = route(&["-c", ROUTER], r#"{"model":"gpt-9"}"#);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("model_not_found"), "{out}");
+    let (code, _, err) = route(&["-c", ROUTER, "--tenant", "ghost"], "{}");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no tenant"), "{err}");
+}

@@ -24,7 +24,15 @@ async fn demo_serves_every_model_and_alias_with_metrics() {
         .collect();
     assert_eq!(
         ids,
-        ["llama-3.1-8b", "fast", "default", "qwen-2.5-72b", "smart"]
+        [
+            "auto",
+            "router",
+            "llama-3.1-8b",
+            "fast",
+            "default",
+            "qwen-2.5-72b",
+            "smart"
+        ]
     );
     for (model, served) in [
         ("fast", "meta-llama/Llama-3.1-8B-Instruct"),
@@ -44,10 +52,31 @@ async fn demo_serves_every_model_and_alias_with_metrics() {
         assert_eq!(v["model"], served, "{model}: {v}");
         assert_eq!(v["usage"]["completion_tokens"], 2);
     }
+    // The virtual model of the README's "Routing by request": code goes to the big model,
+    // small talk to the cheapest. Requests count on the model that answered.
+    for (text, model, route) in [
+        (
+            "Why does my Rust code not compile?",
+            "qwen-2.5-72b",
+            "auto#3:keywords",
+        ),
+        ("Hello!", "llama-3.1-8b", "auto#5:price=llama-3.1-8b"),
+    ] {
+        let resp = c
+            .post(format!("http://{api}/v1/chat/completions"))
+            .json(&json!({"model": "auto", "max_tokens": 2,
+                          "messages": [{"role": "user", "content": text}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-switchyard-model"], model, "{text}");
+        assert_eq!(resp.headers()["x-switchyard-route"], route, "{text}");
+    }
     common::metric_eventually(
         &format!("http://{admin}/metrics"),
         r#"switchyard_requests_total{model="qwen-2.5-72b",pool="qwen-72b",status="200"}"#,
-        1.0,
+        2.0,
     )
     .await;
 }

@@ -4,20 +4,16 @@
 
 use std::sync::Arc;
 
-use http::HeaderName;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 use super::body::{self, BodyError};
 use super::ctx::Routed;
-use super::{tenancy, Ctx};
+use super::{decide, tenancy, Ctx};
 use crate::balance;
-use crate::openai::error::echo;
 use crate::openai::{request, ApiError, Endpoint, RequestView};
-use crate::routing::{prefs, Ask, Chain, Prefs, Refusal, Route};
+use crate::routing::{Chain, Route};
 use crate::state::Runtime;
-
-const MAX_TTFT: HeaderName = HeaderName::from_static(prefs::MAX_TTFT_HEADER);
 
 /// Reads, parses and routes an inference request; the body to forward lands in `ctx`.
 pub(super) async fn admit(
@@ -73,7 +69,8 @@ pub(super) async fn admit(
     Ok(())
 }
 
-/// Resolves the model the request names and asks the router where it goes.
+/// Resolves the model the request names, checks the tenant may use it, and asks the router
+/// where it goes.
 fn decide(
     req: &RequestHeader,
     ctx: &Ctx,
@@ -82,65 +79,29 @@ fn decide(
     view: &RequestView<'_>,
     raw: &[u8],
 ) -> Result<Route, ApiError> {
-    let router = &runtime.router;
-    let not_found = || ApiError::ModelNotFound {
-        model: echo(&view.model),
-    };
     let tenant = ctx.tenancy.tenant.and_then(|t| runtime.tenants.list.get(t));
     let allowed = |m: usize| tenant.is_none_or(|t| t.allows(m));
-    let Some(model) = router.resolve(&view.model) else {
-        return Err(not_found());
-    };
-    if !allowed(model) {
-        if let Some(t) = tenant {
+    let model = decide::resolve(&runtime.router, view, &allowed).inspect_err(|_| {
+        // A model that exists but is not the tenant's: counted as the tenant's refusal.
+        if let Some(t) = tenant.filter(|_| runtime.router.resolve(&view.model).is_some()) {
             t.metrics.reject("model_not_found");
         }
-        // The same answer as for a model that does not exist.
-        return Err(not_found());
-    }
-    let headers = &req.headers;
-    let max_ttft = headers.get(MAX_TTFT);
-    let prefs = if view.preferences.iter().any(Option::is_some) || max_ttft.is_some() {
-        let [models, provider, ttft] = view.preferences;
-        Prefs::parse(models, provider, ttft, max_ttft, |name| {
-            router.resolve(name).filter(|&m| allowed(m))
-        })
-        .map_err(|r| refused(r, &view.model))?
-    } else {
-        Prefs::default()
-    };
-    let ask = Ask {
-        model,
-        name: &view.model,
-        endpoint,
-        view,
-        body: raw,
-        headers,
+    })?;
+    let caller = decide::Caller {
         tenant: tenant.map(|t| &*t.name),
         allowed: &allowed,
-        prefs: &prefs,
     };
-    router
-        .decide(&ask, runtime, None)
-        .map_err(|r| refused(r, &view.model))
-}
-
-/// The client's answer to a request the router could not place.
-fn refused(r: Refusal, model: &str) -> ApiError {
-    match r {
-        Refusal::UnknownModel { name } => ApiError::ModelNotFound { model: echo(&name) },
-        Refusal::NotAllowed => ApiError::ModelNotFound { model: echo(model) },
-        Refusal::ContextLengthExceeded { needed, largest } => ApiError::ContextLengthExceeded {
-            needed,
-            window: largest,
-        },
-        Refusal::OverMaxPrice { max } => ApiError::OverMaxPrice {
-            prompt: max.input_per_mtok.to_string(),
-            completion: max.output_per_mtok.to_string(),
-        },
-        Refusal::NoRule => ApiError::NoMatchingRoute { model: echo(model) },
-        Refusal::BadPreference { param, message } => ApiError::invalid(message, Some(param)),
-    }
+    decide::route(
+        &runtime.router,
+        runtime,
+        model,
+        endpoint,
+        view,
+        raw,
+        &req.headers,
+        &caller,
+        None,
+    )
 }
 
 /// What the route's pools' policies read about the request (the prefix chain and session key

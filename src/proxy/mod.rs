@@ -17,6 +17,7 @@
 
 mod body;
 mod ctx;
+mod decide;
 mod headers;
 mod hold;
 mod intake;
@@ -38,6 +39,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 pub use ctx::{Ctx, MAX_ATTEMPTS};
+pub use decide::{dry_run, Caller};
 pub use hold::HeldPool;
 pub use log::{AccessLogBuffer, FLUSH_EVERY as ACCESS_LOG_FLUSH_EVERY};
 

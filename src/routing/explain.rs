@@ -44,7 +44,9 @@ pub struct RequestFacts {
 pub struct RuleTrace {
     /// 1-based, as in the route header.
     pub rule: usize,
-    /// `default` for the rule without conditions.
+    /// The rule's conditions by name (none: the default rule).
+    pub conditions: Vec<&'static str>,
+    /// Each condition as evaluated (empty for a rule not reached).
     pub when: Vec<ConditionTrace>,
     pub target: String,
     /// `matched`, `not matched`, `matched, but …` or `not reached`.
@@ -101,7 +103,15 @@ pub struct DecisionTrace {
     pub route: String,
     /// Models and pools tried in order.
     pub chain: Vec<StepTrace>,
-    pub shadow: Option<String>,
+    pub shadow: Option<ShadowTrace>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ShadowTrace {
+    pub to: String,
+    pub percent: f64,
+    /// Whether this request was drawn to be mirrored.
+    pub sampled: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -152,14 +162,10 @@ impl Trace {
             );
         }
         for rule in &self.rules {
-            let when = if rule.when.is_empty() {
+            let when = if rule.conditions.is_empty() {
                 "default".to_owned()
             } else {
-                rule.when
-                    .iter()
-                    .map(|c| c.condition)
-                    .collect::<Vec<_>>()
-                    .join(" + ")
+                rule.conditions.join(" + ")
             };
             let _ = writeln!(
                 out,
@@ -248,7 +254,13 @@ impl Trace {
                     chain.join(" → ")
                 );
                 if let Some(s) = &d.shadow {
-                    let _ = writeln!(out, "shadow: mirrored to {s}");
+                    let _ = writeln!(
+                        out,
+                        "shadow: {} % to {} (this request: {})",
+                        s.percent,
+                        s.to,
+                        if s.sampled { "mirrored" } else { "not drawn" }
+                    );
                 }
             }
             (None, Some(e)) => {

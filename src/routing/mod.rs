@@ -449,14 +449,18 @@ impl Router {
             }
         }
         let chosen = route.chain.get(0).map_or(ask.model, |s| s.model as usize);
-        route.shadow = plan
-            .shadow
-            .as_ref()
-            .or(self.models[chosen].shadow.as_ref())
+        let shadow = plan.shadow.as_ref().or(self.models[chosen].shadow.as_ref());
+        route.shadow = shadow
             .filter(|s| fastrand::f64() * 100.0 < s.percent)
             .map(|s| s.to);
         if let Some(t) = trace {
-            t.decision = Some(self.describe_route(&route));
+            let mut d = self.describe_route(&route);
+            d.shadow = shadow.map(|s| explain::ShadowTrace {
+                to: self.models[s.to].name.clone(),
+                percent: s.percent,
+                sampled: route.shadow.is_some(),
+            });
+            t.decision = Some(d);
         }
         Ok(route)
     }
@@ -487,6 +491,7 @@ impl Router {
                     let holds = when.iter().all(|c| c.holds);
                     t.rules.push(RuleTrace {
                         rule: r + 1,
+                        conditions: rule.when.iter().map(Matcher::name).collect(),
                         when,
                         target: self.describe_target(&rule.target),
                         outcome: if holds { "matched" } else { "not matched" }.to_owned(),
@@ -503,6 +508,7 @@ impl Router {
                         for (k, later) in rules.iter().enumerate().skip(r + 1) {
                             t.rules.push(RuleTrace {
                                 rule: k + 1,
+                                conditions: later.when.iter().map(Matcher::name).collect(),
                                 when: Vec::new(),
                                 target: self.describe_target(&later.target),
                                 outcome: "not reached".to_owned(),
@@ -871,7 +877,7 @@ impl Router {
                     pool: self.pools[s.pool as usize].name.clone(),
                 })
                 .collect(),
-            shadow: route.shadow.map(|m| self.models[m].name.clone()),
+            shadow: None,
         }
     }
 }
