@@ -44,8 +44,14 @@ pub fn route(
     caller: &Caller<'_>,
     trace: Option<&mut Trace>,
 ) -> Result<Route, ApiError> {
-    let max_ttft = headers.get(MAX_TTFT);
-    let prefs = if view.preferences.iter().any(Option::is_some) || max_ttft.is_some() {
+    // A TTFT target only orders candidates, which only virtual models have (the requested one,
+    // or one of the request's `models`): a plain request to a model that serves itself does not
+    // look the header up.
+    let in_body = view.preferences.iter().any(Option::is_some);
+    let max_ttft = (in_body || router.is_virtual(model))
+        .then(|| headers.get(MAX_TTFT))
+        .flatten();
+    let prefs = if in_body || max_ttft.is_some() {
         let [models, provider, ttft] = view.preferences;
         Prefs::parse(models, provider, ttft, max_ttft, |name| {
             router.resolve(name).filter(|&m| (caller.allowed)(m))

@@ -71,6 +71,10 @@ pub fn route(h: &mut HeaderMap, routed: &Routed) {
 
 /// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers.
 pub fn rate_limits(h: &mut HeaderMap, rate: &RateHeaders) {
+    if rate.requests.is_none() && rate.tokens.is_none() {
+        // No limit applies (an open gateway): not even the names are made.
+        return;
+    }
     for (names, snapshot) in RATE_LIMIT.iter().zip([rate.requests, rate.tokens]) {
         let Some(s) = snapshot else { continue };
         h.insert(names[0].clone(), HeaderValue::from(s.limit));

@@ -5,15 +5,12 @@
 //! number of turns or on the last user message must not parse a 64 KB conversation again:
 //! [`outline`] walks the array's structure once, jumping over string contents with a SIMD
 //! search for quotes and backslashes (most of a conversation is inside strings), counting the
-//! messages and keeping the spans of the last few. The last user message is then parsed from
-//! those spans alone.
+//! messages and keeping the spans of the last few. The last user message is then read from
+//! those spans alone. Values are walked by the same structural scan ([`members`],
+//! [`elements`]): serde_json allocates a stack to skip a nested value, and its `Cow` strings
+//! allocate even when nothing is escaped.
 
-use std::borrow::Cow;
 use std::ops::Range;
-
-use serde::de::{SeqAccess, Visitor};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 /// Messages whose spans the outline keeps, newest last.
 const TAIL: usize = 8;
@@ -39,6 +36,139 @@ impl Outline {
     }
 }
 
+/// The index just past the string whose opening quote is at `open` (the end of `json` when
+/// it is not closed).
+fn string_end(json: &[u8], open: usize) -> usize {
+    let mut i = open + 1;
+    loop {
+        let rest = json.get(i..).unwrap_or_default();
+        let Some(j) = memchr::memchr2(b'"', b'\\', rest) else {
+            return json.len();
+        };
+        i += j;
+        if json[i] == b'"' {
+            return i + 1;
+        }
+        i += 2;
+    }
+}
+
+/// The index just past the value that starts at or after `at` (whitespace skipped).
+fn value_end(json: &[u8], at: usize) -> usize {
+    let start = skip_space(json, at);
+    match json.get(start) {
+        Some(b'"') => string_end(json, start),
+        Some(b'[' | b'{') => {
+            let mut depth = 0usize;
+            let mut i = start;
+            while let Some(&b) = json.get(i) {
+                match b {
+                    b'"' => {
+                        i = string_end(json, i);
+                        continue;
+                    }
+                    b'[' | b'{' => depth += 1,
+                    b']' | b'}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return i + 1;
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            json.len()
+        }
+        Some(_) => {
+            start
+                + json[start..]
+                    .iter()
+                    .position(|b| matches!(b, b',' | b']' | b'}') || b.is_ascii_whitespace())
+                    .unwrap_or(json.len() - start)
+        }
+        None => json.len(),
+    }
+}
+
+fn skip_space(json: &[u8], mut i: usize) -> usize {
+    while json.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// The elements of a JSON array, as raw values (nothing when `json` is not an array).
+pub fn elements(json: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let start = skip_space(json, 0);
+    let mut i = if json.get(start) == Some(&b'[') {
+        start + 1
+    } else {
+        json.len()
+    };
+    std::iter::from_fn(move || {
+        i = skip_space(json, i);
+        match json.get(i) {
+            None | Some(b']') => None,
+            Some(b',') => {
+                i = skip_space(json, i + 1);
+                let end = value_end(json, i);
+                let v = json.get(i..end)?;
+                i = end;
+                Some(v)
+            }
+            Some(_) => {
+                let end = value_end(json, i);
+                let v = json.get(i..end)?;
+                i = end;
+                Some(v)
+            }
+        }
+    })
+}
+
+/// The members of a JSON object, as (raw key with its quotes, raw value) (nothing when
+/// `json` is not an object).
+pub fn members(json: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let start = skip_space(json, 0);
+    let mut i = if json.get(start) == Some(&b'{') {
+        start + 1
+    } else {
+        json.len()
+    };
+    std::iter::from_fn(move || {
+        i = skip_space(json, i);
+        if json.get(i) == Some(&b',') {
+            i = skip_space(json, i + 1);
+        }
+        if json.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(json, i);
+        let key = json.get(i..key_end)?;
+        let colon = skip_space(json, key_end);
+        (json.get(colon) == Some(&b':')).then_some(())?;
+        let value_start = skip_space(json, colon + 1);
+        let end = value_end(json, value_start);
+        let value = json.get(value_start..end)?;
+        i = end;
+        Some((key, value))
+    })
+}
+
+/// The raw value of member `key` (written without escapes) of a JSON object.
+pub fn member<'a>(object: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    members(object)
+        .find(|(k, _)| is_string(k, key))
+        .map(|(_, v)| v)
+}
+
+/// Whether a raw JSON value is the string `literal` (written without escapes, as every
+/// client writes roles and part types).
+fn is_string(raw: &[u8], literal: &str) -> bool {
+    raw.len() == literal.len() + 2 && raw.get(1..raw.len() - 1) == Some(literal.as_bytes())
+}
+
 /// Counts the messages of a JSON array and keeps where the last ones are. `messages` is the
 /// raw array as it stands in the (validated) body.
 pub fn outline(messages: &[u8]) -> Outline {
@@ -49,18 +179,8 @@ pub fn outline(messages: &[u8]) -> Outline {
     while let Some(&b) = messages.get(i) {
         match b {
             b'"' => {
-                i += 1;
-                loop {
-                    let rest = messages.get(i..).unwrap_or_default();
-                    let Some(j) = memchr::memchr2(b'"', b'\\', rest) else {
-                        return out;
-                    };
-                    i += j;
-                    if messages[i] == b'"' {
-                        break;
-                    }
-                    i += 2;
-                }
+                i = string_end(messages, i);
+                continue;
             }
             b'[' | b'{' => {
                 depth += 1;
@@ -83,105 +203,64 @@ pub fn outline(messages: &[u8]) -> Outline {
     out
 }
 
-#[derive(Deserialize)]
-struct Message<'a> {
-    #[serde(borrow)]
-    role: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    content: Option<&'a RawValue>,
-}
-
-/// The content of the last message whose role is `user`, if any.
-pub fn last_user<'a>(messages: &'a [u8], outline: &Outline) -> Option<&'a RawValue> {
-    let is_user = |m: &Message<'_>| m.role.as_deref() == Some("user");
-    for span in outline.newest_first() {
-        let m: Message<'a> = serde_json::from_slice(messages.get(span)?).ok()?;
-        if is_user(&m) {
-            return m.content;
-        }
+/// The raw content of the last message whose role is `user`, if any.
+pub fn last_user<'a>(messages: &'a [u8], outline: &Outline) -> Option<&'a [u8]> {
+    let user = |m: &'a [u8]| {
+        member(m, "role")
+            .is_some_and(|r| is_string(r, "user"))
+            .then(|| member(m, "content"))
+            .flatten()
+    };
+    if let Some(content) = outline
+        .newest_first()
+        .find_map(|span| messages.get(span).and_then(user))
+    {
+        return Some(content);
     }
     if outline.turns as usize <= TAIL {
         return None;
     }
     // Older than the kept spans: one pass over the whole array.
-    let mut found = None;
-    each(messages, |raw| {
-        if let Ok(m) = serde_json::from_str::<Message<'a>>(raw.get()) {
-            if is_user(&m) {
-                found = m.content;
-            }
-        }
-    });
-    found
+    elements(messages).filter_map(user).last()
 }
 
 /// Appends every message's text to `out`, one message per line.
 pub fn conversation_text(messages: &[u8], out: &mut String) {
-    each(messages, |raw| {
-        if let Ok(m) = serde_json::from_str::<Message<'_>>(raw.get()) {
-            if let Some(content) = m.content {
-                if !out.is_empty() {
-                    out.push('\n');
-                }
-                push_text(content, out);
-            }
+    for content in elements(messages).filter_map(|m| member(m, "content")) {
+        if content == b"null" {
+            continue;
         }
-    });
-}
-
-/// Calls `f` on each element of a JSON array (nothing when `array` is not one).
-fn each<'a>(array: &'a [u8], f: impl FnMut(&'a RawValue)) {
-    struct Each<F>(F);
-    impl<'de, F: FnMut(&'de RawValue)> Visitor<'de> for Each<F> {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an array")
+        if !out.is_empty() {
+            out.push('\n');
         }
-        fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-            while let Some(v) = seq.next_element::<&'de RawValue>()? {
-                (self.0)(v);
-            }
-            Ok(())
-        }
+        push_text(content, out);
     }
-    let mut de = serde_json::Deserializer::from_slice(array);
-    let _ = serde::Deserializer::deserialize_seq(&mut de, Each(f));
-}
-
-#[derive(Deserialize)]
-struct Part<'a> {
-    #[serde(borrow, rename = "type")]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    text: Option<&'a RawValue>,
 }
 
 /// Appends the text of a message content (a string, or an array of parts whose `text` parts
 /// count) or of a prompt (a string or an array of strings) to `out`.
-pub fn push_text(content: &RawValue, out: &mut String) {
-    let raw = content.get().as_bytes();
-    match raw.first() {
-        Some(b'"') => unescape(raw, out),
+pub fn push_text(content: &[u8], out: &mut String) {
+    match content.first() {
+        Some(b'"') => unescape(content, out),
         Some(b'[') => {
             let mut first = true;
-            each(raw, |part| {
-                let bytes = part.get().as_bytes();
-                let text = match bytes.first() {
+            for part in elements(content) {
+                let text = match part.first() {
                     Some(b'"') => Some(part),
-                    Some(b'{') => serde_json::from_str::<Part<'_>>(part.get())
-                        .ok()
-                        .filter(|p| p.kind.as_deref().is_none_or(|k| k == "text"))
-                        .and_then(|p| p.text),
+                    Some(b'{') => member(part, "type")
+                        .is_none_or(|k| is_string(k, "text"))
+                        .then(|| member(part, "text"))
+                        .flatten(),
                     _ => None,
                 };
-                if let Some(text) = text.filter(|t| t.get().starts_with('"')) {
+                if let Some(text) = text.filter(|t| t.first() == Some(&b'"')) {
                     if !first {
                         out.push('\n');
                     }
                     first = false;
-                    unescape(text.get().as_bytes(), out);
+                    unescape(text, out);
                 }
-            });
+            }
         }
         _ => {}
     }
@@ -261,36 +340,29 @@ pub fn has_images(messages: &[u8]) -> bool {
 
 /// Whether a raw JSON value is present and says something: not `null`, not an empty array or
 /// object, not `"none"` (a `tool_choice` that turns tools off).
-pub fn is_given(raw: Option<&RawValue>) -> bool {
-    raw.is_some_and(|r| {
-        let v: &str = r.get().trim();
-        let empty = |open: char, close: char| {
-            v.strip_prefix(open)
-                .is_some_and(|rest| rest.trim_start().starts_with(close))
+pub fn is_given(raw: Option<&[u8]>) -> bool {
+    raw.is_some_and(|v| {
+        let v = v.trim_ascii();
+        let empty = |open: u8, close: u8| {
+            v.first() == Some(&open) && v[1..].trim_ascii_start().first() == Some(&close)
         };
-        !(matches!(v, "null" | "\"none\"") || empty('[', ']') || empty('{', '}'))
+        !(v == b"null" || v == b"\"none\"" || empty(b'[', b']') || empty(b'{', b'}'))
     })
 }
 
 /// Whether `response_format` asks for JSON output.
-pub fn is_json_mode(response_format: Option<&RawValue>) -> bool {
-    #[derive(Deserialize)]
-    struct Format<'a> {
-        #[serde(borrow, rename = "type")]
-        kind: Option<Cow<'a, str>>,
-    }
+pub fn is_json_mode(response_format: Option<&[u8]>) -> bool {
     response_format
-        .and_then(|r| serde_json::from_str::<Format<'_>>(r.get()).ok())
-        .and_then(|f| f.kind)
-        .is_some_and(|k| k == "json_object" || k == "json_schema")
+        .and_then(|r| member(r, "type"))
+        .is_some_and(|k| is_string(k, "json_object") || is_string(k, "json_schema"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn raw(s: &str) -> &RawValue {
-        serde_json::from_str(s).unwrap()
+    fn raw(s: &str) -> &[u8] {
+        s.as_bytes()
     }
 
     #[test]
@@ -298,7 +370,7 @@ mod tests {
         let m = br#"[{"role":"system","content":"be {brief}"},{"role":"user","content":"first [q]"},{"role":"assistant","content":"a \"quoted\" }"},{"role":"user","content":"second"}]"#;
         let o = outline(m);
         assert_eq!(o.turns, 4);
-        assert_eq!(last_user(m, &o).unwrap().get(), r#""second""#);
+        assert_eq!(last_user(m, &o).unwrap(), br#""second""#);
         let only_system = br#"[{"role":"system","content":"x"}]"#;
         assert!(last_user(only_system, &outline(only_system)).is_none());
         assert_eq!(outline(b"[]").turns, 0);
@@ -313,10 +385,7 @@ mod tests {
         m.push(']');
         let o = outline(m.as_bytes());
         assert_eq!(o.turns, 21);
-        assert_eq!(
-            last_user(m.as_bytes(), &o).unwrap().get(),
-            r#""the question""#
-        );
+        assert_eq!(last_user(m.as_bytes(), &o).unwrap(), br#""the question""#);
     }
 
     #[test]
@@ -336,6 +405,34 @@ mod tests {
         let m = br#"[{"role":"user","content":"hi"},{"role":"assistant","content":null},{"role":"user","content":"bye"}]"#;
         conversation_text(m, &mut out);
         assert_eq!(out, "hi\nbye");
+    }
+
+    #[test]
+    fn members_and_elements_walk_nested_values_and_strings_with_brackets() {
+        let obj = br#" { "a" : [1, {"b": "}]"}], "c":"x\"y" ,"d": null, "e": -1.5e3 } "#;
+        let got: Vec<(String, String)> = members(obj)
+            .map(|(k, v)| {
+                (
+                    String::from_utf8(k.to_vec()).unwrap(),
+                    String::from_utf8(v.to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (r#""a""#.into(), r#"[1, {"b": "}]"}]"#.into()),
+                (r#""c""#.into(), r#""x\"y""#.into()),
+                (r#""d""#.into(), "null".into()),
+                (r#""e""#.into(), "-1.5e3".into()),
+            ]
+        );
+        let arr = br#"[ "a", [ ], {"x":1} ,true]"#;
+        let els: Vec<&[u8]> = elements(arr).collect();
+        assert_eq!(els, [&br#""a""#[..], b"[ ]", br#"{"x":1}"#, b"true"]);
+        assert_eq!(elements(b"[]").count(), 0);
+        assert_eq!(members(b"[1]").count(), 0, "not an object");
+        assert_eq!(member(obj, "d"), Some(&b"null"[..]));
     }
 
     #[test]
@@ -408,7 +505,7 @@ mod tests {
             let o = outline(&text);
             proptest::prop_assert_eq!(o.turns as usize, contents.len());
             let want = contents.iter().enumerate().rfind(|(i, _)| i % 2 == 0).map(|(_, c)| serde_json::to_string(c).unwrap());
-            proptest::prop_assert_eq!(last_user(&text, &o).map(|r| r.get().to_owned()), want);
+            proptest::prop_assert_eq!(last_user(&text, &o).map(|r| String::from_utf8(r.to_vec()).unwrap()), want);
         }
     }
 }

@@ -233,6 +233,9 @@ struct ModelPlan {
     name: String,
     /// Own pool, then fallbacks (empty for a virtual model).
     pools: Box<[usize]>,
+    /// The same as a chain, when no pool of it has a context window: a request without a
+    /// price limit takes it as it is.
+    whole: Option<Chain>,
     rules: Option<Box<[Compiled]>>,
     bytes_per_token: f64,
     default_max_tokens: u64,
@@ -298,7 +301,7 @@ impl Router {
             }
             let direct = decisions.len() as u32;
             decisions.push(label(i, 0, "direct", i));
-            let (pools, rules) = match m.serve {
+            let (own, rules) = match m.serve {
                 Serve::Pools { pool, fallback } => (
                     std::iter::once(*pool)
                         .chain(fallback.iter().copied())
@@ -358,9 +361,18 @@ impl Router {
                     (Box::default(), Some(compiled.into_boxed_slice()))
                 }
             };
+            let unlimited = |&p: &usize| pools.get(p).is_some_and(|d| d.context_window.is_none());
+            let whole = (!own.is_empty() && own.iter().all(unlimited)).then(|| {
+                let mut c = Chain::default();
+                for &p in own.iter() {
+                    c.push(i, p);
+                }
+                c
+            });
             plans.push(ModelPlan {
                 name: m.name.to_owned(),
-                pools,
+                whole,
+                pools: own,
                 rules,
                 bytes_per_token: m.bytes_per_token,
                 default_max_tokens: m.default_max_tokens,
@@ -668,6 +680,9 @@ impl Router {
     /// prompt estimate plus `max_tokens` and whose prices are within the request's maximum.
     fn chain(&self, model: usize, ask: &Ask<'_>) -> Result<Chain, Blocked> {
         let plan = &self.models[model];
+        if let (Some(whole), None) = (plan.whole, ask.prefs.max_price) {
+            return Ok(whole);
+        }
         let needed = self.needed_tokens(model, ask);
         let mut chain = Chain::default();
         let mut blocked = Blocked::NotAllowed;

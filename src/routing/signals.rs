@@ -98,9 +98,12 @@ impl<'s, 'a> Signals<'s, 'a> {
 
     pub fn tools(&self) -> bool {
         let v = self.ask.view;
-        conversation::is_given(v.tools)
-            || conversation::is_given(v.functions)
-            || conversation::is_given(v.tool_choice)
+        fn raw(r: Option<&serde_json::value::RawValue>) -> Option<&[u8]> {
+            r.map(|r| r.get().as_bytes())
+        }
+        conversation::is_given(raw(v.tools))
+            || conversation::is_given(raw(v.functions))
+            || conversation::is_given(raw(v.tool_choice))
     }
 
     pub fn images(&self) -> bool {
@@ -108,7 +111,7 @@ impl<'s, 'a> Signals<'s, 'a> {
     }
 
     pub fn json_mode(&self) -> bool {
-        conversation::is_json_mode(self.ask.view.response_format)
+        conversation::is_json_mode(self.ask.view.response_format.map(|r| r.get().as_bytes()))
     }
 
     /// The text `keywords` and `regex` read in `scope`, decoded once.
@@ -137,11 +140,7 @@ impl<'s, 'a> Signals<'s, 'a> {
                     conversation::push_text(content, &mut self.scratch.texts[scope as usize]);
                 }
             }
-            (false, _) => {
-                if let Ok(raw) = serde_json::from_slice::<&serde_json::value::RawValue>(prompt) {
-                    conversation::push_text(raw, out);
-                }
-            }
+            (false, _) => conversation::push_text(prompt, out),
         }
     }
 }
