@@ -239,7 +239,8 @@ async fn the_grafana_dashboard_queries_only_metrics_the_gateway_exports() {
         .unwrap();
     common::metric_eventually(
         &gw.admin_url("/metrics"),
-        r#"switchyard_shadow_requests_total{model="auto",outcome="ok",target="m"}"#,
+        // ok or error: the mirror may meet the dead server (one try, no retry).
+        r#"switchyard_shadow_requests_total{model="auto","#,
         1.0,
     )
     .await;

@@ -12,10 +12,8 @@ use super::values::Errors;
 use super::Config;
 use crate::routing::matchers;
 use crate::routing::spec::{Bounds, Condition, Rule, Rules, Scope, Shadow, Sort, Sticky, Target};
+use crate::routing::split::MAX_ARMS;
 use crate::routing::Chain;
-
-/// Arms of one split at most (the router places keys among them without allocating).
-pub const MAX_ARMS: usize = 16;
 
 /// Every public name and alias of the file, resolved to the index its model will have.
 pub(super) struct Names<'a> {

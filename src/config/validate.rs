@@ -2,22 +2,21 @@
 //! YAML path it is about (`pools.llama-8b.servers[1].weight: must be greater than 0`). Nothing
 //! here opens a socket or resolves a name: `switchyard check` must be safe anywhere.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::file::{FileConfig, FileLimits, FilePool, FileServer, FileTimeouts};
 pub use super::values::parse_size;
 use super::values::{
-    count, dollars, duration, duration_ms, duration_or_zero, env_secret, fraction, limit_set,
+    count, dollars, duration, duration_ms, duration_or_zero, env_secret, fraction,
     optional_positive, parse_url, positive, socket_addr, Errors,
 };
 use super::{
-    AccessLog, Config, ConfigError, Limits, LogFormat, Model, Pool, RetryBudget, ScrapeSettings,
+    AccessLog, Config, ConfigError, Limits, LogFormat, Pool, RetryBudget, ScrapeSettings,
     ServerSettings, ServerSpec, Timeouts,
 };
 use crate::balance::{Policy, PolicySettings};
-use crate::routing::spec::Serve;
 use crate::routing::Cost;
 use crate::upstream::breaker::BreakerSettings;
 use crate::upstream::engine::Engine;
@@ -80,7 +79,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
         .iter()
         .filter_map(|(name, pool)| self::pool(&mut errs, name, pool))
         .collect();
-    let models = models(&mut errs, &file, &pools, timeouts.upstream_idle);
+    let models = super::models::validate(&mut errs, &file, &pools, timeouts.upstream_idle);
     if file.models.is_empty() {
         errs.push("models", "at least one model is required");
     }
@@ -511,148 +510,4 @@ fn breaker(errs: &mut Errors, at: &str, p: &FilePool) -> BreakerSettings {
         );
     }
     settings
-}
-
-fn models(
-    errs: &mut Errors,
-    file: &FileConfig,
-    pools: &[Pool],
-    upstream_idle: Duration,
-) -> Vec<Model> {
-    // Every public name and alias resolves to exactly one model.
-    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
-    let names = super::route::Names::new(file);
-    let mut out = Vec::with_capacity(file.models.len());
-    for (name, m) in &file.models {
-        let at = format!("models.{name}");
-        if name.trim().is_empty() {
-            errs.push("models", "a model name must not be empty");
-        }
-        if let Some(other) = owner.insert(name, name) {
-            errs.push(
-                &at,
-                format!("{name:?} is already an alias of model {other:?}"),
-            );
-        }
-        for (i, alias) in m.aliases.iter().enumerate() {
-            if alias.trim().is_empty() {
-                errs.push(format!("{at}.aliases[{i}]"), "must not be empty");
-            } else if let Some(other) = owner.insert(alias, name) {
-                errs.push(
-                    format!("{at}.aliases[{i}]"),
-                    format!("{alias:?} is already the name or an alias of model {other:?}"),
-                );
-            }
-        }
-        let serve = match (&m.pool, &m.route) {
-            (Some(_), Some(_)) => {
-                errs.push(
-                    &at,
-                    "has both `pool` and `route`: a model is served by a pool or routes to other models",
-                );
-                None
-            }
-            (None, None) => {
-                errs.push(
-                    &at,
-                    "needs `pool` (served by servers) or `route` (a virtual model choosing another model)",
-                );
-                None
-            }
-            (Some(pool), None) => {
-                if m.baseline.is_some() {
-                    errs.push(
-                        format!("{at}.baseline"),
-                        "applies to virtual models (with `route`) only",
-                    );
-                }
-                pool_and_fallbacks(errs, &at, pool, &m.fallback, pools, file)
-            }
-            (None, Some(_)) => {
-                if !m.fallback.is_empty() {
-                    errs.push(
-                        format!("{at}.fallback"),
-                        "a virtual model has no pool to fall back from; its targets' fallbacks apply",
-                    );
-                }
-                Some(Serve::Route(super::route::rules(
-                    errs, &at, name, m, &names, file,
-                )))
-            }
-        };
-        let shadow = m
-            .shadow
-            .as_ref()
-            .and_then(|s| super::route::shadow(errs, &at, out.len(), name, s, &names));
-        let first_token_timeout = duration_ms(
-            errs,
-            &format!("{at}.first_token_timeout"),
-            m.first_token_timeout.as_deref(),
-            upstream_idle,
-        );
-        let limits = limit_set(errs, &format!("{at}.limits"), &m.limits);
-        let default_max_tokens = positive(
-            errs,
-            &format!("{at}.default_max_tokens"),
-            m.default_max_tokens,
-            defaults::DEFAULT_MAX_TOKENS,
-        );
-        let bytes_per_token = fraction(
-            errs,
-            &format!("{at}.bytes_per_token"),
-            m.bytes_per_token,
-            defaults::BYTES_PER_TOKEN,
-            0.5..=64.0,
-        );
-        if let Some(serve) = serve {
-            out.push(Model {
-                name: name.clone(),
-                aliases: m.aliases.clone(),
-                serve,
-                first_token_timeout,
-                limits,
-                default_max_tokens,
-                bytes_per_token,
-                shadow,
-            });
-        }
-    }
-    out
-}
-
-/// A model's pool and its fallback pools, as indices into `pools`.
-fn pool_and_fallbacks(
-    errs: &mut Errors,
-    at: &str,
-    pool_name: &str,
-    fallbacks: &[String],
-    pools: &[Pool],
-    file: &FileConfig,
-) -> Option<Serve> {
-    let pool = pools.iter().position(|p| p.name == pool_name);
-    if pool.is_none() && !file.pools.contains_key(pool_name) {
-        errs.push(format!("{at}.pool"), format!("no pool named {pool_name:?}"));
-    }
-    let mut fallback = Vec::with_capacity(fallbacks.len());
-    for (i, f) in fallbacks.iter().enumerate() {
-        match pools.iter().position(|p| &p.name == f) {
-            Some(_) if f == pool_name => {
-                errs.push(format!("{at}.fallback[{i}]"), "is the model's own pool")
-            }
-            Some(p) if fallback.contains(&p) => errs.push(
-                format!("{at}.fallback[{i}]"),
-                format!("{f:?} is listed twice"),
-            ),
-            Some(p) => fallback.push(p),
-            None if file.pools.contains_key(f) => {}
-            None => errs.push(
-                format!("{at}.fallback[{i}]"),
-                format!("no pool named {f:?}"),
-            ),
-        }
-    }
-    Some(Serve::Pools {
-        pool: pool?,
-        fallback,
-    })
 }

@@ -30,7 +30,7 @@ pub(super) async fn admit(
     )
     .await?;
     let view = RequestView::parse(&raw).map_err(BodyError::Reject)?;
-    let route = decide(session.req_header(), ctx, &runtime, endpoint, &view, &raw)
+    let route = route(session.req_header(), ctx, &runtime, endpoint, &view, &raw)
         .map_err(BodyError::Reject)?;
     if let Some(Some(counter)) = runtime.decisions.get(route.decision as usize) {
         counter.inc();
@@ -71,7 +71,7 @@ pub(super) async fn admit(
 
 /// Resolves the model the request names, checks the tenant may use it, and asks the router
 /// where it goes.
-fn decide(
+fn route(
     req: &RequestHeader,
     ctx: &Ctx,
     runtime: &Runtime,

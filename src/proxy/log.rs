@@ -1,4 +1,5 @@
 //! The access log: one JSON line per request on stdout. Never prompts, completions or keys.
+//! And the request's metrics, recorded beside its line.
 //!
 //! Lines are written in batches: they are appended to one buffer, which goes out in one
 //! `write` when it holds [`BATCH`] bytes, every [`FLUSH_EVERY`] (app::AccessLogFlush), and at
@@ -17,31 +18,31 @@ use crate::config::AccessLog;
 use crate::state::Shared;
 
 #[derive(Serialize)]
-struct Line<'a> {
-    time: String,
-    request_id: &'a str,
-    tenant: Option<&'a str>,
+pub(super) struct Line<'a> {
+    pub(super) time: String,
+    pub(super) request_id: &'a str,
+    pub(super) tenant: Option<&'a str>,
     /// The model that answered (the route's model at the last attempt).
-    model: Option<&'a str>,
+    pub(super) model: Option<&'a str>,
     /// The decision, as `x-switchyard-route` says it.
-    route: Option<&'a str>,
-    pool: Option<&'a str>,
-    server: Option<&'a str>,
-    status: u16,
-    attempts: usize,
-    stream: bool,
-    ttft_ms: Option<f64>,
-    duration_ms: f64,
-    overhead_us: Option<u64>,
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    outcome: &'static str,
+    pub(super) route: Option<&'a str>,
+    pub(super) pool: Option<&'a str>,
+    pub(super) server: Option<&'a str>,
+    pub(super) status: u16,
+    pub(super) attempts: usize,
+    pub(super) stream: bool,
+    pub(super) ttft_ms: Option<f64>,
+    pub(super) duration_ms: f64,
+    pub(super) overhead_us: Option<u64>,
+    pub(super) prompt_tokens: Option<u64>,
+    pub(super) completion_tokens: Option<u64>,
+    pub(super) outcome: &'static str,
     /// A mirrored request (`models.X.shadow`), whose answer no client saw.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    shadow: bool,
+    pub(super) shadow: bool,
 }
 
-fn ms(d: std::time::Duration) -> f64 {
+pub(super) fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
@@ -108,46 +109,43 @@ pub fn access(
     log.push(&line);
 }
 
-/// The access log line of a mirrored request: `model` is the shadow target, `route` the model
-/// whose shadow it is.
-pub fn shadow(
-    log: &AccessLogBuffer,
-    m: &super::shadow::Mirror,
-    target: &str,
-    server: Option<(&str, &str)>,
+/// The request's metrics, on the model that answered: status, durations, tokens, retries by
+/// reason and outcome, and a stream that ended early (`gone`: why the client left, if it did).
+pub fn metrics(
+    metrics: &crate::metrics::Metrics,
+    ctx: &Ctx,
     status: u16,
-    duration: std::time::Duration,
-    usage: &crate::openai::usage::UsageScanner,
+    gone: Option<&'static str>,
+    now: Instant,
 ) {
-    let route = format!("{}#shadow", m.runtime.models[m.model].name);
-    let line = Line {
-        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        request_id: m
-            .request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
-        tenant: m.tenant.as_deref(),
-        model: Some(target),
-        route: Some(&route),
-        pool: server.map(|(p, _)| p),
-        server: server.map(|(_, s)| s),
-        status,
-        attempts: usize::from(server.is_some()),
-        stream: m.stream,
-        ttft_ms: None,
-        duration_ms: ms(duration),
-        overhead_us: None,
-        prompt_tokens: usage.prompt_tokens,
-        completion_tokens: usage.completion_tokens,
-        outcome: if (200..300).contains(&status) {
-            "ok"
-        } else {
-            "upstream_error"
-        },
-        shadow: true,
-    };
-    log.push(&line);
+    let Some(routed) = &ctx.routed else { return };
+    if let Some(m) = &routed.model().metrics {
+        m.count(status);
+        m.duration
+            .observe(now.duration_since(ctx.request.started).as_secs_f64());
+        if let Some(first) = ctx.response.first_byte {
+            m.ttft
+                .observe(first.duration_since(ctx.request.started).as_secs_f64());
+        }
+        if let Some(overhead) = ctx.response.overhead {
+            m.overhead.observe(overhead.as_secs_f64());
+        }
+        if let Some(n) = ctx.response.usage.prompt_tokens {
+            m.prompt_tokens.inc_by(n);
+        }
+        if let Some(n) = ctx.response.usage.completion_tokens {
+            m.completion_tokens.inc_by(n);
+        }
+    }
+    let ok = (200..300).contains(&status);
+    let pool = &routed.pool().name;
+    for reason in ctx.attempt.retries.iter().flatten() {
+        metrics.retry(pool, reason, ok);
+    }
+    let unfinished = ctx.response.sse.as_ref().is_some_and(|s| !s.done);
+    if let Some(reason) = ctx.response.interrupted.or(gone.filter(|_| unfinished)) {
+        metrics.stream_aborted(&routed.model().name, reason);
+    }
 }
 
 /// A batch goes out once it holds this much.
@@ -172,7 +170,7 @@ impl Default for AccessLogBuffer {
 }
 
 impl AccessLogBuffer {
-    fn push(&self, line: &Line<'_>) {
+    pub(super) fn push(&self, line: &Line<'_>) {
         thread_local! {
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }

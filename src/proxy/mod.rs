@@ -2,13 +2,14 @@
 //! delegating to one module.
 //!
 //! ```text
-//! request_filter ─────────── classify path; read, parse and route the request (intake.rs)
+//! request_filter ─────────── classify path; read, parse and route the request (intake.rs,
+//!   │                         decide.rs → routing/), admit it, mirror it (shadow.rs)
 //!   │ Ok(true): answered here (respond.rs)
-//! upstream_peer ──────────── pick a server of the pool (balance), skip tried ones
+//! upstream_peer ──────────── the route's next step with a server left; pick one (balance)
 //! upstream_request_filter ── rewrite headers (headers.rs), Content-Length of the buffered body
 //! request_body_filter ────── substitute the complete buffered body (body.rs explains why)
 //! upstream_response_filter ─ 429/5xx before the first byte: cooldown, retry elsewhere
-//! response_filter ────────── x-request-id, x-switchyard-overhead-us; notes an SSE response
+//! response_filter ────────── x-request-id, x-switchyard-model/-route/-overhead-us; notes SSE
 //! response_body_filter ───── usage, SSE tracking, timings (relay.rs); chunks pass unbuffered
 //! fail_to_connect / error_while_proxy ── retry decisions (never after the first byte)
 //! fail_to_proxy ──────────── one mapping of errors to OpenAI bodies, or an SSE error event
@@ -18,6 +19,7 @@
 mod body;
 mod ctx;
 mod decide;
+mod errors;
 mod headers;
 mod hold;
 mod intake;
@@ -47,6 +49,7 @@ use crate::openai::{request, ApiError, Target};
 use crate::state::Shared;
 use crate::upstream::{self, retry_after};
 use body::BodyError;
+use errors::{as_read_timeout, classify, client_gone};
 
 /// The gateway's proxy logic; one instance serves every request.
 pub struct Proxy {
@@ -558,38 +561,7 @@ impl ProxyHttp for Proxy {
         tenancy::settle(ctx);
         relay::observe_decode_rate(ctx);
         let now = Instant::now();
-        if let Some(routed) = &ctx.routed {
-            if let Some(m) = &routed.model().metrics {
-                m.count(status);
-                m.duration
-                    .observe(now.duration_since(ctx.request.started).as_secs_f64());
-                if let Some(first) = ctx.response.first_byte {
-                    m.ttft
-                        .observe(first.duration_since(ctx.request.started).as_secs_f64());
-                }
-                if let Some(overhead) = ctx.response.overhead {
-                    m.overhead.observe(overhead.as_secs_f64());
-                }
-                if let Some(n) = ctx.response.usage.prompt_tokens {
-                    m.prompt_tokens.inc_by(n);
-                }
-                if let Some(n) = ctx.response.usage.completion_tokens {
-                    m.completion_tokens.inc_by(n);
-                }
-            }
-        }
-        if let Some(routed) = &ctx.routed {
-            let ok = (200..300).contains(&status);
-            let pool = &routed.pool().name;
-            for reason in ctx.attempt.retries.iter().flatten() {
-                self.shared.metrics.retry(pool, reason, ok);
-            }
-            let model = &routed.model().name;
-            let unfinished = ctx.response.sse.as_ref().is_some_and(|s| !s.done);
-            if let Some(reason) = ctx.response.interrupted.or(gone.filter(|_| unfinished)) {
-                self.shared.metrics.stream_aborted(model, reason);
-            }
-        }
+        log::metrics(&self.shared.metrics, ctx, status, gone, now);
         log::access(
             &self.access_log,
             &self.shared,
@@ -603,52 +575,5 @@ impl ProxyHttp for Proxy {
         ctx.attempt.inflight = None;
         ctx.attempt.upstream_socket = None;
         ctx.request.guard = None;
-    }
-}
-
-/// A held stream's read timeout (hold/silence.rs) reaches Pingora as an I/O error of kind
-/// `TimedOut` and comes back as a `ReadError`: it is a read timeout like Pingora's own.
-fn as_read_timeout(e: &mut Error) {
-    let timed_out = e.esource() == &ErrorSource::Upstream
-        && e.etype() == &ErrorType::ReadError
-        && e.root_cause()
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
-    if timed_out {
-        e.etype = ErrorType::ReadTimedout;
-    }
-}
-
-/// Why the client is gone when the error says so (nothing left to answer), as the reason
-/// of an aborted stream: it went away, or it stopped reading past `timeouts.client_write`.
-fn client_gone(e: &Error) -> Option<&'static str> {
-    if e.esource() != &ErrorSource::Downstream {
-        return None;
-    }
-    match e.etype() {
-        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
-            Some("client_disconnect")
-        }
-        ErrorType::WriteTimedout => Some("client_write_timeout"),
-        _ => None,
-    }
-}
-
-/// Maps a Pingora error to the answer the client gets; `None` when there is no one to answer.
-fn classify(e: &Error) -> Option<ApiError> {
-    match e.esource() {
-        ErrorSource::Downstream if client_gone(e).is_some() => None,
-        ErrorSource::Downstream => Some(ApiError::invalid("malformed HTTP request", None)),
-        ErrorSource::Upstream => Some(match e.etype() {
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => ApiError::UpstreamTimeout,
-            _ => ApiError::UpstreamUnavailable,
-        }),
-        ErrorSource::Internal | ErrorSource::Unset => Some(match e.etype() {
-            ErrorType::ConnectTimedout
-            | ErrorType::ConnectRefused
-            | ErrorType::ConnectNoRoute
-            | ErrorType::ConnectError => ApiError::UpstreamUnavailable,
-            _ => ApiError::Internal,
-        }),
     }
 }

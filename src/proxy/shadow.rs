@@ -13,7 +13,7 @@ use bytes::Bytes;
 use pingora_core::connectors::http::Connector;
 use pingora_http::RequestHeader;
 
-use super::log::{self, AccessLogBuffer};
+use super::log::{AccessLogBuffer, Line};
 use super::Ctx;
 use crate::openai::request;
 use crate::openai::usage::UsageScanner;
@@ -44,16 +44,15 @@ pub fn start(
     connector: &Arc<Connector>,
 ) {
     let Some(routed) = &ctx.routed else { return };
-    let Some(target) = routed.route.shadow else {
+    let Some(crate::routing::Mirror {
+        of: model,
+        to: target,
+    }) = routed.route.shadow
+    else {
         return;
     };
     let runtime = &routed.runtime;
-    let model = routed.route.requested;
-    let spec = runtime.config.models[model]
-        .shadow
-        .as_ref()
-        .or(runtime.config.models[routed.model_index()].shadow.as_ref());
-    let limit = spec.map_or(0, |s| s.max_inflight);
+    let limit = runtime.router.shadow(model).map_or(0, |s| s.max_inflight);
     let inflight = runtime.models[model].shadows_inflight.clone();
     let (name, target_name) = (&runtime.models[model].name, &runtime.models[target].name);
     if inflight.fetch_add(1, Ordering::Relaxed) >= limit {
@@ -94,19 +93,13 @@ async fn run(m: Mirror, shared: &Shared, log: &AccessLogBuffer, connector: &Conn
     let started = Instant::now();
     let rt = &m.runtime;
     let (name, target) = (&rt.models[m.model].name, &rt.models[m.target].name);
-    let pools: Vec<usize> = match &rt.config.models[m.target].serve {
-        crate::routing::spec::Serve::Pools { pool, fallback } => std::iter::once(*pool)
-            .chain(fallback.iter().copied())
-            .collect(),
-        crate::routing::spec::Serve::Route(_) => Vec::new(),
-    };
-    let picked = pools.iter().find_map(|&p| {
+    let picked = rt.router.pools(m.target).iter().find_map(|&p| {
         let pool = &rt.pools[p];
         pool.pick(&m.features, &|_| true).map(|s| (pool, s))
     });
     let Some((pool, server)) = picked else {
         shared.metrics.shadow(name, target, "error");
-        log::shadow(
+        log_line(
             log,
             &m,
             target,
@@ -147,7 +140,7 @@ async fn run(m: Mirror, shared: &Shared, log: &AccessLogBuffer, connector: &Conn
         upstream::now_ms(),
     );
     shared.metrics.shadow(name, target, outcome);
-    log::shadow(
+    log_line(
         log,
         &m,
         target,
@@ -205,4 +198,44 @@ async fn exchange(
         .release_http_session(session, &server.peer, Some(Duration::from_secs(4)))
         .await;
     Ok(status)
+}
+
+/// The access log line of a mirror: `model` is the shadow target, `route` says whose shadow.
+fn log_line(
+    log: &AccessLogBuffer,
+    m: &Mirror,
+    target: &str,
+    server: Option<(&str, &str)>,
+    status: u16,
+    duration: Duration,
+    usage: &UsageScanner,
+) {
+    let route = format!("{}#shadow", m.runtime.models[m.model].name);
+    log.push(&Line {
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        request_id: m
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        tenant: m.tenant.as_deref(),
+        model: Some(target),
+        route: Some(&route),
+        pool: server.map(|(p, _)| p),
+        server: server.map(|(_, s)| s),
+        status,
+        attempts: usize::from(server.is_some()),
+        stream: m.stream,
+        ttft_ms: None,
+        duration_ms: super::log::ms(duration),
+        overhead_us: None,
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        outcome: if (200..300).contains(&status) {
+            "ok"
+        } else {
+            "upstream_error"
+        },
+        shadow: true,
+    });
 }

@@ -7,6 +7,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::rules::Blocked;
+use super::spec::{Sort, Target};
+use super::{Ask, Chain, Live, ModelPlan, Route, Router};
+use crate::openai::Endpoint;
+
 #[derive(Debug, Default, Serialize)]
 pub struct Trace {
     /// The public model the request named (canonical name).
@@ -269,5 +274,122 @@ impl Trace {
             (None, None) => {}
         }
         out
+    }
+}
+
+// What a traced decision writes; only a traced decision calls these.
+impl Router {
+    pub(super) fn describe_target(&self, target: &Target) -> String {
+        let name = |m: usize| self.models[m].name.as_str();
+        match target {
+            Target::Model(m) => name(*m).to_owned(),
+            Target::Split { arms, .. } => format!(
+                "split {}",
+                arms.iter()
+                    .map(|&(m, w)| format!("{}:{w}", name(m)))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ),
+            Target::Candidates { models, prefer } => format!(
+                "best by {} of [{}]",
+                prefer.name(),
+                models
+                    .iter()
+                    .map(|&m| name(m))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    pub(super) fn describe_blocked(&self, b: Blocked) -> String {
+        match b {
+            Blocked::NotAllowed => "no target is allowed for this tenant".to_owned(),
+            Blocked::OverMaxPrice => "every pool is over the request's max_price".to_owned(),
+            Blocked::DoesNotFit(needed, window) => {
+                format!("~{needed} tokens do not fit (largest context window {window})")
+            }
+        }
+    }
+
+    pub(super) fn describe_request(&self, ask: &Ask<'_>, plan: &ModelPlan, t: &mut Trace) {
+        let prefs = ask.prefs;
+        t.model = plan.name.clone();
+        t.requested_as = ask.name.to_owned();
+        t.is_virtual = plan.rules.is_some();
+        t.request = RequestFacts {
+            endpoint: match ask.endpoint {
+                Endpoint::ChatCompletions => "chat/completions",
+                Endpoint::Completions => "completions",
+                Endpoint::Embeddings => "embeddings",
+            },
+            prompt_tokens_estimate: (ask.view.prompt_span.len() as f64 / plan.bytes_per_token)
+                .ceil() as u64,
+            max_tokens: ask.view.max_tokens,
+            stream: ask.view.stream,
+            tenant: ask.tenant.map(str::to_owned),
+            models: prefs
+                .models
+                .iter()
+                .map(|&m| self.models[m].name.clone())
+                .collect(),
+            sort: prefs.sort.map(Sort::name),
+            max_price: prefs
+                .max_price
+                .map(|c| [c.input_per_mtok, c.output_per_mtok]),
+            max_ttft_ms: prefs.max_ttft_ms,
+        };
+    }
+
+    pub(super) fn describe_candidate(
+        &self,
+        ask: &Ask<'_>,
+        m: usize,
+        allowed: bool,
+        chain: &Result<Chain, Blocked>,
+        live: &dyn Live,
+    ) -> CandidateTrace {
+        let plan = &self.models[m];
+        let mut c = CandidateTrace {
+            model: plan.name.clone(),
+            allowed,
+            fits: !matches!(chain, Err(Blocked::DoesNotFit(..))),
+            within_max_price: !matches!(chain, Err(Blocked::OverMaxPrice)),
+            ..Default::default()
+        };
+        if let Ok(chain) = chain {
+            let f = self.facts(ask, m, 0, chain, live);
+            let p = &self.pools[f.pool];
+            c.pool = Some(p.name.clone());
+            c.usable = f.usable;
+            c.expected_cost_usd = Some(f.cost_e6 / 1e6);
+            c.input_per_mtok = Some(p.cost.input_per_mtok);
+            c.output_per_mtok = Some(p.cost.output_per_mtok);
+            c.predicted_ttft_ms = f.ttft_ms;
+            c.tokens_per_s = f.tokens_per_s;
+            c.context_window = p.context_window;
+        }
+        c
+    }
+
+    pub(super) fn describe_route(&self, route: &Route) -> DecisionTrace {
+        let d = self.decision(route.decision);
+        DecisionTrace {
+            model: route
+                .chain
+                .get(0)
+                .map_or_else(String::new, |s| self.models[s.model as usize].name.clone()),
+            rule: d.map_or(0, |d| d.rule),
+            route: d.map_or_else(String::new, |d| d.label.clone()),
+            chain: route
+                .chain
+                .iter()
+                .map(|s| StepTrace {
+                    model: self.models[s.model as usize].name.clone(),
+                    pool: self.pools[s.pool as usize].name.clone(),
+                })
+                .collect(),
+            shadow: None,
+        }
     }
 }

@@ -30,6 +30,9 @@ fn mix(a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Arms of one split at most (a request is placed among them without allocating).
+pub const MAX_ARMS: usize = 16;
+
 /// One arm as the split sees it: its seed (stable hash of its model name) and weight.
 #[derive(Debug, Clone, Copy)]
 pub struct Arm {
