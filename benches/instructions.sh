@@ -14,6 +14,9 @@
 #   millisecond, so that every event comes in a chunk of its own, as from a GPU server.
 #
 # Usage: benches/instructions.sh [N] [S]
+#   BASELINE=path/to/other/switchyard benches/instructions.sh   measures that binary too, in the
+#   same run against the same simulators, and prints the change (a build of an earlier commit:
+#   `git worktree add /tmp/base <commit> && cargo build --release --manifest-path /tmp/base/Cargo.toml`).
 # Needs: valgrind (installed with apt-get when missing and running as root), python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -125,13 +128,26 @@ measure floor "${BODY/\"fast\"/\"$MODEL\"}" 200 "$N" $FLOOR "$FLOOR_ADDR" "$SIM"
 floor=$IR
 measure switchyard "$BODY" 200 "$N" $BIN run -c "$WORK/switchyard.yaml"
 sy=$IR
+if [ -n "${BASELINE:-}" ]; then
+  measure switchyard-baseline "$BODY" 200 "$N" "$BASELINE" run -c "$WORK/switchyard.yaml"
+  base=$IR
+fi
 FLOOR_ADDR=127.0.0.1:$(free_port)
 measure floor-stream "${STREAM_BODY/\"fast\"/\"$MODEL\"}" 10 "$S" \
   $FLOOR "$FLOOR_ADDR" "$STREAM_SIM"
 floor_stream=$IR
 measure switchyard-stream "$STREAM_BODY" 10 "$S" $BIN run -c "$WORK/switchyard-stream.yaml"
 sy_stream=$IR
+if [ -n "${BASELINE:-}" ]; then
+  measure switchyard-baseline-stream "$STREAM_BODY" 10 "$S" "$BASELINE" run -c "$WORK/switchyard-stream.yaml"
+  base_stream=$IR
+fi
 echo "| proxy | instructions per request | per stream of 50 events |"
 echo "|---|---:|---:|"
 echo "| Pingora floor | $floor | $floor_stream |"
 echo "| Switchyard | $sy ($(ratio "$sy" "$floor") × floor) | $sy_stream ($(ratio "$sy_stream" "$floor_stream") × floor) |"
+if [ -n "${BASELINE:-}" ]; then
+  pct() { python3 -c "print(f'{($1 / $2 - 1) * 100:+.2f} %')"; }
+  echo "| baseline ($BASELINE) | $base ($(ratio "$base" "$floor") × floor) | $base_stream ($(ratio "$base_stream" "$floor_stream") × floor) |"
+  echo "| change against the baseline | $(pct "$sy" "$base") | $(pct "$sy_stream" "$base_stream") |"
+fi

@@ -497,6 +497,33 @@ mod tests {
     }
 
     #[test]
+    fn a_routed_request_passes_the_limits_of_the_model_it_named_and_of_the_one_it_got() {
+        // `a` stands for a virtual model here: the tenant's limit on it, and the limits on `b`
+        // (the tenant's and the model's own), all apply to one request named `a`, sent to `b`.
+        let (t, _) = tenants(&format!(
+            "    limits: {{concurrent_requests: 1}}\ntenants:\n  team:\n    keys: [\"{KEY_A}\"]\n    limits:\n      per_model:\n        a: {{requests_per_minute: 3}}\n        b: {{tokens_per_minute: 100}}\n"
+        ));
+        let team = Some(&t.list[0]);
+        let held = t.admit(team, [0, 1], 60, 0, 0).unwrap();
+        assert_eq!(held.headers.requests.unwrap().remaining, 2, "a's requests");
+        assert_eq!(held.headers.tokens.unwrap().remaining, 40, "b's tokens");
+        assert_eq!(
+            t.admit(team, [0, 1], 1, 0, 0).unwrap_err().reason,
+            RefusalReason::Concurrency { limit: 1 },
+            "b's own concurrency"
+        );
+        drop(held);
+        assert_eq!(
+            t.admit(team, [0, 1], 60, 0, 0).unwrap_err().reason,
+            RefusalReason::Tokens { wait_ms: 12_000 },
+            "b's tokens, though a's requests are left"
+        );
+        // Named `b` directly: b's scopes once, not twice.
+        let direct = t.admit(team, [1, 1], 40, 0, 0).unwrap();
+        assert_eq!(direct.headers.tokens.unwrap().remaining, 0);
+    }
+
+    #[test]
     fn settling_refunds_or_charges_the_difference() {
         let (t, _) = tenants(&format!(
             "tenants:\n  team:\n    keys: [\"{KEY_A}\"]\n    limits: {{tokens_per_minute: 1000}}\n"
