@@ -83,6 +83,15 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
     if file.models.is_empty() {
         errs.push("models", "at least one model is required");
     }
+    // Routes hold model and pool indices as u16 (they live in every request's context).
+    for (what, n) in [("pools", file.pools.len()), ("models", file.models.len())] {
+        if n > usize::from(u16::MAX) {
+            errs.push(
+                what,
+                format!("at most {} are supported (there are {n})", u16::MAX),
+            );
+        }
+    }
     let (auth, tenants) = super::tenants::validate(&mut errs, &file, &models);
 
     match (listen, admin, errs.0.is_empty()) {

@@ -355,6 +355,11 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// Whether it holds anything to settle or release (no limit applied: nothing).
+    pub fn holds(&self) -> bool {
+        self.tokens.iter().any(Option::is_some) || self.permits.iter().any(Option::is_some)
+    }
+
     /// Replaces the reservation by the tokens actually used.
     pub fn settle(&mut self, used: u64, now_ms: u64) {
         let delta = used as i64 - self.reserved as i64;

@@ -177,7 +177,7 @@ impl ProxyHttp for Proxy {
             if let Some(i) = picked {
                 break (pool_index, i);
             }
-            let Some(next) = routed.route.chain.get(routed.step + 1) else {
+            let Some(next) = routed.route.chain.get(usize::from(routed.step) + 1) else {
                 ctx.response.error = Some(if tried.attempts() == 0 {
                     ApiError::NoHealthyUpstream
                 } else {

@@ -48,7 +48,7 @@ impl Proxy {
             .route
             .chain
             .iter()
-            .skip(routed.step + 1)
+            .skip(usize::from(routed.step) + 1)
             .any(|s| routed.runtime.pools[s.pool as usize].has_candidate(&|_| true))
     }
 

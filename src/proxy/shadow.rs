@@ -44,13 +44,10 @@ pub fn start(
     connector: &Arc<Connector>,
 ) {
     let Some(routed) = &ctx.routed else { return };
-    let Some(crate::routing::Mirror {
-        of: model,
-        to: target,
-    }) = routed.route.shadow
-    else {
+    let Some(crate::routing::Mirror { of, to }) = routed.route.shadow else {
         return;
     };
+    let (model, target) = (usize::from(of), usize::from(to));
     let runtime = &routed.runtime;
     let limit = runtime.router.shadow(model).map_or(0, |s| s.max_inflight);
     let inflight = runtime.models[model].shadows_inflight.clone();

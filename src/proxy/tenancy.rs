@@ -55,10 +55,9 @@ pub fn admit(
     view: &RequestView<'_>,
 ) -> Result<(), ApiError> {
     let tenant = ctx.tenancy.tenant.and_then(|t| runtime.tenants.list.get(t));
-    let (requested, model) = ctx
-        .routed
-        .as_ref()
-        .map_or((0, 0), |r| (r.route.requested, r.model_index()));
+    let (requested, model) = ctx.routed.as_ref().map_or((0, 0), |r| {
+        (usize::from(r.route.requested), r.model_index())
+    });
     if view.stream && endpoint != Endpoint::Embeddings && !view.include_usage {
         if let Some((body, span)) = request::ask_for_usage(
             &ctx.request.raw_body,
@@ -87,7 +86,7 @@ pub fn admit(
     ) {
         Ok(admission) => {
             ctx.tenancy.rate_headers = Some(admission.headers);
-            ctx.tenancy.admission = Some(admission);
+            ctx.tenancy.admission = admission.holds().then(|| Box::new(admission));
             Ok(())
         }
         Err(refusal) => {

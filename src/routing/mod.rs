@@ -345,7 +345,7 @@ impl Router {
                     .chain(ask.model, ask)
                     .map_err(|b| rules::refusal(b, ask))?;
                 Route {
-                    requested: ask.model,
+                    requested: ask.model as u16,
                     decision: plan.direct,
                     chain,
                     shadow: None,
@@ -381,7 +381,10 @@ impl Router {
         };
         route.shadow = shadow
             .filter(|s| fastrand::f64() * 100.0 < s.percent)
-            .map(|s| Mirror { of, to: s.to });
+            .map(|s| Mirror {
+                of: of as u16,
+                to: s.to as u16,
+            });
         if let Some(t) = trace {
             let mut d = self.describe_route(&route);
             d.shadow = shadow.map(|s| explain::ShadowTrace {

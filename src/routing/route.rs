@@ -6,8 +6,8 @@ use http::HeaderValue;
 /// One step of a route: a model and one of its pools (indices into the runtime's lists).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Step {
-    pub model: u32,
-    pub pool: u32,
+    pub model: u16,
+    pub pool: u16,
 }
 
 /// The steps a request tries in order, without allocating.
@@ -47,9 +47,10 @@ impl Chain {
         if self.has_pool(pool) || self.len() == Self::CAPACITY {
             return false;
         }
+        // Config validation holds models and pools to u16's range.
         self.steps[self.len()] = Step {
-            model: model as u32,
-            pool: pool as u32,
+            model: model as u16,
+            pool: pool as u16,
         };
         self.len += 1;
         true
@@ -65,8 +66,10 @@ impl Chain {
 /// A routing decision: what the proxy carries through a request.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// The public model the client named (index; virtual or not).
-    pub requested: usize,
+    /// The public model the client named (index; virtual or not). The indices here are u16
+    /// (validation holds models and pools to that range): the route lives in the request
+    /// context, whose every byte each request pays for (see `proxy::ctx`).
+    pub requested: u16,
     /// Index into [`Router::decisions`]: the label and metric of this decision.
     pub decision: u32,
     /// The (model, pool) steps to try in order; never empty.
@@ -79,8 +82,8 @@ pub struct Route {
 /// one the request named, else the one it was routed to), whose `max_inflight` applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mirror {
-    pub of: usize,
-    pub to: usize,
+    pub of: u16,
+    pub to: u16,
 }
 
 /// One possible decision, with its label. Built once per snapshot, so that a request's

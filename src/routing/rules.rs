@@ -101,7 +101,7 @@ impl Router {
         trace: Option<&mut Trace>,
     ) -> Result<Route, Blocked> {
         let route = |decision: u32, chain: Chain| Route {
-            requested: ask.model,
+            requested: ask.model as u16,
             decision,
             chain,
             shadow: None,

@@ -25,12 +25,15 @@ pub struct Routed {
     pub runtime: Arc<Runtime>,
     pub route: Route,
     /// Index into `route.chain`: the step (model, pool) of the current attempt.
-    pub step: usize,
+    pub step: u8,
 }
 
 impl Routed {
     fn current(&self) -> Step {
-        self.route.chain.get(self.step).unwrap_or_default()
+        self.route
+            .chain
+            .get(usize::from(self.step))
+            .unwrap_or_default()
     }
 
     /// Index into `runtime.models` of the model answering at this step (never virtual).
@@ -53,7 +56,7 @@ impl Routed {
 
     /// The model the client named (virtual or not).
     pub fn requested(&self) -> &Model {
-        &self.runtime.models[self.route.requested]
+        &self.runtime.models[usize::from(self.route.requested)]
     }
 
     /// The decision's label and metric.

@@ -227,7 +227,7 @@ fn the_shadow_is_sampled_by_its_percentage() {
                     serde_json::json!({"model": "mirrored", "prompt": "x"}),
                 ))
                 .unwrap();
-            r.shadow.map(|m| m.to) == Some(rc)
+            r.shadow.map(|m| usize::from(m.to)) == Some(rc)
         })
         .count();
     assert!((880..=1120).contains(&hits), "{hits} of {n} at 25 %");
