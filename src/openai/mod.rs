@@ -2,6 +2,7 @@
 //! and the error bodies.
 
 pub mod error;
+pub mod json;
 pub mod request;
 pub mod sse;
 pub mod strip;
