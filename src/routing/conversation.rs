@@ -12,8 +12,7 @@
 
 use std::ops::Range;
 
-pub use crate::openai::json::{elements, member, members, unescape};
-use crate::openai::json::{is_string, string_end};
+use crate::openai::json::{elements, is_string, member, string_end, unescape};
 
 /// Messages whose spans the outline keeps, newest last.
 const TAIL: usize = 8;
