@@ -1,7 +1,7 @@
 //! Least load: the server with the smallest load per unit of weight, where load is what the
 //! engine itself reports (requests running + waiting, scraped from its /metrics by
-//! `upstream::monitor`) plus the requests the gateway sent since that reading, with its KV
-//! cache usage as a tie-breaker. Engines without metrics (Ollama), or whose reading is
+//! `upstream::monitor`) moved by the requests the gateway sent and saw finish since that
+//! reading (`ServerState::load`), with its KV cache usage as a tie-breaker. Engines without metrics (Ollama), or whose reading is
 //! stale, are compared by the gateway's own in-flight count. Equal loads rotate.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

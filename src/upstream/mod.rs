@@ -305,17 +305,25 @@ impl ServerState {
         self.scraped_at_ms.store(0, Ordering::Relaxed);
     }
 
-    /// The load `least_load` compares: the engine's running + waiting requests plus what the
-    /// gateway sent since that reading, and its KV usage (0..1) as a tie-breaker. Without a
-    /// reading no older than `max_age_ms`: the gateway's own in-flight count.
+    /// The load `least_load` compares: the engine's running + waiting requests, moved by how
+    /// the gateway's own in-flight count changed since that reading (requests sent since add,
+    /// requests finished since subtract), never below that in-flight count, with its KV usage
+    /// (0..1) as a tie-breaker. Without a reading no older than `max_age_ms`: the gateway's own
+    /// in-flight count.
+    ///
+    /// Counting only what was sent since, as this did first, kept a server's load at its last
+    /// reading however many of its requests had finished: between two scrapes, the servers
+    /// that had been busy at the reading looked busy to the end, and the others took every
+    /// new request, in turn (`benches/prefix.sh`: least_load behind round robin).
     pub fn load(&self, now_ms: u64, max_age_ms: u64) -> f64 {
-        let inflight = self.inflight();
+        let inflight = self.inflight() as f64;
         let at = self.scraped_at_ms.load(Ordering::Relaxed);
         if at == 0 || now_ms.saturating_sub(at) > max_age_ms {
-            return inflight as f64;
+            return inflight;
         }
-        let since = inflight.saturating_sub(self.inflight_at_scrape.load(Ordering::Relaxed));
-        load_f64(&self.engine_queue) + since as f64 + load_f64(&self.engine_kv)
+        let then = self.inflight_at_scrape.load(Ordering::Relaxed) as f64;
+        let queue = (load_f64(&self.engine_queue) + inflight - then).max(inflight);
+        queue + load_f64(&self.engine_kv)
     }
 
     /// The last engine reading, when there is a fresh one.
@@ -541,7 +549,7 @@ mod tests {
     }
 
     #[test]
-    fn load_blends_the_engine_reading_with_requests_sent_since() {
+    fn load_blends_the_engine_reading_with_requests_sent_and_finished_since() {
         let s = Arc::new(ServerState::default());
         let _a = s.start(0);
         assert_eq!(s.load(0, 1_000), 1.0, "no reading: in-flight");
@@ -557,6 +565,15 @@ mod tests {
         let _b = s.start(0);
         let _c = s.start(0);
         assert_eq!(s.load(200, 1_000), 12.5);
+        drop(_a);
+        drop(_b);
+        assert_eq!(
+            s.load(200, 1_000),
+            10.5,
+            "a request finished since: one less"
+        );
+        let _b = s.start(0);
+        let _d = s.start(0);
         assert_eq!(s.load(2_000, 1_000), 3.0, "a stale reading is ignored");
         s.clear_engine_load();
         assert_eq!(s.load(200, 1_000), 3.0);
