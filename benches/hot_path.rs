@@ -10,7 +10,7 @@ use std::alloc::System;
 use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::sync::Arc;
-use switchyard::balance::{Candidates, Features, Policy, PolicySettings};
+use switchyard::balance::{Balance, Candidates, Features, Policy, PolicySettings};
 use switchyard::openai::request::replace_model;
 use switchyard::openai::sse::SseTracker;
 use switchyard::openai::strip::UsageStrip;
@@ -153,7 +153,7 @@ fn report_allocations() {
         })
     );
     for policy in POLICIES {
-        let b = policy.build(&weights, &PolicySettings::default());
+        let b = policy.build(&weights, &PolicySettings::default(), None);
         let c = candidates(&states, &weights, &|_| true);
         println!(
             "  {} pick, 8 servers: {:.2}",
@@ -163,6 +163,43 @@ fn report_allocations() {
             })
         );
     }
+    for n in [8usize, 64] {
+        let (p, f, states, weights) = prefix_aware(n);
+        let c = candidates(&states, &weights, &|_| true);
+        println!(
+            "  prefix_aware pick, {n} servers, 32 KB conversation it holds: {:.2}",
+            allocs_per(1000, || {
+                black_box(p.pick(&f, &c));
+            })
+        );
+    }
+}
+
+/// A prefix-aware pool of `n` servers whose index has seen the benchmark's 32 KB conversation
+/// go to one of them (so that a pick walks all 128 blocks), and that conversation's features.
+fn prefix_aware(n: usize) -> (Box<dyn Balance>, Features, Vec<Arc<ServerState>>, Vec<u32>) {
+    use switchyard::balance::PrefixIndex;
+    let weights = vec![1u32; n];
+    let states = server_states(n);
+    let index = Arc::new(PrefixIndex::default());
+    let ids: Vec<String> = (0..n).map(|i| format!("10.0.0.{i}:8000")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let slots = index.attach(&ids, 8192).unwrap();
+    let policy =
+        Policy::PrefixAware.build(&weights, &PolicySettings::default(), Some((index, slots)));
+    let body = chat_body(32 * 1024);
+    let view = RequestView::parse(&body).unwrap();
+    let f = Features {
+        prefix_hashes: switchyard::balance::prefix_hashes(
+            switchyard::openai::Endpoint::ChatCompletions,
+            &view,
+            &body,
+        ),
+        ..Features::default()
+    };
+    let c = candidates(&states, &weights, &|_| true);
+    policy.pick(&f, &c);
+    (policy, f, states, weights)
 }
 
 const POLICIES: [Policy; 4] = [
@@ -265,7 +302,7 @@ fn balance(c: &mut Criterion) {
             ..Features::default()
         };
         for policy in POLICIES {
-            let p = policy.build(&weights, &PolicySettings::default());
+            let p = policy.build(&weights, &PolicySettings::default(), None);
             let all = candidates(&states, &weights, &|_| true);
             g.bench_function(BenchmarkId::new(policy.name(), n), |b| {
                 b.iter(|| p.pick(&f, &all))
@@ -277,6 +314,19 @@ fn balance(c: &mut Criterion) {
                 |b| b.iter(|| p.pick(&f, &skip2)),
             );
         }
+    }
+    for n in [8usize, 64] {
+        let (p, f, states, weights) = prefix_aware(n);
+        let all = candidates(&states, &weights, &|_| true);
+        // 32 KB of JSON renders to ~26 KB of roles and text: ~100 blocks of 256 bytes.
+        assert!(
+            f.prefix_hashes.len() > 96,
+            "{} blocks",
+            f.prefix_hashes.len()
+        );
+        g.bench_function(BenchmarkId::new("prefix_aware_32KB", n), |b| {
+            b.iter(|| p.pick(&f, &all))
+        });
     }
     g.finish();
 }

@@ -119,7 +119,8 @@ impl Admin {
 
     /// `GET /admin/servers`. `healthy` is `null` while a server has not been probed yet (or
     /// probing is off); `load` is `null` without a fresh engine reading, `ewma_ms` before the
-    /// first measured response: not measured rather than made up.
+    /// first measured response: not measured rather than made up. `prefix_blocks`: the
+    /// prefix blocks a `prefix_aware` pool remembers the server holds (`null` elsewhere).
     fn servers(&self) -> serde_json::Value {
         use crate::upstream::health::Health;
         use serde_json::json;
@@ -130,6 +131,7 @@ impl Admin {
             .iter()
             .zip(&runtime.config.pools)
             .map(|(pool, spec)| {
+                let prefix = self.shared.prefix.find(&pool.name);
                 let servers: Vec<_> = pool
                     .servers
                     .iter()
@@ -151,6 +153,7 @@ impl Admin {
                             "weight": sspec.weight.get(),
                             "draining": s.state.is_draining(),
                             "cooldown_ms": s.state.cooldown_left_ms(now),
+                            "prefix_blocks": prefix.as_ref().and_then(|ix| ix.held_by(&s.id)),
                         })
                     })
                     .collect();

@@ -60,7 +60,7 @@ models:
     assert_eq!(
         lines,
         [
-            r#"pools.llama-8b.balance: "random_guess" is not one of: weighted_round_robin, p2c_ewma, least_load, consistent_hash"#,
+            r#"pools.llama-8b.balance: "random_guess" is not one of: weighted_round_robin, p2c_ewma, least_load, consistent_hash, prefix_aware"#,
             "pools.llama-8b.servers[1].weight: must be greater than 0",
             r#"models.smart.pool: no pool named "qwen""#,
         ]

@@ -10,6 +10,7 @@ mod chash;
 mod features;
 mod least_load;
 mod p2c;
+pub mod prefix;
 mod wrr;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub use chash::ConsistentHash;
 pub use features::{prefix_hashes, session_hash, PREFIX_BLOCK_BYTES};
 pub use least_load::LeastLoad;
 pub use p2c::P2cEwma;
+pub use prefix::{PrefixAware, PrefixIndex, PrefixIndexes, PrefixSettings};
 pub use wrr::SmoothWeightedRoundRobin;
 
 use crate::upstream::ServerState;
@@ -29,9 +31,9 @@ pub struct Features {
     pub prompt_bytes: usize,
     /// Estimated prompt tokens (bytes / 4).
     pub prompt_tokens: u64,
-    /// Chained hashes of the prompt in blocks of [`PREFIX_BLOCK_BYTES`]: `prefix_hashes[k]`
-    /// identifies the first k+1 blocks of the conversation. Filled only for policies that
-    /// ask for it ([`Policy::wants_prefix`]).
+    /// Chained hashes of the conversation, rendered canonically, in blocks of
+    /// [`PREFIX_BLOCK_BYTES`]: `prefix_hashes[k]` identifies the first k+1 blocks. Filled only
+    /// for policies that ask for it ([`Policy::wants_prefix`]).
     pub prefix_hashes: Vec<u64>,
     /// Hash of the session key (a header, else the body's `user`), when there is one.
     pub session: Option<u64>,
@@ -85,6 +87,7 @@ pub enum Policy {
     P2cEwma,
     LeastLoad,
     ConsistentHash,
+    PrefixAware,
 }
 
 /// Policy parameters from the pool's config.
@@ -95,6 +98,8 @@ pub struct PolicySettings {
     /// `consistent_hash`: a server more than this factor over the mean load passes the
     /// request on along the ring (1.25).
     pub hash_load_factor: f64,
+    /// `prefix_aware`: its tunables (`pools.X.prefix`).
+    pub prefix: PrefixSettings,
 }
 
 impl Default for PolicySettings {
@@ -102,16 +107,18 @@ impl Default for PolicySettings {
         Self {
             load_max_age_ms: 15_000,
             hash_load_factor: 1.25,
+            prefix: PrefixSettings::default(),
         }
     }
 }
 
 impl Policy {
-    pub const NAMES: [&'static str; 4] = [
+    pub const NAMES: [&'static str; 5] = [
         "weighted_round_robin",
         "p2c_ewma",
         "least_load",
         "consistent_hash",
+        "prefix_aware",
     ];
 
     pub fn from_name(name: &str) -> Option<Self> {
@@ -120,6 +127,7 @@ impl Policy {
             "p2c_ewma" => Self::P2cEwma,
             "least_load" => Self::LeastLoad,
             "consistent_hash" => Self::ConsistentHash,
+            "prefix_aware" => Self::PrefixAware,
             _ => return None,
         })
     }
@@ -130,12 +138,13 @@ impl Policy {
             Self::P2cEwma => "p2c_ewma",
             Self::LeastLoad => "least_load",
             Self::ConsistentHash => "consistent_hash",
+            Self::PrefixAware => "prefix_aware",
         }
     }
 
     /// Whether the request's prefix block hashes must be computed for this policy.
     pub fn wants_prefix(self) -> bool {
-        false
+        self == Self::PrefixAware
     }
 
     /// Whether the request's session key must be read for this policy.
@@ -143,9 +152,24 @@ impl Policy {
         self == Self::ConsistentHash
     }
 
-    /// Builds the policy for servers with these weights (in server order).
-    pub fn build(self, weights: &[u32], settings: &PolicySettings) -> Box<dyn Balance> {
+    /// Builds the policy for servers with these weights (in server order). `prefix_aware`
+    /// needs its pool's index and the servers' slots in it (else it balances by load alone).
+    pub fn build(
+        self,
+        weights: &[u32],
+        settings: &PolicySettings,
+        prefix: Option<(Arc<PrefixIndex>, Box<[u8]>)>,
+    ) -> Box<dyn Balance> {
         match self {
+            Self::PrefixAware => match prefix {
+                Some((index, slots)) => Box::new(PrefixAware::new(
+                    index,
+                    slots,
+                    settings.prefix.clone(),
+                    settings.load_max_age_ms,
+                )),
+                None => Box::new(LeastLoad::new(settings.load_max_age_ms)),
+            },
             Self::WeightedRoundRobin => Box::new(SmoothWeightedRoundRobin::new(weights)),
             Self::P2cEwma => Box::new(P2cEwma),
             Self::LeastLoad => Box::new(LeastLoad::new(settings.load_max_age_ms)),

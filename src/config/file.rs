@@ -188,6 +188,19 @@ pub struct FilePool {
     /// Tokens a sequence may hold on these servers (prompt + completion); a request that
     /// cannot fit skips the pool.
     pub context_window: Option<i64>,
+    /// `balance: prefix_aware`: the index size and the affinity/load trade-off.
+    pub prefix: Option<FilePrefix>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePrefix {
+    pub blocks_per_server: Option<i64>,
+    pub beta: Option<f64>,
+    pub abs_threshold: Option<f64>,
+    pub rel_threshold: Option<f64>,
+    pub min_match: Option<i64>,
+    pub kv_threshold: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -511,4 +511,50 @@ models:
             ["pools.qwen-72b.servers: at least one server is required"]
         );
     }
+
+    #[test]
+    fn prefix_settings_are_read_checked_and_only_for_prefix_aware() {
+        let yaml = SAMPLE.replace(
+            "    balance: weighted_round_robin\n",
+            "    balance: prefix_aware\n    prefix: {blocks_per_server: 2048, beta: 0.2, min_match: 3}\n",
+        );
+        let c = parse(&yaml).unwrap();
+        let p = &c.pools[c.models[0].serve.pool().unwrap()].policy.prefix;
+        assert_eq!(p.blocks_per_server, 2048);
+        assert_eq!(p.beta, 0.2);
+        assert_eq!(p.min_match, 3);
+        assert_eq!(
+            p.rel_threshold,
+            crate::balance::PrefixSettings::default().rel_threshold,
+            "unset: the default"
+        );
+
+        let bad = SAMPLE.replace(
+            "    balance: weighted_round_robin\n",
+            "    balance: prefix_aware\n    prefix: {blocks_per_server: 0, rel_threshold: 0.5, kv_threshold: 2}\n",
+        );
+        let errs = errors(&bad);
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(
+            errs[0].starts_with("pools.llama-8b.prefix.blocks_per_server: "),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("pools.llama-8b.prefix.rel_threshold: "),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].starts_with("pools.llama-8b.prefix.kv_threshold: "),
+            "{errs:?}"
+        );
+
+        let elsewhere = SAMPLE.replace(
+            "    balance: weighted_round_robin\n",
+            "    prefix: {beta: 1}\n",
+        );
+        assert_eq!(
+            errors(&elsewhere),
+            ["pools.llama-8b.prefix: applies to balance: prefix_aware only"]
+        );
+    }
 }

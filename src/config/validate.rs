@@ -16,7 +16,7 @@ use super::{
     AccessLog, Config, ConfigError, Limits, LogFormat, Pool, RetryBudget, ScrapeSettings,
     ServerSettings, ServerSpec, Timeouts,
 };
-use crate::balance::{Policy, PolicySettings};
+use crate::balance::{Policy, PolicySettings, PrefixSettings};
 use crate::routing::Cost;
 use crate::upstream::breaker::BreakerSettings;
 use crate::upstream::engine::Engine;
@@ -325,6 +325,7 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
             PolicySettings::default().hash_load_factor,
             1.0..=100.0,
         ),
+        prefix: prefix(errs, &at, balance, p),
     };
     let header = p
         .affinity
@@ -431,6 +432,72 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
         api_key_env: p.api_key_env.clone(),
         context_window,
     })
+}
+
+/// `pools.X.prefix`, which only `balance: prefix_aware` reads.
+fn prefix(errs: &mut Errors, at: &str, balance: Policy, p: &FilePool) -> PrefixSettings {
+    let d = PrefixSettings::default();
+    if balance == Policy::PrefixAware && p.servers.len() > crate::balance::prefix::MAX_SERVERS {
+        errs.push(
+            format!("{at}.servers"),
+            format!(
+                "prefix_aware tracks at most {} servers per pool; split the pool",
+                crate::balance::prefix::MAX_SERVERS
+            ),
+        );
+    }
+    let Some(f) = &p.prefix else { return d };
+    let at = format!("{at}.prefix");
+    if balance != Policy::PrefixAware {
+        errs.push(&at, "applies to balance: prefix_aware only");
+    }
+    let blocks = positive(
+        errs,
+        &format!("{at}.blocks_per_server"),
+        f.blocks_per_server,
+        u64::from(d.blocks_per_server),
+    );
+    if blocks > 1 << 24 {
+        errs.push(
+            format!("{at}.blocks_per_server"),
+            format!(
+                "at most {} (16M blocks, about 4 GiB of prompt text)",
+                1u64 << 24
+            ),
+        );
+    }
+    PrefixSettings {
+        blocks_per_server: blocks.min(1 << 24) as u32,
+        beta: fraction(errs, &format!("{at}.beta"), f.beta, d.beta, 0.0..=100.0),
+        abs_threshold: fraction(
+            errs,
+            &format!("{at}.abs_threshold"),
+            f.abs_threshold,
+            d.abs_threshold,
+            0.0..=1e6,
+        ),
+        rel_threshold: fraction(
+            errs,
+            &format!("{at}.rel_threshold"),
+            f.rel_threshold,
+            d.rel_threshold,
+            1.0..=1e6,
+        ),
+        min_match: positive(
+            errs,
+            &format!("{at}.min_match"),
+            f.min_match,
+            u64::from(d.min_match),
+        )
+        .min(u64::from(u32::MAX)) as u32,
+        kv_threshold: fraction(
+            errs,
+            &format!("{at}.kv_threshold"),
+            f.kv_threshold,
+            d.kv_threshold,
+            0.01..=1.0,
+        ),
+    }
 }
 
 fn health(errs: &mut Errors, at: &str, engine: Engine, p: &FilePool) -> HealthSettings {

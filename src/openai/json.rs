@@ -142,6 +142,12 @@ pub fn is_string(raw: &[u8], literal: &str) -> bool {
 /// Appends the value of a JSON string literal (quotes included in `literal`) to `out`.
 /// Invalid escapes, which validated JSON does not have, become U+FFFD.
 pub fn unescape(literal: &[u8], out: &mut String) {
+    decode(literal, |piece| out.push_str(piece));
+}
+
+/// Hands the value of a JSON string literal to `sink` in pieces: the runs between escapes as
+/// they stand in the body, each escape decoded on its own.
+pub fn decode(literal: &[u8], mut sink: impl FnMut(&str)) {
     let inner = literal
         .strip_prefix(b"\"")
         .and_then(|l| l.strip_suffix(b"\""))
@@ -149,10 +155,10 @@ pub fn unescape(literal: &[u8], out: &mut String) {
     let mut i = 0;
     while i < inner.len() {
         let Some(j) = memchr::memchr(b'\\', &inner[i..]) else {
-            out.push_str(&String::from_utf8_lossy(&inner[i..]));
+            sink(&String::from_utf8_lossy(&inner[i..]));
             return;
         };
-        out.push_str(&String::from_utf8_lossy(&inner[i..i + j]));
+        sink(&String::from_utf8_lossy(&inner[i..i + j]));
         i += j + 1;
         let Some(&e) = inner.get(i) else { return };
         i += 1;
@@ -185,7 +191,7 @@ pub fn unescape(literal: &[u8], out: &mut String) {
             }
             _ => '\u{FFFD}',
         };
-        out.push(c);
+        sink(c.encode_utf8(&mut [0u8; 4]));
     }
 }
 

@@ -40,6 +40,7 @@ pub(super) async fn admit(
         ctx,
         &runtime,
         &route.chain,
+        endpoint,
         &view,
         &raw,
         session.req_header(),
@@ -110,6 +111,7 @@ fn features(
     ctx: &mut Ctx,
     runtime: &Runtime,
     chain: &Chain,
+    endpoint: Endpoint,
     view: &RequestView<'_>,
     raw: &[u8],
     req: &RequestHeader,
@@ -120,7 +122,7 @@ fn features(
     f.prompt_tokens = (prompt.len() as u64).div_ceil(4);
     let pools = || chain.iter().map(|s| s.pool as usize);
     if pools().any(|p| runtime.pools[p].policy.wants_prefix()) {
-        f.prefix_hashes = balance::prefix_hashes(prompt);
+        f.prefix_hashes = balance::prefix_hashes(endpoint, view, raw);
     }
     if let Some(p) = pools().find(|&p| runtime.pools[p].policy.wants_session()) {
         let header = &runtime.config.pools[p].session_header;

@@ -19,6 +19,7 @@ use serde::Serialize;
 pub use pool::{Pool, RetryToken, Server};
 pub use shared::{ReloadError, Shared};
 
+use crate::balance::{Policy, PrefixIndexes};
 use crate::config::{Config, ConfigError};
 use crate::limits::store::LocalStore;
 use crate::limits::Tenants;
@@ -67,6 +68,7 @@ impl Runtime {
         registry: &Registry,
         store: &LocalStore,
         metrics: &Metrics,
+        indexes: &PrefixIndexes,
     ) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut pools = Vec::with_capacity(config.pools.len());
@@ -99,13 +101,22 @@ impl Runtime {
                 }
             }
             let weights: Vec<u32> = p.servers.iter().map(|s| s.weight.get()).collect();
+            // The pool's prefix index outlives the runtime; servers keep their slots in it.
+            let prefix = (p.balance == Policy::PrefixAware)
+                .then(|| {
+                    let index = indexes.get(&p.name);
+                    let ids: Vec<&str> = servers.iter().map(|s| s.id.as_str()).collect();
+                    let slots = index.attach(&ids, p.policy.prefix.blocks_per_server)?;
+                    Some((index, slots))
+                })
+                .flatten();
             pools.push(Pool {
                 name: p.name.clone(),
                 load_max_age_ms: p.policy.load_max_age_ms,
                 served_model_json: json_string(&p.served_model),
                 states: servers.iter().map(|s| s.state.clone()).collect(),
                 servers: servers.into_boxed_slice(),
-                balancer: p.balance.build(&weights, &p.policy),
+                balancer: p.balance.build(&weights, &p.policy, prefix),
                 weights: weights.into_boxed_slice(),
                 policy: p.balance,
                 slow_start: p.slow_start,
@@ -297,6 +308,7 @@ mod tests {
             &Registry::default(),
             &LocalStore::default(),
             &Metrics::new().unwrap(),
+            &PrefixIndexes::default(),
         )
         .unwrap()
     }

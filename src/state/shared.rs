@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use super::Runtime;
+use crate::balance::{Policy, PrefixIndexes};
 use crate::config::{Config, ConfigError, LoadError};
 use crate::limits::per_ip::PerIp;
 use crate::limits::store::LocalStore;
@@ -24,6 +25,8 @@ pub struct Shared {
     pub store: LocalStore,
     /// Per client IP counters.
     pub per_ip: PerIp,
+    /// Prefix-aware pools' indices of which server holds which prefix; outlive runtimes.
+    pub prefix: PrefixIndexes,
     /// The file reloads read; `None` for a config that did not come from a file (the demo).
     config_path: Option<PathBuf>,
     /// Serialises reloads so that two of them cannot interleave read, build and swap.
@@ -61,13 +64,15 @@ impl Shared {
     ) -> Result<Self, Vec<ConfigError>> {
         let registry = Registry::default();
         let store = LocalStore::default();
-        let runtime = Runtime::build(config, &registry, &store, &metrics)?;
+        let prefix = PrefixIndexes::default();
+        let runtime = Runtime::build(config, &registry, &store, &metrics, &prefix)?;
         metrics.config_load(true);
         Ok(Self {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
             store,
             per_ip: PerIp::default(),
+            prefix,
             metrics,
             lifecycle: Default::default(),
             config_path,
@@ -95,9 +100,11 @@ impl Shared {
                         );
                     }
                 }
-                self.runtime.store(Arc::new(runtime));
+                let runtime = Arc::new(runtime);
+                self.runtime.store(runtime.clone());
                 drop(old);
                 self.store.prune();
+                self.prefix.retain(&prefix_pools(&runtime));
                 tracing::info!("config reloaded");
                 Ok(())
             }
@@ -113,8 +120,14 @@ impl Shared {
     fn build_from_file(&self) -> Result<Runtime, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
         let config = crate::config::load(path)?;
-        Runtime::build(config, &self.registry, &self.store, &self.metrics)
-            .map_err(|errs| ReloadError::Load(LoadError::Invalid(errs)))
+        Runtime::build(
+            config,
+            &self.registry,
+            &self.store,
+            &self.metrics,
+            &self.prefix,
+        )
+        .map_err(|errs| ReloadError::Load(LoadError::Invalid(errs)))
     }
 
     /// The current snapshot; load once per request.
@@ -134,4 +147,19 @@ impl Shared {
                 .iter()
                 .all(|p| p.servers.iter().any(|s| s.state.is_usable(now)))
     }
+}
+
+/// The prefix-aware pools of a runtime and their servers' ids: what the prefix indices keep.
+fn prefix_pools(runtime: &Runtime) -> Vec<(&str, Vec<&str>)> {
+    runtime
+        .pools
+        .iter()
+        .filter(|p| p.policy == Policy::PrefixAware)
+        .map(|p| {
+            (
+                p.name.as_str(),
+                p.servers.iter().map(|s| s.id.as_str()).collect(),
+            )
+        })
+        .collect()
 }
