@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::file::FileConfig;
-use super::validate::defaults;
-use super::values::{duration_ms, fraction, limit_set, positive, Errors};
+use super::values::{defaults, duration_ms, fraction, limit_set, positive, Errors};
 use super::{Model, Pool};
 use crate::routing::spec::Serve;
 

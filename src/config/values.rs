@@ -236,6 +236,33 @@ pub(super) fn parse_url(url: &str) -> Result<(String, u16), String> {
     }
 }
 
+/// Defaults, from ../shared/RELIABILITY.md (what Envoy, nginx and HAProxy do).
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const ADMIN: &str = "127.0.0.1:9090";
+    pub const MAX_BODY_SIZE: usize = 8 * 1024 * 1024;
+    pub const MAX_REQUESTS_PER_CONNECTION: u32 = 1000;
+    pub const GRACE_PERIOD_SECS: u64 = 60;
+    pub const REQUEST_BODY_SECS: u64 = 30;
+    pub const KEEPALIVE_IDLE_SECS: u64 = 75;
+    /// nginx's `send_timeout`.
+    pub const CLIENT_WRITE_SECS: u64 = 60;
+    pub const CONNECT_SECS: u64 = 3;
+    pub const UPSTREAM_IDLE_SECS: u64 = 60;
+    pub const UPSTREAM_KEEPALIVE_POOL: usize = 1024;
+    pub const LOG_LEVEL: &str = "info";
+    pub const UPGRADE_SOCK: &str = "/tmp/switchyard_upgrade.sock";
+    /// A weight above this makes the smooth round-robin table needlessly large.
+    pub const MAX_WEIGHT: u32 = 1000;
+    pub const STREAM_TOTAL_SECS: u64 = 30 * 60;
+    pub const REQUEST_TOTAL_SECS: u64 = 10 * 60;
+    pub const SLOW_START_SECS: u64 = 10;
+    pub const SCRAPE_INTERVAL_MS: u64 = 1_000;
+    pub const SESSION_HEADER: &str = "x-session-id";
+    pub const DEFAULT_MAX_TOKENS: u64 = 1024;
+    pub const BYTES_PER_TOKEN: f64 = 4.0;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

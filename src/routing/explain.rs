@@ -7,7 +7,6 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::rules::Blocked;
 use super::spec::{Sort, Target};
 use super::{Ask, Chain, Live, ModelPlan, Route, Router};
 use crate::openai::Endpoint;
@@ -390,6 +389,26 @@ impl Router {
                 })
                 .collect(),
             shadow: None,
+        }
+    }
+}
+
+/// Why a matching rule could not take the request; the strongest reason of all is the
+/// refusal when no rule can.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub(super) enum Blocked {
+    NotAllowed,
+    OverMaxPrice,
+    /// Needed tokens, and the largest window seen.
+    DoesNotFit(u64, u64),
+}
+
+impl Blocked {
+    pub(super) fn max_of(self, other: Blocked) -> Blocked {
+        if other > self {
+            other
+        } else {
+            self
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use http::HeaderValue;
 
-use super::explain::{ArmTrace, CandidateTrace, ConditionTrace, RuleTrace, SplitTrace};
+use super::explain::{ArmTrace, Blocked, CandidateTrace, ConditionTrace, RuleTrace, SplitTrace};
 use super::matchers::Matcher;
 use super::select::{self, Facts};
 use super::signals::Signals;
@@ -14,16 +14,6 @@ use super::spec::{Sort, Sticky, Target};
 use super::split::{self, Arm};
 use super::{Ask, Chain, Compiled, Live, Refusal, Route, Router, Trace, SESSION_HEADER};
 use crate::openai::Endpoint;
-
-/// Why a matching rule could not take the request; the strongest reason of all is the
-/// refusal when no rule can.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
-pub(super) enum Blocked {
-    NotAllowed,
-    OverMaxPrice,
-    /// Needed tokens, and the largest window seen.
-    DoesNotFit(u64, u64),
-}
 
 impl Router {
     /// The first rule that holds and can take the request decides.
@@ -306,15 +296,5 @@ pub(super) fn refusal(b: Blocked, ask: &Ask<'_>) -> Refusal {
             max: ask.prefs.max_price.unwrap_or_default(),
         },
         Blocked::DoesNotFit(needed, largest) => Refusal::ContextLengthExceeded { needed, largest },
-    }
-}
-
-impl Blocked {
-    fn max_of(self, other: Blocked) -> Blocked {
-        if other > self {
-            other
-        } else {
-            self
-        }
     }
 }
