@@ -57,6 +57,7 @@ mod tests {
             running: queue,
             waiting: 0.0,
             kv_usage: kv,
+            kv_tokens: 0.0,
         }
     }
 

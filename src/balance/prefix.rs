@@ -5,7 +5,8 @@
 //! **The index.** Per pool, which server recently received which prefix blocks (the chained
 //! hashes of `features.rs`): a map from block hash to the set of servers holding it (a 128-bit
 //! mask; a slot per server, stable across reloads), and per server a ring of the blocks it was
-//! given, at most `blocks_per_server`, evicted oldest first with a second chance for blocks
+//! given, at most `blocks_per_server` (or, unless that is set, as many as its engine says its
+//! KV cache holds: vLLM's `cache_config_info`, SGLang's `max_total_num_tokens`), evicted oldest first with a second chance for blocks
 //! used since they were inserted (CLOCK, an approximation of LRU that needs no list to update
 //! on a hit). A hit is one map lookup per block that also stamps the block as used. Memory is
 //! bounded by `blocks_per_server` × servers, whatever the traffic. A server that leaves the
@@ -42,11 +43,21 @@ use super::{Balance, Candidates, Features};
 /// Servers a prefix-aware pool may have (the width of a block's server mask).
 pub const MAX_SERVERS: usize = 128;
 
+/// Most blocks a server may hold in the index (16M: about 4 GiB of prompt text).
+pub const MAX_BLOCKS_PER_SERVER: f64 = (1u32 << 24) as f64;
+
+/// Engine tokens per block of the index (4 bytes per token).
+const TOKENS_PER_BLOCK: f64 = (super::PREFIX_BLOCK_BYTES / 4) as f64;
+
 /// Tunables of `balance: prefix_aware` (`pools.X.prefix`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrefixSettings {
     /// Blocks remembered per server (each ~64 tokens): 8192 is 512k tokens, a GPU's worth.
+    /// Unless set in the config, a server whose engine reports its KV cache's size gets that
+    /// size instead (`sized_by_engine`).
     pub blocks_per_server: u32,
+    /// Whether a server's engine-reported KV cache size sets its share of the index.
+    pub sized_by_engine: bool,
     /// Weight of relative load against the matched fraction in the score.
     pub beta: f64,
     /// A server over `max(abs_threshold, rel_threshold × mean load)` loses affinity.
@@ -62,6 +73,7 @@ impl Default for PrefixSettings {
     fn default() -> Self {
         Self {
             blocks_per_server: 8192,
+            sized_by_engine: true,
             beta: 1.0,
             abs_threshold: 4.0,
             rel_threshold: 1.25,
@@ -77,8 +89,9 @@ pub trait Residency: Send + Sync {
     /// Writes into `depth[i]` how many leading blocks of `chain` the server in slot
     /// `slots[i]` holds, and marks the blocks found as used.
     fn depths(&self, chain: &[u64], slots: &[u8], depth: &mut [u32]);
-    /// The request went to the server in `slot`: it holds `chain` from now on.
-    fn learn(&self, slot: u8, chain: &[u64]);
+    /// The request went to the server in `slot`: it holds `chain` from now on. `capacity`:
+    /// the server's size in blocks, when known better than the pool's setting.
+    fn learn(&self, slot: u8, chain: &[u64], capacity: Option<u32>);
 }
 
 /// A hasher for keys that are hashes already.
@@ -114,6 +127,8 @@ struct Block {
 struct Slot {
     /// The server's id (`host:port`); `None`: free.
     id: Option<Box<str>>,
+    /// Blocks it may hold, when its engine said (0: the index's capacity).
+    capacity: u32,
     /// Blocks given to the server, oldest first (a chain's tail before its head), with the
     /// clock when each was inserted.
     ring: VecDeque<(u64, u64)>,
@@ -289,7 +304,7 @@ impl Residency for PrefixIndex {
         }
     }
 
-    fn learn(&self, slot: u8, chain: &[u64]) {
+    fn learn(&self, slot: u8, chain: &[u64], capacity: Option<u32>) {
         if chain.is_empty() {
             return;
         }
@@ -300,6 +315,13 @@ impl Residency for PrefixIndex {
         if ix.slots.len() <= s {
             return;
         }
+        if let Some(c) = capacity {
+            ix.slots[s].capacity = c.max(1);
+        }
+        let cap = match ix.slots[s].capacity {
+            0 => ix.capacity as usize,
+            c => c as usize,
+        };
         ix.clock += 1;
         let now = ix.clock;
         // Tail first, so that the ring evicts a chain from its end, as an engine frees a
@@ -314,7 +336,7 @@ impl Residency for PrefixIndex {
                 continue;
             }
             b.servers |= bit;
-            while ix.slots[s].ring.len() >= ix.capacity as usize {
+            while ix.slots[s].ring.len() >= cap {
                 ix.evict(s);
             }
             ix.slots[s].ring.push_back((hash, now));
@@ -441,7 +463,13 @@ impl Balance for PrefixAware {
         }
         // Every server over the guard: the least loaded.
         let chosen = best.or(least).map(|(i, _)| i)?;
-        self.residency.learn(self.slots[chosen], chain);
+        let capacity = self
+            .settings
+            .sized_by_engine
+            .then(|| servers.states[chosen].kv_capacity_tokens())
+            .flatten()
+            .map(|tokens| (tokens / TOKENS_PER_BLOCK).clamp(1.0, MAX_BLOCKS_PER_SERVER) as u32);
+        self.residency.learn(self.slots[chosen], chain, capacity);
         Some(chosen)
     }
 }

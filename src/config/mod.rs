@@ -521,6 +521,10 @@ models:
         let c = parse(&yaml).unwrap();
         let p = &c.pools[c.models[0].serve.pool().unwrap()].policy.prefix;
         assert_eq!(p.blocks_per_server, 2048);
+        assert!(
+            !p.sized_by_engine,
+            "set: the engine's size does not override it"
+        );
         assert_eq!(p.beta, 0.2);
         assert_eq!(p.min_match, 3);
         assert_eq!(

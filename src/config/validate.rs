@@ -442,6 +442,7 @@ fn prefix(errs: &mut Errors, at: &str, balance: Policy, p: &FilePool) -> PrefixS
     }
     PrefixSettings {
         blocks_per_server: blocks.min(1 << 24) as u32,
+        sized_by_engine: f.blocks_per_server.is_none(),
         beta: fraction(errs, &format!("{at}.beta"), f.beta, d.beta, 0.0..=100.0),
         abs_threshold: fraction(
             errs,

@@ -306,6 +306,7 @@ impl Sim {
             "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{model_name=\"{m}\"}} {}\n\
              # TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{model_name=\"{m}\"}} {}\n\
              # TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{model_name=\"{m}\"}} {}\n\
+             # TYPE vllm:cache_config_info gauge\nvllm:cache_config_info{{block_size=\"{}\",cache_dtype=\"auto\",num_gpu_blocks=\"{}\"}} 1.0\n\
              # TYPE vllm:prefix_cache_queries counter\nvllm:prefix_cache_queries_total{{model_name=\"{m}\"}} {}\n\
              # TYPE vllm:prefix_cache_hits counter\nvllm:prefix_cache_hits_total{{model_name=\"{m}\"}} {}\n\
              # TYPE vllm:prompt_tokens counter\nvllm:prompt_tokens_total{{model_name=\"{m}\"}} {}\n\
@@ -317,6 +318,8 @@ impl Sim {
             get(&s.running),
             get(&s.waiting),
             get(&s.kv_usage_ppm) as f64 / 1e6,
+            self.engine.params().block_size,
+            self.engine.params().num_blocks,
             get(&s.prefix_queries),
             get(&s.prefix_hits),
             get(&s.prompt_tokens),

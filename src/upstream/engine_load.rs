@@ -11,6 +11,10 @@ pub struct EngineLoad {
     pub waiting: f64,
     /// KV cache (or token) usage, 0..1; 0 when the engine does not report it.
     pub kv_usage: f64,
+    /// Tokens the KV cache holds in all; 0 when the engine does not report it (vLLM's
+    /// `cache_config_info` labels `num_gpu_blocks` × `block_size`, SGLang's
+    /// `max_total_num_tokens`).
+    pub kv_tokens: f64,
 }
 
 /// Metric names per engine: (running, waiting, kv usage).
@@ -76,9 +80,33 @@ pub fn parse(engine: Engine, text: &str) -> Option<EngineLoad> {
             seen = true;
         } else if names.kv.contains(&name) {
             load.kv_usage = load.kv_usage.max(value);
+        } else if let Some(tokens) = kv_tokens(engine, name, line, value) {
+            load.kv_tokens = load.kv_tokens.max(tokens);
         }
     }
     seen.then_some(load)
+}
+
+/// The KV cache's size in tokens, if this sample says it.
+fn kv_tokens(engine: Engine, name: &str, line: &str, value: f64) -> Option<f64> {
+    match (engine, name) {
+        (Engine::Vllm, "vllm:cache_config_info") => {
+            let blocks: f64 = label(line, "num_gpu_blocks")?.parse().ok()?;
+            let size: f64 = label(line, "block_size")?.parse().ok()?;
+            Some(blocks * size).filter(|t| t.is_finite() && *t > 0.0)
+        }
+        (Engine::Sglang, "sglang:max_total_num_tokens") => Some(value).filter(|t| *t > 0.0),
+        _ => None,
+    }
+}
+
+/// The value of label `key` in a sample line (`name{key="value",...} 1`).
+fn label<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let labels = &line[line.find('{')? + 1..line.rfind('}')?];
+    labels.split(',').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"'))
+    })
 }
 
 /// Splits `name{labels} value [timestamp]` into name and value.
@@ -117,9 +145,12 @@ vllm:num_requests_waiting_by_reason{reason=\"x\"} 100
             EngineLoad {
                 running: 5.0,
                 waiting: 7.0,
-                kv_usage: 0.42
+                kv_usage: 0.42,
+                kv_tokens: 0.0,
             }
         );
+        let sized = format!("{text}vllm:cache_config_info{{block_size=\"16\",cache_dtype=\"auto\",num_gpu_blocks=\"27000\",num_cpu_blocks=\"2048\"}} 1.0\n");
+        assert_eq!(parse(Engine::Vllm, &sized).unwrap().kv_tokens, 432_000.0);
     }
 
     #[test]
@@ -130,7 +161,8 @@ vllm:num_requests_waiting_by_reason{reason=\"x\"} 100
             Some(EngineLoad {
                 running: 4.0,
                 waiting: 1.0,
-                kv_usage: 0.5
+                kv_usage: 0.5,
+                kv_tokens: 0.0,
             })
         );
         let tgi = "tgi_queue_size 6\ntgi_batch_current_size 8\n";
@@ -139,11 +171,14 @@ vllm:num_requests_waiting_by_reason{reason=\"x\"} 100
             Some(EngineLoad {
                 running: 8.0,
                 waiting: 6.0,
-                kv_usage: 0.0
+                kv_usage: 0.0,
+                kv_tokens: 0.0,
             })
         );
         let ll = "llamacpp:requests_processing 1\nllamacpp:requests_deferred 2\n";
         assert_eq!(parse(Engine::Llamacpp, ll).map(|l| l.waiting), Some(2.0));
+        let sized = format!("{sg}sglang:max_total_num_tokens{{model_name=\"q\"}} 150000\n");
+        assert_eq!(parse(Engine::Sglang, &sized).unwrap().kv_tokens, 150_000.0);
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct ServerState {
     engine_queue: AtomicU64,
     engine_waiting: AtomicU64,
     engine_kv: AtomicU64,
+    /// The KV cache's size in tokens, as the engine last reported it (0: never).
+    engine_kv_tokens: AtomicU64,
     /// When the reading was taken (0: never) and the gateway's in-flight count then.
     scraped_at_ms: AtomicU64,
     inflight_at_scrape: AtomicU64,
@@ -94,6 +96,7 @@ impl Default for ServerState {
             engine_queue: AtomicU64::new(0),
             engine_waiting: AtomicU64::new(0),
             engine_kv: AtomicU64::new(0),
+            engine_kv_tokens: AtomicU64::new(0),
             scraped_at_ms: AtomicU64::new(0),
             inflight_at_scrape: AtomicU64::new(0),
             recovered_at_ms: AtomicU64::new(0),
@@ -295,6 +298,9 @@ impl ServerState {
         store_f64(&self.engine_queue, load.running + load.waiting);
         store_f64(&self.engine_waiting, load.waiting);
         store_f64(&self.engine_kv, load.kv_usage);
+        if load.kv_tokens > 0.0 {
+            store_f64(&self.engine_kv_tokens, load.kv_tokens);
+        }
         self.inflight_at_scrape
             .store(self.inflight(), Ordering::Relaxed);
         self.scraped_at_ms.store(now_ms.max(1), Ordering::Relaxed);
@@ -324,6 +330,12 @@ impl ServerState {
         let then = self.inflight_at_scrape.load(Ordering::Relaxed) as f64;
         let queue = (load_f64(&self.engine_queue) + inflight - then).max(inflight);
         queue + load_f64(&self.engine_kv)
+    }
+
+    /// The size of the server's KV cache in tokens, once its engine reported it (it does not
+    /// change while the engine runs; a stale reading still says it).
+    pub fn kv_capacity_tokens(&self) -> Option<f64> {
+        Some(load_f64(&self.engine_kv_tokens)).filter(|t| *t > 0.0)
     }
 
     /// The last engine reading, when there is a fresh one.
@@ -530,6 +542,7 @@ mod tests {
                 running: 8.0,
                 waiting: 2.0,
                 kv_usage: 0.1,
+                kv_tokens: 0.0,
             },
             20_020,
         );
@@ -558,6 +571,7 @@ mod tests {
                 running: 4.0,
                 waiting: 6.0,
                 kv_usage: 0.5,
+                kv_tokens: 0.0,
             },
             100,
         );

@@ -33,7 +33,7 @@ fn depths(ix: &PrefixIndex, chain: &[u64], slots: &[u8]) -> Vec<u32> {
 fn a_server_matches_the_leading_blocks_it_was_given() {
     let (ix, slots) = index(&["a:1", "b:1"], 100);
     let c = chain(1, 5, 1, 8);
-    ix.learn(slots[0], &c);
+    ix.learn(slots[0], &c, None);
     assert_eq!(depths(&ix, &c, &slots), [8, 0]);
     // Same system prompt, another user: the shared blocks only.
     assert_eq!(depths(&ix, &chain(1, 5, 2, 8), &slots), [5, 0]);
@@ -43,7 +43,7 @@ fn a_server_matches_the_leading_blocks_it_was_given() {
     assert_eq!(depths(&ix, &gap, &slots), [2, 0]);
     assert_eq!(depths(&ix, &[], &slots), [0, 0]);
     // Learning the same chain again holds nothing twice.
-    ix.learn(slots[0], &c);
+    ix.learn(slots[0], &c, None);
     assert_eq!(ix.held(slots[0]), 8);
 }
 
@@ -51,7 +51,7 @@ fn a_server_matches_the_leading_blocks_it_was_given() {
 fn a_full_server_forgets_the_tail_of_a_chain_first_and_keeps_what_was_used() {
     let (ix, slots) = index(&["a:1"], 4);
     let long = chain(1, 6, 1, 6);
-    ix.learn(slots[0], &long);
+    ix.learn(slots[0], &long, None);
     assert_eq!(ix.held(slots[0]), 4);
     // The head stayed: a leading run still matches.
     assert_eq!(depths(&ix, &long, &slots), [4]);
@@ -60,10 +60,10 @@ fn a_full_server_forgets_the_tail_of_a_chain_first_and_keeps_what_was_used() {
     // second chance over the second chain's older ones.
     let (ix, slots) = index(&["a:1"], 6);
     let hot = chain(1, 3, 1, 3);
-    ix.learn(slots[0], &hot);
-    ix.learn(slots[0], &chain(2, 3, 2, 3));
+    ix.learn(slots[0], &hot, None);
+    ix.learn(slots[0], &chain(2, 3, 2, 3), None);
     assert_eq!(depths(&ix, &hot, &slots), [3]);
-    ix.learn(slots[0], &chain(3, 3, 3, 3));
+    ix.learn(slots[0], &chain(3, 3, 3, 3), None);
     assert_eq!(depths(&ix, &hot, &slots), [3], "used blocks survive");
     assert_eq!(
         depths(&ix, &chain(2, 3, 2, 3), &slots),
@@ -74,6 +74,34 @@ fn a_full_server_forgets_the_tail_of_a_chain_first_and_keeps_what_was_used() {
 }
 
 #[test]
+fn a_server_whose_engine_reports_its_kv_cache_holds_that_much() {
+    // 256 tokens of KV cache: 4 blocks of the index (64 tokens each), not the default 8192.
+    let (p, ix) = policy(2, PrefixSettings::default());
+    let s = states(2);
+    let reading = |kv_tokens| EngineLoad {
+        running: 0.0,
+        waiting: 0.0,
+        kv_usage: 0.0,
+        kv_tokens,
+    };
+    s[0].set_engine_load(reading(256.0), 900);
+    s[1].set_engine_load(reading(256.0), 900);
+    let chosen = pick(&p, &s, &chain(1, 10, 1, 10));
+    assert_eq!(ix.held(chosen as u8), 4);
+    // Set in the config, blocks_per_server wins over the engine.
+    let (p, ix) = policy(
+        2,
+        PrefixSettings {
+            blocks_per_server: 6,
+            sized_by_engine: false,
+            ..PrefixSettings::default()
+        },
+    );
+    let chosen = pick(&p, &s, &chain(1, 10, 1, 10));
+    assert_eq!(ix.held(chosen as u8), 6);
+}
+
+#[test]
 fn memory_is_bounded_by_blocks_per_server_whatever_the_traffic() {
     let (ix, slots) = index(&["a:1", "b:1", "c:1"], 64);
     let mut rng = fastrand::Rng::with_seed(7);
@@ -81,7 +109,7 @@ fn memory_is_bounded_by_blocks_per_server_whatever_the_traffic() {
         let c = chain(rng.u64(0..50), rng.usize(0..20), i, rng.usize(1..40));
         let mut d = [0; 3];
         ix.depths(&c, &slots, &mut d);
-        ix.learn(slots[rng.usize(0..3)], &c);
+        ix.learn(slots[rng.usize(0..3)], &c, None);
     }
     let inner = ix.lock();
     for s in &slots {
@@ -104,8 +132,8 @@ fn slots_follow_servers_across_attaches_and_a_server_that_left_is_forgotten() {
     let ix = PrefixIndex::default();
     let first = ix.attach(&["a:1", "b:1", "c:1"], 100).unwrap();
     let c = chain(1, 4, 1, 4);
-    ix.learn(first[0], &c);
-    ix.learn(first[1], &c);
+    ix.learn(first[0], &c, None);
+    ix.learn(first[1], &c, None);
     // A reload that reorders the servers keeps each one's slot.
     let again = ix.attach(&["c:1", "a:1", "b:1"], 100).unwrap();
     assert_eq!(&*again, &[first[2], first[0], first[1]]);
@@ -125,7 +153,7 @@ fn a_pool_wider_than_the_mask_is_refused_and_a_full_one_reuses_slots() {
     let ix = PrefixIndex::default();
     assert!(ix.attach(&ids, 10).is_none());
     let first = ix.attach(&ids[..MAX_SERVERS], 10).unwrap();
-    ix.learn(first[0], &[1, 2, 3]);
+    ix.learn(first[0], &[1, 2, 3], None);
     // A reload that replaces a server of a full pool: the newcomer takes the slot of the one
     // that left, empty, before the swap's retain.
     let next = ix.attach(&ids[1..], 10).unwrap();
@@ -164,6 +192,7 @@ fn load(s: &ServerState, queue: f64, kv: f64) {
             running: queue,
             waiting: 0.0,
             kv_usage: kv,
+            kv_tokens: 0.0,
         },
         900,
     );
@@ -260,8 +289,8 @@ fn beta_trades_matched_length_against_load() {
         );
         let s = states(2);
         let c = chain(1, 10, 1, 10);
-        ix.learn(0, &c);
-        ix.learn(1, &c[..5]);
+        ix.learn(0, &c, None);
+        ix.learn(1, &c[..5], None);
         load(&s[0], 6.0, 0.0);
         load(&s[1], 1.0, 0.0);
         pick(&p, &s, &c)
@@ -284,7 +313,7 @@ fn a_holder_keeps_its_prefix_until_its_extra_load_outweighs_the_match() {
         );
         let s = states(2);
         let c = chain(1, 10, 1, 10);
-        ix.learn(0, &c);
+        ix.learn(0, &c, None);
         load(&s[0], holder_load, 0.0);
         load(&s[1], 0.0, 0.0);
         pick(&p, &s, &c)
@@ -313,7 +342,7 @@ proptest::proptest! {
         }
         let c = chain(1, 6, 1, 6);
         for (k, h) in holders.iter().enumerate() {
-            ix.learn((*h % n) as u8, &c[..=k.min(5)]);
+            ix.learn((*h % n) as u8, &c[..=k.min(5)], None);
         }
         let loads: Vec<f64> = s.iter().map(|st| st.load(1_000, 5_000)).collect();
         let mean = loads.iter().sum::<f64>() / n as f64;
