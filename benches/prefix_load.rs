@@ -224,21 +224,22 @@ async fn run_session(
     out
 }
 
+/// The value of the first sample named `name` in a /metrics body (0 when absent).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
 /// One simulator's running + waiting requests now.
 async fn queue(client: &reqwest::Client, sim: &str) -> f64 {
     let Ok(resp) = client.get(format!("http://{sim}/metrics")).send().await else {
         return 0.0;
     };
     let text = resp.text().await.unwrap_or_default();
-    ["vllm:num_requests_running", "vllm:num_requests_waiting"]
-        .iter()
-        .filter_map(|name| {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .sum()
+    sample(&text, "vllm:num_requests_running") + sample(&text, "vllm:num_requests_waiting")
 }
 
 /// The counters of one simulator's /metrics that the report reads.
@@ -260,13 +261,7 @@ async fn counters(client: &reqwest::Client, sim: &str) -> Counters {
         .text()
         .await
         .expect("sim /metrics body");
-    let read = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let read = |name: &str| sample(&text, name);
     Counters {
         queries: read("vllm:prefix_cache_queries_total"),
         hits: read("vllm:prefix_cache_hits_total"),

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::{client, get_json, Gateway, Sim};
 use serde_json::json;
 
@@ -65,16 +63,7 @@ async fn least_load_avoids_the_server_whose_queue_is_long() {
     );
     let idle = Sim::fast(SERVED);
     // Six long generations sent straight to `busy`: one runs, five wait.
-    let url = format!("{}/v1/completions", busy.url());
-    let background: Vec<_> = (0..6)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let body = json!({"model": SERVED, "prompt": "x", "max_tokens": 2000});
-                let _ = client().post(url).json(&body).send().await;
-            })
-        })
-        .collect();
+    let background = busy.occupy(SERVED, 6, 2000);
     let gw = Gateway::start(&pool(
         "least_load",
         "vllm",
@@ -82,16 +71,7 @@ async fn least_load_avoids_the_server_whose_queue_is_long() {
         "    engine_metrics:\n      interval: 100ms\n",
     ));
     // Wait until the gateway has scraped the queue.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let servers = get_json(&gw.admin_url("/admin/servers")).await;
-        let load = servers["pools"][0]["servers"][0]["load"].as_f64();
-        if load.is_some_and(|l| l >= 6.0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never scraped: {servers}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_server_load(0, |l| l >= 6.0).await;
     let before = requests(&busy).await;
     for _ in 0..20 {
         assert_eq!(gw.tiny_completion("m").await, 200);

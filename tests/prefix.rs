@@ -6,9 +6,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
-use common::{client, get_json, Gateway, Sim};
+use common::{get_json, Gateway, Sim};
 use serde_json::{json, Value};
 
 const SERVED: &str = "meta-llama/Llama-3.1-8B-Instruct";
@@ -103,20 +102,6 @@ async fn turns_follow_their_server_and_system_prompts_stay_apart() {
     assert_eq!(used.len(), 4, "{owner:?}");
 }
 
-/// Waits until the gateway's reading of server `i` says `pred` about its load.
-async fn wait_load(gw: &Gateway, i: usize, pred: impl Fn(f64) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let servers = get_json(&gw.admin_url("/admin/servers")).await;
-        let load = servers["pools"][0]["servers"][i]["load"].as_f64();
-        if load.is_some_and(&pred) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "load never as wanted: {servers}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A server whose engine queue (scraped) is over the guard loses its conversations to the
 /// least loaded server, which then holds them.
 #[tokio::test]
@@ -144,18 +129,9 @@ async fn a_server_whose_queue_is_over_the_guard_loses_affinity() {
     };
 
     // Eight long generations straight to the owner: one runs, seven wait. Over
-    // max(abs_threshold 4, 1.5 × mean 4) = 6.
-    let url = format!("{}/v1/completions", sims[busy].url());
-    let background: Vec<_> = (0..8)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let body = json!({"model": SERVED, "prompt": "x", "max_tokens": 5000});
-                let _ = client().post(url).json(&body).send().await;
-            })
-        })
-        .collect();
-    wait_load(&gw, busy, |l| l >= 8.0).await;
+    // max(abs_threshold 4, 1.25 × mean 4) = 5.
+    let background = sims[busy].occupy(SERVED, 8, 5000);
+    gw.wait_server_load(busy, |l| l >= 8.0).await;
     let moved = c.turn(&gw, 3).await;
     assert_eq!(moved, sims[other].addr.to_string());
     // The next turn stays where it went: that server holds the conversation now.
@@ -183,12 +159,7 @@ async fn a_reload_removing_a_server_moves_only_its_prefixes() {
     assert!(owner.contains(&removed), "{owner:?}");
 
     gw.rewrite_config(&config(&all[1..], ""));
-    let resp = client()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(gw.reload().await.status(), 200);
     // What the index remembers, per server that stayed.
     let servers = get_json(&gw.admin_url("/admin/servers")).await;
     let listed = servers["pools"][0]["servers"].as_array().unwrap();

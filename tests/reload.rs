@@ -35,21 +35,13 @@ async fn admin_reload_applies_a_good_file_and_refuses_a_bad_one_with_its_errors(
     assert_eq!(status_of(&gw, "new").await, 404);
 
     gw.rewrite_config(&config(&[&sim], &["new"]));
-    let resp = client()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.reload().await;
     assert_eq!(resp.status(), 200);
     assert_eq!(status_of(&gw, "new").await, 200);
     assert_eq!(status_of(&gw, "old").await, 404);
 
     gw.rewrite_config(&config(&[&sim], &["newer"]).replace("pool: p", "pool: nowhere"));
-    let resp = client()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.reload().await;
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["errors"][0]["path"], "models.m.pool");

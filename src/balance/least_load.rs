@@ -37,7 +37,7 @@ impl Balance for LeastLoad {
             if !(servers.eligible)(i) {
                 continue;
             }
-            let load = servers.states[i].load(servers.now_ms, self.max_age_ms) / servers.weight(i);
+            let load = servers.load(i, self.max_age_ms);
             if best.is_none_or(|(_, b)| load < b) {
                 best = Some((i, load));
             }

@@ -63,6 +63,12 @@ impl Candidates<'_> {
         f64::from(self.weights.get(i).copied().unwrap_or(1).max(1))
     }
 
+    /// Server `i`'s load per unit of weight ([`ServerState::load`]), as the load-reading
+    /// policies compare it.
+    pub fn load(&self, i: usize, max_age_ms: u64) -> f64 {
+        self.states[i].load(self.now_ms, max_age_ms) / self.weight(i)
+    }
+
     /// The first eligible server at or after `start`, wrapping around.
     pub fn first_eligible_from(&self, start: usize, skip: Option<usize>) -> Option<usize> {
         let n = self.len();

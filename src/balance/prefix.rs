@@ -417,9 +417,8 @@ impl Balance for PrefixAware {
         let (mut total, mut count) = (0.0, 0usize);
         for i in 0..n {
             if (servers.eligible)(i) {
-                let s = &servers.states[i];
-                load[i] = s.load(servers.now_ms, self.max_age_ms) / servers.weight(i);
-                hot[i] = s
+                load[i] = servers.load(i, self.max_age_ms);
+                hot[i] = servers.states[i]
                     .engine_load(servers.now_ms, self.max_age_ms)
                     .is_some_and(|(_, kv)| kv >= self.settings.kv_threshold);
                 total += load[i];

@@ -191,6 +191,27 @@ impl Sim {
         format!("http://{}", self.addr)
     }
 
+    /// Keeps the server busy: `n` completions of `max_tokens` sent straight to it (not through
+    /// a gateway), running until their tasks are aborted or end.
+    pub fn occupy(
+        &self,
+        model: &str,
+        n: usize,
+        max_tokens: u32,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let url = format!("{}/v1/completions", self.url());
+        (0..n)
+            .map(|_| {
+                let url = url.clone();
+                let body =
+                    serde_json::json!({"model": model, "prompt": "x", "max_tokens": max_tokens});
+                tokio::spawn(async move {
+                    let _ = client().post(url).json(&body).send().await;
+                })
+            })
+            .collect()
+    }
+
     /// Reads one counter or gauge from the simulator's /metrics.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = get_text(&format!("{}/metrics", self.url())).await;
@@ -296,6 +317,33 @@ impl Gateway {
         let status = resp.status().as_u16();
         resp.bytes().await.unwrap();
         status
+    }
+
+    /// `POST /admin/reload` on the admin port.
+    pub async fn reload(&self) -> reqwest::Response {
+        client()
+            .post(self.admin_url("/admin/reload"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (10 s at most) until `/admin/servers` shows an engine reading of server `i` of
+    /// the first pool whose load satisfies `pred`: the gateway has scraped it.
+    pub async fn wait_server_load(&self, i: usize, pred: impl Fn(f64) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let servers = get_json(&self.admin_url("/admin/servers")).await;
+            let load = servers["pools"][0]["servers"][i]["load"].as_f64();
+            if load.is_some_and(&pred) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "load never as wanted: {servers}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn admin_url(&self, path: &str) -> String {
