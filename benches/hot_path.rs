@@ -220,7 +220,7 @@ fn server_states(n: usize) -> Vec<Arc<ServerState>> {
                 EngineLoad {
                     running: (i % 5) as f64,
                     waiting: (i % 3) as f64,
-                    kv_usage: 0.3,
+                    kv_usage: Some(0.3),
                     kv_tokens: 0.0,
                 },
                 1,

@@ -108,7 +108,10 @@ impl Admin {
                     .set(i64::from(s.state.breaker_state(now).code()));
                 if let Some((queue, kv)) = s.state.engine_load(now, max_age) {
                     m.upstream_engine_load.with_label_values(&labels).set(queue);
-                    m.upstream_kv_usage.with_label_values(&labels).set(kv);
+                    // Absent, not 0, when the engine does not report it (llama.cpp, TGI).
+                    if let Some(kv) = kv {
+                        m.upstream_kv_usage.with_label_values(&labels).set(kv);
+                    }
                 }
                 if let Some(ms) = s.state.ewma_ms() {
                     m.upstream_ewma.with_label_values(&labels).set(ms / 1000.0);
@@ -148,7 +151,7 @@ impl Admin {
                             "usable": s.state.is_usable(now),
                             "inflight": s.state.inflight(),
                             "load": reading.map(|(queue, _)| queue),
-                            "kv_cache_usage": reading.map(|(_, kv)| kv),
+                            "kv_cache_usage": reading.and_then(|(_, kv)| kv),
                             "ewma_ms": s.state.ewma_ms().map(|ms| (ms * 1000.0).round() / 1000.0),
                             "weight": sspec.weight.get(),
                             "draining": s.state.is_draining(),

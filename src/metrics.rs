@@ -154,7 +154,7 @@ impl Metrics {
         )?;
         let ttft = model_histogram(
             "switchyard_time_to_first_token_seconds",
-            "Time from the request's arrival to the first response body byte from the upstream.",
+            "Streamed responses only: time from the request's arrival to the first response body byte (the first event) from the upstream.",
             LATENCY_BUCKETS.to_vec(),
         )?;
         let overhead = model_histogram(
@@ -223,7 +223,7 @@ impl Metrics {
         )?;
         let upstream_kv_usage = float_gauge(
             "switchyard_upstream_kv_cache_usage",
-            "KV cache usage (0..1) as the engine last reported it.",
+            "KV cache usage (0..1) as the engine last reported it (absent for engines that do not report it, such as llama.cpp and TGI).",
         )?;
         let upstream_ewma = float_gauge(
             "switchyard_upstream_ttfb_ewma_seconds",

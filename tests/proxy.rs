@@ -304,9 +304,10 @@ async fn admin_serves_metrics_health_and_readiness() {
         v(r#"switchyard_request_duration_seconds_count{model="m",pool="p"}"#),
         Some(2.0)
     );
+    // Streams only: one of the two.
     assert_eq!(
         v(r#"switchyard_time_to_first_token_seconds_count{model="m",pool="p"}"#),
-        Some(2.0)
+        Some(1.0)
     );
     assert_eq!(
         v(r#"switchyard_gateway_overhead_seconds_count{model="m",pool="p"}"#),

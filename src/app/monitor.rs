@@ -167,6 +167,9 @@ async fn health_loop(gateway: Arc<Shared>, connector: Arc<Connector>, id: String
             Ok(_) | Err(ProbeError::Failed) => Probe::Failed,
             Err(ProbeError::Refused) => Probe::Refused,
         };
+        if probe == Probe::Ok && t.state.probe_passed().is_some() {
+            tracing::info!(server = %id, "health check passed: circuit breaker half-open");
+        }
         if let Some(health) = tracker.record(probe, &t.health) {
             t.state.set_health(health, now_ms());
             match health {

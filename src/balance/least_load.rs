@@ -56,7 +56,7 @@ mod tests {
         EngineLoad {
             running: queue,
             waiting: 0.0,
-            kv_usage: kv,
+            kv_usage: Some(kv),
             kv_tokens: 0.0,
         }
     }

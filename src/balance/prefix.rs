@@ -420,7 +420,8 @@ impl Balance for PrefixAware {
                 load[i] = servers.load(i, self.max_age_ms);
                 hot[i] = servers.states[i]
                     .engine_load(servers.now_ms, self.max_age_ms)
-                    .is_some_and(|(_, kv)| kv >= self.settings.kv_threshold);
+                    .and_then(|(_, kv)| kv)
+                    .is_some_and(|kv| kv >= self.settings.kv_threshold);
                 total += load[i];
                 count += 1;
             }

@@ -69,6 +69,8 @@ pub fn access(
         _ if client_gone => "client_abort",
         _ if ctx.response.interrupted == Some("upstream_timeout") => "timeout",
         _ if ctx.response.interrupted.is_some() => "upstream_error",
+        // The models list, a CORS preflight: answered, and well.
+        100..=399 => "ok",
         401 | 429 if ctx.response.answered.is_some() => "rejected",
         _ if routed.is_none() => "rejected",
         504 if ctx.response.answered.is_some() => "timeout",
@@ -98,6 +100,7 @@ pub fn access(
         ttft_ms: ctx
             .response
             .first_byte
+            .filter(|_| ctx.request.stream)
             .map(|t| ms(t.duration_since(ctx.request.started))),
         duration_ms: ms(now.duration_since(ctx.request.started)),
         overhead_us: ctx.response.overhead.map(|d| d.as_micros() as u64),
@@ -123,7 +126,9 @@ pub fn metrics(
         m.count(status);
         m.duration
             .observe(now.duration_since(ctx.request.started).as_secs_f64());
-        if let Some(first) = ctx.response.first_byte {
+        // Time to first *token*: a streamed answer's first event. A whole answer's first byte
+        // comes after its last token, so it would only blur the histogram.
+        if let Some(first) = ctx.response.first_byte.filter(|_| ctx.request.stream) {
             m.ttft
                 .observe(first.duration_since(ctx.request.started).as_secs_f64());
         }

@@ -126,3 +126,10 @@ pub fn observe_decode_rate(ctx: &Ctx) {
         }
     }
 }
+
+/// Whether the client was sent the whole stream: its `[DONE]` went out and the gateway did not
+/// end it early. A client that leaves after this point (the sync OpenAI SDK closes before the
+/// closing chunk) did not abort anything.
+pub fn relayed_whole(ctx: &Ctx) -> bool {
+    ctx.response.interrupted.is_none() && ctx.response.sse.as_ref().is_some_and(|s| s.done)
+}

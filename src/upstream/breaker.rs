@@ -189,6 +189,23 @@ impl Breaker {
         }
     }
 
+    /// An active health probe passed. An open breaker goes half-open at once rather than at the
+    /// end of its open period: a restarted server that answers its probes again gets its
+    /// probe requests now, not `open_for` later (Envoy's `successful_active_health_check_uneject_host`,
+    /// on by default there too). A probe request that fails opens it again, for longer.
+    pub fn on_probe_passed(&mut self) -> Option<BreakerState> {
+        match self.phase {
+            Phase::Open { .. } => {
+                self.phase = Phase::HalfOpen {
+                    dispatched: 0,
+                    succeeded: 0,
+                };
+                Some(BreakerState::HalfOpen)
+            }
+            Phase::Closed | Phase::HalfOpen { .. } => None,
+        }
+    }
+
     /// The server failed a request. Returns the new state when it changed.
     pub fn on_failure(&mut self, now_ms: u64) -> Option<BreakerState> {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
@@ -278,6 +295,37 @@ mod tests {
         assert_eq!(b.on_failure(1_010), Some(BreakerState::Open));
         assert!(!b.allows(1_011));
         assert_eq!(b.state(1_011), BreakerState::Open);
+    }
+
+    #[test]
+    fn a_passing_health_probe_half_opens_an_open_breaker_at_once() {
+        let mut b = breaker();
+        assert_eq!(b.on_probe_passed(), None, "closed stays closed");
+        for i in 0..5 {
+            b.on_failure(1_000 + i);
+        }
+        assert!(!b.allows(1_010));
+        assert_eq!(b.on_probe_passed(), Some(BreakerState::HalfOpen));
+        // 30 s early, the probe requests go through; all three succeed and it closes.
+        assert_eq!(b.state(1_010), BreakerState::HalfOpen);
+        for i in 0..3 {
+            assert!(b.allows(1_010 + i));
+            b.on_dispatch(1_010 + i);
+        }
+        assert!(!b.allows(1_020), "no more than the probes");
+        assert_eq!(b.on_probe_passed(), None, "half-open stays as it is");
+        b.on_success(1_030);
+        b.on_success(1_031);
+        assert_eq!(b.on_success(1_032), Some(BreakerState::Closed));
+        // A failed probe request after a passing health probe opens it again, for longer.
+        for i in 0..5 {
+            b.on_failure(2_000 + i);
+        }
+        b.on_probe_passed();
+        b.on_dispatch(2_010);
+        assert_eq!(b.on_failure(2_011), Some(BreakerState::Open));
+        assert!(!b.allows(2_011 + 59_000), "second trip: 60 s");
+        assert!(b.allows(2_011 + 60_000));
     }
 
     #[test]

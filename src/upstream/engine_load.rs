@@ -9,8 +9,9 @@ use super::engine::Engine;
 pub struct EngineLoad {
     pub running: f64,
     pub waiting: f64,
-    /// KV cache (or token) usage, 0..1; 0 when the engine does not report it.
-    pub kv_usage: f64,
+    /// KV cache (or token) usage, 0..1; `None` when the engine does not report it (TGI, and
+    /// llama.cpp since it dropped `llamacpp:kv_cache_usage_ratio`): not reported is not empty.
+    pub kv_usage: Option<f64>,
     /// Tokens the KV cache holds in all; 0 when the engine does not report it (vLLM's
     /// `cache_config_info` labels `num_gpu_blocks` × `block_size`, SGLang's
     /// `max_total_num_tokens`).
@@ -79,7 +80,7 @@ pub fn parse(engine: Engine, text: &str) -> Option<EngineLoad> {
             load.waiting += value;
             seen = true;
         } else if names.kv.contains(&name) {
-            load.kv_usage = load.kv_usage.max(value);
+            load.kv_usage = Some(load.kv_usage.map_or(value, |kv| kv.max(value)));
         } else if let Some(tokens) = kv_tokens(engine, name, line, value) {
             load.kv_tokens = load.kv_tokens.max(tokens);
         }
@@ -145,7 +146,7 @@ vllm:num_requests_waiting_by_reason{reason=\"x\"} 100
             EngineLoad {
                 running: 5.0,
                 waiting: 7.0,
-                kv_usage: 0.42,
+                kv_usage: Some(0.42),
                 kv_tokens: 0.0,
             }
         );
@@ -161,7 +162,7 @@ vllm:num_requests_waiting_by_reason{reason=\"x\"} 100
             Some(EngineLoad {
                 running: 4.0,
                 waiting: 1.0,
-                kv_usage: 0.5,
+                kv_usage: Some(0.5),
                 kv_tokens: 0.0,
             })
         );
@@ -171,7 +172,7 @@ vllm:num_requests_waiting_by_reason{reason=\"x\"} 100
             Some(EngineLoad {
                 running: 8.0,
                 waiting: 6.0,
-                kv_usage: 0.0,
+                kv_usage: None,
                 kv_tokens: 0.0,
             })
         );

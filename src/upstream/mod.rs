@@ -212,6 +212,19 @@ impl ServerState {
         change
     }
 
+    /// An active health probe passed: an open breaker goes half-open (see
+    /// [`Breaker::on_probe_passed`]). Returns the new state when it changed.
+    pub fn probe_passed(&self) -> Option<BreakerState> {
+        if self.breaker_code.load(Ordering::Relaxed) == BreakerState::Closed.code() {
+            return None;
+        }
+        let change = self.lock_breaker().on_probe_passed();
+        if let Some(state) = change {
+            self.breaker_code.store(state.code(), Ordering::Relaxed);
+        }
+        change
+    }
+
     /// Share of traffic a recovering server may take at `now_ms`: ramps from 10 % to 100 %
     /// over `slow_start` after it came back; 1 when not ramping.
     pub fn ramp(&self, now_ms: u64, slow_start: Duration) -> f64 {
@@ -297,7 +310,8 @@ impl ServerState {
     pub fn set_engine_load(&self, load: EngineLoad, now_ms: u64) {
         store_f64(&self.engine_queue, load.running + load.waiting);
         store_f64(&self.engine_waiting, load.waiting);
-        store_f64(&self.engine_kv, load.kv_usage);
+        // NaN: the engine does not report it.
+        store_f64(&self.engine_kv, load.kv_usage.unwrap_or(f64::NAN));
         if load.kv_tokens > 0.0 {
             store_f64(&self.engine_kv_tokens, load.kv_tokens);
         }
@@ -329,7 +343,12 @@ impl ServerState {
         }
         let then = self.inflight_at_scrape.load(Ordering::Relaxed) as f64;
         let queue = (load_f64(&self.engine_queue) + inflight - then).max(inflight);
-        queue + load_f64(&self.engine_kv)
+        queue + self.kv_usage().unwrap_or(0.0)
+    }
+
+    /// The KV usage of the last reading, if the engine reports one.
+    fn kv_usage(&self) -> Option<f64> {
+        Some(load_f64(&self.engine_kv)).filter(|kv| !kv.is_nan())
     }
 
     /// The size of the server's KV cache in tokens, once its engine reported it (it does not
@@ -338,11 +357,12 @@ impl ServerState {
         Some(load_f64(&self.engine_kv_tokens)).filter(|t| *t > 0.0)
     }
 
-    /// The last engine reading, when there is a fresh one.
-    pub fn engine_load(&self, now_ms: u64, max_age_ms: u64) -> Option<(f64, f64)> {
+    /// The last engine reading, when there is a fresh one: running + waiting, and KV usage when
+    /// the engine reports it.
+    pub fn engine_load(&self, now_ms: u64, max_age_ms: u64) -> Option<(f64, Option<f64>)> {
         let at = self.scraped_at_ms.load(Ordering::Relaxed);
         (at != 0 && now_ms.saturating_sub(at) <= max_age_ms)
-            .then(|| (load_f64(&self.engine_queue), load_f64(&self.engine_kv)))
+            .then(|| (load_f64(&self.engine_queue), self.kv_usage()))
     }
 }
 
@@ -541,7 +561,7 @@ mod tests {
             EngineLoad {
                 running: 8.0,
                 waiting: 2.0,
-                kv_usage: 0.1,
+                kv_usage: Some(0.1),
                 kv_tokens: 0.0,
             },
             20_020,
@@ -570,7 +590,7 @@ mod tests {
             EngineLoad {
                 running: 4.0,
                 waiting: 6.0,
-                kv_usage: 0.5,
+                kv_usage: Some(0.5),
                 kv_tokens: 0.0,
             },
             100,

@@ -81,7 +81,7 @@ fn a_server_whose_engine_reports_its_kv_cache_holds_that_much() {
     let reading = |kv_tokens| EngineLoad {
         running: 0.0,
         waiting: 0.0,
-        kv_usage: 0.0,
+        kv_usage: None,
         kv_tokens,
     };
     s[0].set_engine_load(reading(256.0), 900);
@@ -191,7 +191,7 @@ fn load(s: &ServerState, queue: f64, kv: f64) {
         EngineLoad {
             running: queue,
             waiting: 0.0,
-            kv_usage: kv,
+            kv_usage: Some(kv),
             kv_tokens: 0.0,
         },
         900,
