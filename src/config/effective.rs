@@ -25,6 +25,7 @@ impl Config {
                 "log_level": self.server.log_level,
                 "log_format": match self.server.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
                 "upgrade_sock": self.server.upgrade_sock,
+                "cors": self.server.cors.as_ref().map(|c| c.describe()),
             },
             "limits": {
                 "max_body_size": self.limits.max_body_size,

@@ -114,6 +114,8 @@ pub struct FileServer {
     pub log_format: Option<String>,
     /// Where the SIGQUIT socket hand-over meets the new process (`run --upgrade`).
     pub upgrade_sock: Option<String>,
+    /// Browser origins allowed to call the API (CORS). Off by default: no CORS headers.
+    pub cors: Option<super::cors::FileCors>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,6 +1,7 @@
 //! Configuration: `file` mirrors the YAML, `validate` turns it into the typed [`Config`] below.
 //! Loading is parse → validate; building the runtime from a `Config` is `state::Runtime::build`.
 
+pub mod cors;
 mod effective;
 pub mod file;
 mod models;
@@ -116,6 +117,8 @@ pub struct ServerSettings {
     pub log_format: LogFormat,
     /// Unix socket of the SIGQUIT hand-over.
     pub upgrade_sock: String,
+    /// `server.cors`; `None`: no CORS headers, preflights are not answered.
+    pub cors: Option<std::sync::Arc<cors::Cors>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -147,6 +147,7 @@ fn server_settings(errs: &mut Errors, s: &FileServer) -> ServerSettings {
             defaults::UPSTREAM_KEEPALIVE_POOL as u64,
         ) as usize,
         access_log,
+        cors: super::cors::build(errs, s.cors.as_ref()).map(std::sync::Arc::new),
     }
 }
 

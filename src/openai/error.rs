@@ -71,6 +71,9 @@ pub enum ApiError {
     TooManyConnections,
     #[error("Too many requests per second from your address; slow down.")]
     IpRateLimited,
+    /// A CORS preflight from an origin `server.cors` does not list.
+    #[error("This origin may not call the API (server.cors.allow_origins).")]
+    OriginNotAllowed,
 }
 
 /// `{"error": {...}}`
@@ -114,6 +117,7 @@ impl ApiError {
             Self::Internal => 500,
             Self::MissingApiKey | Self::InvalidApiKey => 401,
             Self::RateLimited { .. } | Self::TooManyConnections | Self::IpRateLimited => 429,
+            Self::OriginNotAllowed => 403,
         }
     }
 
@@ -129,7 +133,8 @@ impl ApiError {
             | Self::ModelNotFound { .. }
             | Self::ContextLengthExceeded { .. }
             | Self::NoMatchingRoute { .. }
-            | Self::OverMaxPrice { .. } => "invalid_request_error",
+            | Self::OverMaxPrice { .. }
+            | Self::OriginNotAllowed => "invalid_request_error",
             Self::NoHealthyUpstream
             | Self::UpstreamUnavailable
             | Self::UpstreamTimeout
@@ -163,6 +168,7 @@ impl ApiError {
             Self::MissingApiKey | Self::InvalidApiKey => Some("invalid_api_key"),
             Self::RateLimited { code, .. } => Some(code),
             Self::TooManyConnections | Self::IpRateLimited => Some("rate_limit_exceeded"),
+            Self::OriginNotAllowed => Some("origin_not_allowed"),
         }
     }
 

@@ -110,6 +110,61 @@ fn is_stripped(name: &str) -> bool {
     ) || name.starts_with("x-switchyard-")
 }
 
+/// What an upstream's answer may not pass on to the client: hop-by-hop headers (RFC 9110
+/// §7.6.1; Pingora frames the body itself, so `transfer-encoding` and `content-length` stay for
+/// it), the upstream's `Server` (llama.cpp, uvicorn: the client talks to the gateway), and CORS
+/// headers (an upstream's are not the gateway's policy; `server.cors` is).
+fn is_upstream_only(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "server"
+    ) || name.starts_with("access-control-")
+}
+
+/// Takes out of an upstream's answer what [`is_upstream_only`] names, and the headers its
+/// `Connection` names. One pass over the names; nothing is allocated when there is nothing
+/// to take out but `Server`.
+pub fn strip_upstream(h: &mut HeaderMap) {
+    loop {
+        let mut doomed: [Option<HeaderName>; 4] = Default::default();
+        let mut n = 0;
+        for name in h.keys() {
+            if is_upstream_only(name.as_str()) {
+                doomed[n] = Some(name.clone());
+                n += 1;
+                if n == doomed.len() {
+                    break;
+                }
+            }
+        }
+        if let Some(listed) = h.get(header::CONNECTION) {
+            let nominated: Vec<HeaderName> = listed
+                .to_str()
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .filter(|t| !matches!(t.as_str(), "close" | "keep-alive"))
+                .collect();
+            for name in nominated {
+                h.remove(name);
+            }
+        }
+        for name in doomed.iter().flatten() {
+            h.remove(name);
+        }
+        if n < doomed.len() {
+            return;
+        }
+    }
+}
+
 /// The request id: the client's `x-request-id` when it is short printable ASCII, else 128
 /// random bits in hex.
 pub fn request_id(req: &RequestHeader) -> HeaderValue {
@@ -248,6 +303,31 @@ mod tests {
             host: Some(&HOST),
             auth,
         }
+    }
+
+    #[test]
+    fn upstream_hop_by_hop_server_and_cors_headers_stay_behind() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("content-type", "text/event-stream"),
+            ("transfer-encoding", "chunked"),
+            ("server", "llama.cpp"),
+            ("access-control-allow-origin", ""),
+            ("access-control-expose-headers", "x"),
+            ("keep-alive", "timeout=5, max=100"),
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "h2c"),
+            ("te", "trailers"),
+            ("x-request-id", "abc"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_upstream(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "transfer-encoding", "x-request-id"]);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! ```
 
 mod body;
+mod cors;
 mod ctx;
 mod decide;
 mod errors;
@@ -87,6 +88,19 @@ impl ProxyHttp for Proxy {
         session.set_keepalive(Some(runtime.config.timeouts.keepalive_idle.as_secs()));
         // Pingora arms this timer only when a write cannot complete at once (a full socket).
         session.set_write_timeout(Some(runtime.config.timeouts.client_write));
+        if let Some(cors) = &runtime.config.server.cors {
+            match cors::check(session, cors, ctx) {
+                cors::Check::Pass => {}
+                cors::Check::Preflight => {
+                    cors::preflight(session, cors, ctx).await?;
+                    return Ok(true);
+                }
+                cors::Check::Refused(e) => {
+                    respond::error(session, ctx, &e).await?;
+                    return Ok(true);
+                }
+            }
+        }
         let target = {
             let req = session.req_header();
             Target::classify(&req.method, req.uri.path())
@@ -358,6 +372,8 @@ impl ProxyHttp for Proxy {
                 Some(sent.duration_since(ctx.request.started) + header.elapsed());
         }
         headers::edit_response(response, |h| {
+            headers::strip_upstream(h);
+            cors::answer(h, ctx);
             // The map was sized for the upstream's headers: one growth for all of ours
             // instead of one per power of two they cross (~1 500 instructions each).
             h.reserve(
@@ -548,7 +564,11 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let gone = e.and_then(client_gone);
+        // A client that closes right after the stream's `[DONE]` (the sync OpenAI SDK does, before
+        // the closing chunk) got its whole answer: that is a success, not an abort.
+        let gone = e
+            .and_then(client_gone)
+            .filter(|_| !relay::relayed_whole(ctx));
         let client_gone = gone.is_some();
         let status = if client_gone {
             499

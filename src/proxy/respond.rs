@@ -24,6 +24,7 @@ fn header(status: u16, len: usize, ctx: &Ctx) -> Result<ResponseHeader> {
         if let Some(routed) = &ctx.routed {
             headers::route(h, routed);
         }
+        super::cors::answer(h, ctx);
     });
     Ok(resp)
 }

@@ -3,6 +3,8 @@
 //! Nothing sleeps to wait for a server: a process is usable once its line has been read.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod canned;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,31 +105,12 @@ pub fn spawn(args: &[&str], labels: &[&str]) -> (Proc, Vec<SocketAddr>) {
 
 /// `spawn` with extra environment variables.
 pub fn spawn_env(args: &[&str], labels: &[&str], env: &[(&str, &str)]) -> (Proc, Vec<SocketAddr>) {
-    let mut child = Command::new(BIN)
-        .args(args)
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
         .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn switchyard");
-    let (tx, rx) = mpsc::channel();
-    let stdout = Arc::new(Mutex::new(Vec::new()));
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    pump(child.stdout.take().unwrap(), stdout.clone(), None);
-    pump(child.stderr.take().unwrap(), stderr.clone(), Some(tx));
+        .envs(env.iter().copied());
     let mut found: Vec<Option<SocketAddr>> = vec![None; labels.len()];
-    let deadline = std::time::Instant::now() + STARTUP;
-    while found.iter().any(Option::is_none) {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = match rx.recv_timeout(left) {
-            Ok(line) => line,
-            Err(_) => panic!(
-                "switchyard {args:?} did not log its listeners; stderr:\n{}",
-                stderr.lock().unwrap().join("\n")
-            ),
-        };
+    let proc = start(cmd, &format!("switchyard {args:?}"), STARTUP, |line| {
         for (i, label) in labels.iter().enumerate() {
             let suffix = format!(" ({label})");
             if let Some(pos) = line.find("listening on ") {
@@ -139,13 +122,47 @@ pub fn spawn_env(args: &[&str], labels: &[&str], env: &[(&str, &str)]) -> (Proc,
                 }
             }
         }
+        found.iter().all(Option::is_some)
+    });
+    (proc, found.into_iter().map(Option::unwrap).collect())
+}
+
+/// Starts `cmd` with its output collected, and returns once `ready` said yes to one of its
+/// stderr lines; panics, with what it logged, when that takes longer than `limit`.
+pub fn start(
+    mut cmd: Command,
+    what: &str,
+    limit: Duration,
+    mut ready: impl FnMut(&str) -> bool,
+) -> Proc {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let (tx, rx) = mpsc::channel();
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    pump(child.stdout.take().unwrap(), stdout.clone(), None);
+    pump(child.stderr.take().unwrap(), stderr.clone(), Some(tx));
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if ready(&line) => break,
+            Ok(_) => {}
+            Err(_) => panic!(
+                "{what} did not log that it is ready; stderr:\n{}",
+                stderr.lock().unwrap().join("\n")
+            ),
+        }
     }
-    let proc = Proc {
+    Proc {
         child,
         stdout,
         stderr,
-    };
-    (proc, found.into_iter().map(Option::unwrap).collect())
+    }
 }
 
 /// A simulated inference server process.

@@ -26,6 +26,8 @@ pub struct Request {
     pub features: Features,
     /// Prompt tokens estimated before the server counted them.
     pub prompt_estimate: u64,
+    /// The request's `Origin`, when `server.cors` allows it: every answer gets CORS headers.
+    pub cors_origin: Option<HeaderValue>,
 }
 
 impl Default for Request {
@@ -40,6 +42,7 @@ impl Default for Request {
             model_span: 0..0,
             features: Features::default(),
             prompt_estimate: 0,
+            cors_origin: None,
         }
     }
 }
