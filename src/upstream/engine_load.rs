@@ -182,6 +182,55 @@ vllm:num_requests_waiting_by_reason{reason=\"x\"} 100
         assert_eq!(parse(Engine::Sglang, &sized).unwrap().kv_tokens, 150_000.0);
     }
 
+    /// Each engine's `/metrics` as tests/fixtures/engines/ keeps it, per version.
+    #[test]
+    fn every_engine_fixture_reads_as_its_engine_reports() {
+        let fixture = |name: &str| {
+            let path = format!(
+                "{}/tests/fixtures/engines/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            std::fs::read_to_string(&path).unwrap()
+        };
+        let read = |engine, name: &str| parse(engine, &fixture(name)).unwrap();
+        let reading = |running, waiting, kv_usage, kv_tokens| EngineLoad {
+            running,
+            waiting,
+            kv_usage,
+            kv_tokens,
+        };
+        // V0: the KV gauge's old name, one series per model; the cache size in labels.
+        assert_eq!(
+            read(Engine::Vllm, "vllm-0.6.3-metrics.txt"),
+            reading(12.0, 4.0, Some(0.6875), 7281.0 * 16.0)
+        );
+        // V1 with two data-parallel engine cores: queues summed, the fuller cache counts.
+        assert_eq!(
+            read(Engine::Vllm, "vllm-0.11-metrics.txt"),
+            reading(60.0, 7.0, Some(0.8125), 31744.0 * 16.0)
+        );
+        // Exponent notation; the cache size is a gauge of its own.
+        assert_eq!(
+            read(Engine::Sglang, "sglang-0.4-metrics.txt"),
+            reading(118.0, 37.0, Some(0.41), 456_874.0)
+        );
+        // TGI and today's llama.cpp report no KV usage: none, not 0.
+        assert_eq!(
+            read(Engine::Tgi, "tgi-3.x-metrics.txt"),
+            reading(24.0, 9.0, None, 0.0)
+        );
+        assert_eq!(
+            read(Engine::Llamacpp, "llamacpp-11434-metrics.txt"),
+            reading(2.0, 1.0, None, 0.0)
+        );
+        // An engine's page read as another engine's is no reading.
+        assert_eq!(
+            parse(Engine::Sglang, &fixture("vllm-0.11-metrics.txt")),
+            None
+        );
+        assert_eq!(parse(Engine::Vllm, &fixture("tgi-3.x-metrics.txt")), None);
+    }
+
     #[test]
     fn labels_with_spaces_and_garbage_lines_are_handled() {
         let text = "vllm:num_requests_running{model_name=\"a b}c\"} 2 1700000000\nnot a metric\nvllm:num_requests_waiting NaN\n";
