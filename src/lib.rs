@@ -9,6 +9,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod openai;
+pub mod otel;
 pub mod proxy;
 pub mod routing;
 pub mod sim;

@@ -157,6 +157,9 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
         }),
     });
     gateway.access_log.flush();
+    if let Some(otel) = &gateway.shared.otel {
+        otel.shutdown();
+    }
     std::process::exit(0)
 }
 

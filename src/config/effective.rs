@@ -33,6 +33,7 @@ impl Config {
                 "connections_per_ip": self.limits.connections_per_ip,
                 "requests_per_second_per_ip": self.limits.requests_per_second_per_ip,
             },
+            "otel": self.otel.as_ref().map(|o| o.describe()),
             "auth": self.auth.name(),
             "tenants": self.tenants.iter().map(|t| json!({
                 "name": t.name,

@@ -38,6 +38,8 @@ pub struct FileConfig {
     /// Tenants by name: their API key digests, models and limits.
     #[serde(default)]
     pub tenants: BTreeMap<String, FileTenant>,
+    /// OpenTelemetry trace export (OTLP/HTTP). Off when absent.
+    pub otel: Option<super::otel::FileOtel>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,6 +5,7 @@ pub mod cors;
 mod effective;
 pub mod file;
 mod models;
+pub mod otel;
 mod route;
 mod tenants;
 pub mod validate;
@@ -42,6 +43,8 @@ pub struct Config {
     pub auth: Auth,
     /// In the file's (sorted) order.
     pub tenants: Vec<Tenant>,
+    /// `otel:`; `None`: no trace export.
+    pub otel: Option<otel::OtelSettings>,
 }
 
 /// Who may call the API.

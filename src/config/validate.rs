@@ -67,6 +67,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
         }
     }
     let (auth, tenants) = super::tenants::validate(&mut errs, &file, &models);
+    let otel = super::otel::build(&mut errs, file.otel.as_ref());
 
     match (listen, admin, errs.0.is_empty()) {
         (Some(listen), Some(admin), true) => Ok(Config {
@@ -80,6 +81,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
             models,
             auth,
             tenants,
+            otel,
         }),
         _ => Err(errs.0),
     }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use super::Ctx;
+use super::errors::client_gone;
+use super::{relay, tenancy, trace, Ctx};
 use crate::config::AccessLog;
 use crate::state::Shared;
 
@@ -46,6 +47,42 @@ pub(super) fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// Everything a finished request leaves behind: its token settlement, its metrics, its spans
+/// (`otel:`) and its access log line; then the guards it held are let go. `written`: the
+/// status the client was sent, if any.
+pub fn request_done(
+    shared: &Shared,
+    log: &AccessLogBuffer,
+    written: Option<u16>,
+    e: Option<&pingora_error::Error>,
+    ctx: &mut Ctx,
+) {
+    // A client that closes right after the stream's `[DONE]` (the sync OpenAI SDK does, before
+    // the closing chunk) got its whole answer: that is a success, not an abort.
+    let gone = e
+        .and_then(client_gone)
+        .filter(|_| !relay::relayed_whole(ctx));
+    let client_gone = gone.is_some();
+    let status = if client_gone {
+        499
+    } else {
+        ctx.response.answered.or(written).unwrap_or(0)
+    };
+    tenancy::settle(ctx);
+    relay::observe_decode_rate(ctx);
+    let now = Instant::now();
+    metrics(&shared.metrics, ctx, status, gone, now);
+    if let Some(otel) = &shared.otel {
+        trace::finish(otel, ctx, status, outcome(ctx, status, client_gone));
+    }
+    access(log, shared, ctx, status, client_gone, now);
+    ctx.attempt.retry_tokens.clear();
+    ctx.tenancy.admission = None;
+    ctx.attempt.inflight = None;
+    ctx.attempt.upstream_socket = None;
+    ctx.request.guard = None;
+}
+
 /// Writes the access log line for a finished request, if the access log is on.
 pub fn access(
     log: &AccessLogBuffer,
@@ -65,19 +102,7 @@ pub fn access(
     }
     let routed = ctx.routed.as_ref();
     let pool = routed.map(|r| r.pool());
-    let outcome = match status {
-        _ if client_gone => "client_abort",
-        _ if ctx.response.interrupted == Some("upstream_timeout") => "timeout",
-        _ if ctx.response.interrupted.is_some() => "upstream_error",
-        // The models list, a CORS preflight: answered, and well.
-        100..=399 => "ok",
-        401 | 429 if ctx.response.answered.is_some() => "rejected",
-        _ if routed.is_none() => "rejected",
-        504 if ctx.response.answered.is_some() => "timeout",
-        _ if ctx.response.answered.is_some() => "upstream_error",
-        500.. => "upstream_error",
-        _ => "ok",
-    };
+    let outcome = outcome(ctx, status, client_gone);
     let line = Line {
         time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         request_id: ctx
@@ -110,6 +135,24 @@ pub fn access(
         shadow: false,
     };
     log.push(&line);
+}
+
+/// What the access log's `outcome` says about a finished request.
+pub fn outcome(ctx: &Ctx, status: u16, client_gone: bool) -> &'static str {
+    let routed = ctx.routed.as_ref();
+    match status {
+        _ if client_gone => "client_abort",
+        _ if ctx.response.interrupted == Some("upstream_timeout") => "timeout",
+        _ if ctx.response.interrupted.is_some() => "upstream_error",
+        // The models list, a CORS preflight: answered, and well.
+        100..=399 => "ok",
+        401 | 429 if ctx.response.answered.is_some() => "rejected",
+        _ if routed.is_none() => "rejected",
+        504 if ctx.response.answered.is_some() => "timeout",
+        _ if ctx.response.answered.is_some() => "upstream_error",
+        500.. => "upstream_error",
+        _ => "ok",
+    }
 }
 
 /// The request's metrics, on the model that answered: status, durations, tokens, retries by

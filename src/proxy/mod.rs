@@ -30,6 +30,7 @@ mod respond;
 mod retry;
 mod shadow;
 mod tenancy;
+mod trace;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,6 +106,9 @@ impl ProxyHttp for Proxy {
             let req = session.req_header();
             Target::classify(&req.method, req.uri.path())
         };
+        if let (Some(otel), Target::Inference(endpoint)) = (&self.shared.otel, target) {
+            trace::begin(otel, session, ctx, endpoint);
+        }
         let identified = match target {
             Target::Inference(_) | Target::ListModels => {
                 tenancy::identify(&self.shared, &runtime, session, ctx)
@@ -245,6 +249,7 @@ impl ProxyHttp for Proxy {
                     .max(Duration::from_millis(1)),
             );
         }
+        trace::attempt(ctx, pool_index, i);
         Ok(peer)
     }
 
@@ -281,6 +286,7 @@ impl ProxyHttp for Proxy {
             auth: server.and_then(|(p, _)| p.upstream_auth.as_ref()),
         };
         headers::to_upstream(upstream, session.client_addr(), target, ctx);
+        trace::inject(upstream, ctx);
         Ok(())
     }
 
@@ -308,6 +314,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         let status = upstream.status.as_u16();
         ctx.attempt.upstream_status = Some(status);
+        trace::attempt_status(ctx, status);
         ctx.attempt.upstream_header = Some(Instant::now());
         let (Some(routed), Some(server)) = (&ctx.routed, ctx.attempt.server) else {
             return Ok(());
@@ -446,6 +453,9 @@ impl ProxyHttp for Proxy {
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
             _ => "reset",
         };
+        if upstream_fault {
+            trace::attempt_failed(ctx, kind);
+        }
         if let Some(routed) = &ctx.routed {
             if upstream_fault && !ctx.response.total_limit_hit {
                 let pool = routed.pool();
@@ -495,6 +505,7 @@ impl ProxyHttp for Proxy {
             ErrorType::ConnectRefused => "connect_refused",
             _ => "connect_error",
         };
+        trace::attempt_failed(ctx, kind);
         if let Some(routed) = &ctx.routed {
             let pool = routed.pool();
             self.shared.metrics.upstream_error(&pool.name, kind);
@@ -564,36 +575,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        // A client that closes right after the stream's `[DONE]` (the sync OpenAI SDK does, before
-        // the closing chunk) got its whole answer: that is a success, not an abort.
-        let gone = e
-            .and_then(client_gone)
-            .filter(|_| !relay::relayed_whole(ctx));
-        let client_gone = gone.is_some();
-        let status = if client_gone {
-            499
-        } else {
-            ctx.response
-                .answered
-                .or_else(|| session.response_written().map(|r| r.status.as_u16()))
-                .unwrap_or(0)
-        };
-        tenancy::settle(ctx);
-        relay::observe_decode_rate(ctx);
-        let now = Instant::now();
-        log::metrics(&self.shared.metrics, ctx, status, gone, now);
-        log::access(
-            &self.access_log,
-            &self.shared,
-            ctx,
-            status,
-            client_gone,
-            now,
-        );
-        ctx.attempt.retry_tokens.clear();
-        ctx.tenancy.admission = None;
-        ctx.attempt.inflight = None;
-        ctx.attempt.upstream_socket = None;
-        ctx.request.guard = None;
+        let written = session.response_written().map(|r| r.status.as_u16());
+        log::request_done(&self.shared, &self.access_log, written, e, ctx);
     }
 }

@@ -31,6 +31,8 @@ pub struct Shared {
     config_path: Option<PathBuf>,
     /// Serialises reloads so that two of them cannot interleave read, build and swap.
     reloading: Mutex<()>,
+    /// Trace export (`otel:`), set up at start; a reload does not change it.
+    pub otel: Option<crate::otel::Otel>,
 }
 
 /// Why a reload was refused; the old config keeps serving.
@@ -65,6 +67,20 @@ impl Shared {
         let registry = Registry::default();
         let store = LocalStore::default();
         let prefix = PrefixIndexes::default();
+        let otel = match config
+            .otel
+            .as_ref()
+            .map(crate::otel::Otel::start)
+            .transpose()
+        {
+            Ok(otel) => otel,
+            Err(message) => {
+                return Err(vec![ConfigError {
+                    path: "otel".to_owned(),
+                    message,
+                }])
+            }
+        };
         let runtime = Runtime::build(config, &registry, &store, &metrics, &prefix)?;
         metrics.config_load(true);
         Ok(Self {
@@ -77,6 +93,7 @@ impl Shared {
             lifecycle: Default::default(),
             config_path,
             reloading: Mutex::new(()),
+            otel,
         })
     }
 
@@ -99,6 +116,9 @@ impl Shared {
                             "{what} changed from {before} to {after}: listener addresses change only on restart"
                         );
                     }
+                }
+                if self.otel.as_ref().map(|o| &o.settings) != runtime.config.otel.as_ref() {
+                    tracing::warn!("otel changed: trace export is set up only at start");
                 }
                 let runtime = Arc::new(runtime);
                 self.runtime.store(runtime.clone());

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -33,10 +33,31 @@ impl Answer {
 
 pub type Handler = Arc<dyn Fn(&str, &str) -> Answer + Send + Sync>;
 
+/// A request as it arrived: its head (request line and headers) and its body.
+#[derive(Clone)]
+pub struct Seen {
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    /// The value of header `name` (case-insensitive), if sent.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
 pub struct Canned {
     pub addr: SocketAddr,
     /// Requests answered, by any path.
     pub requests: Arc<AtomicU64>,
+    /// Every request, in arrival order.
+    pub seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Canned {
@@ -46,13 +67,18 @@ impl Canned {
         let addr = listener.local_addr().unwrap();
         let handler: Handler = Arc::new(handler);
         let requests = Arc::new(AtomicU64::new(0));
-        let counted = requests.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (counted, log) = (requests.clone(), seen.clone());
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve(conn, handler.clone(), counted.clone()));
+                tokio::spawn(serve(conn, handler.clone(), counted.clone(), log.clone()));
             }
         });
-        Self { addr, requests }
+        Self {
+            addr,
+            requests,
+            seen,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -62,9 +88,19 @@ impl Canned {
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
+
+    /// The requests seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
 }
 
-async fn serve(mut conn: tokio::net::TcpStream, handler: Handler, requests: Arc<AtomicU64>) {
+async fn serve(
+    mut conn: tokio::net::TcpStream,
+    handler: Handler,
+    requests: Arc<AtomicU64>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -91,7 +127,12 @@ async fn serve(mut conn: tokio::net::TcpStream, handler: Handler, requests: Arc<
             }
         }
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let body = buf[head_end..head_end + length].to_vec();
         buf.drain(..head_end + length);
+        seen.lock().unwrap().push(Seen {
+            head: head.clone(),
+            body,
+        });
         let mut words = head.split_whitespace();
         let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
         requests.fetch_add(1, Ordering::Relaxed);

@@ -8,6 +8,7 @@ mod attempt;
 mod request;
 mod response;
 mod tenancy;
+mod trace;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ pub use attempt::{Attempt, RetryReason, Tried, MAX_ATTEMPTS};
 pub use request::Request;
 pub use response::Response;
 pub use tenancy::Tenancy;
+pub use trace::{AttemptSpan, Trace};
 
 use crate::routing::{Decision, Route, Step};
 use crate::state::{Model, Pool, Runtime};
@@ -72,4 +74,6 @@ pub struct Ctx {
     pub attempt: Attempt,
     pub response: Response,
     pub tenancy: Tenancy,
+    /// `Some` when `otel:` is on.
+    pub trace: Option<Box<Trace>>,
 }
