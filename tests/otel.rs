@@ -314,7 +314,11 @@ async fn the_default_export_is_protobuf() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let export = &col.seen()[0];
-    assert!(export.head.starts_with("POST /v1/traces "), "{}", export.head);
+    assert!(
+        export.head.starts_with("POST /v1/traces "),
+        "{}",
+        export.head
+    );
     assert_eq!(
         export.header("content-type").as_deref(),
         Some("application/x-protobuf")

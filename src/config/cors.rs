@@ -4,23 +4,9 @@
 
 use std::time::Duration;
 
-use http::HeaderValue;
-use serde::Deserialize;
-
+use super::file::FileCors;
 use super::values::{duration, Errors};
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileCors {
-    /// Origins allowed to call the API, exactly as browsers send them
-    /// (`https://app.example.com`), or `["*"]` for any.
-    pub allow_origins: Option<Vec<String>>,
-    /// Request headers a preflight may ask for; absent: whatever the preflight asks for (the
-    /// OpenAI SDKs send their own `x-stainless-*` headers).
-    pub allow_headers: Option<Vec<String>>,
-    /// How long browsers may cache a preflight's answer (`10m` by default).
-    pub max_age: Option<String>,
-}
+use http::HeaderValue;
 
 /// The compiled policy: the header values are built once, at load.
 #[derive(Debug, Clone)]

@@ -39,7 +39,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub tenants: BTreeMap<String, FileTenant>,
     /// OpenTelemetry trace export (OTLP/HTTP). Off when absent.
-    pub otel: Option<super::otel::FileOtel>,
+    pub otel: Option<FileOtel>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,7 +117,7 @@ pub struct FileServer {
     /// Where the SIGQUIT socket hand-over meets the new process (`run --upgrade`).
     pub upgrade_sock: Option<String>,
     /// Browser origins allowed to call the API (CORS). Off by default: no CORS headers.
-    pub cors: Option<super::cors::FileCors>,
+    pub cors: Option<FileCors>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -362,4 +362,39 @@ pub struct FileShadow {
     pub percent: Option<f64>,
     /// Mirrors in flight at most (default 8).
     pub max_inflight: Option<i64>,
+}
+
+/// `server.cors` (config/cors.rs).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCors {
+    /// Origins allowed to call the API, exactly as browsers send them
+    /// (`https://app.example.com`), or `["*"]` for any.
+    pub allow_origins: Option<Vec<String>>,
+    /// Request headers a preflight may ask for; absent: whatever the preflight asks for (the
+    /// OpenAI SDKs send their own `x-stainless-*` headers).
+    pub allow_headers: Option<Vec<String>>,
+    /// How long browsers may cache a preflight's answer (`10m` by default).
+    pub max_age: Option<String>,
+}
+
+/// `otel:` (config/otel.rs).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOtel {
+    /// The collector's OTLP/HTTP endpoint: `http://host:4318` (`/v1/traces` is added) or the
+    /// full traces URL. Plain HTTP: the gateway is built without TLS, so a collector beside it
+    /// (an OpenTelemetry Collector agent or sidecar) forwards over TLS where it must.
+    pub endpoint: Option<String>,
+    /// `http/protobuf` (default) or `http/json`.
+    pub protocol: Option<String>,
+    /// `service.name` of every span (`switchyard`).
+    pub service_name: Option<String>,
+    /// Share of traces started here that are recorded, 0..1 (1). A client's `traceparent`
+    /// decides for its own traces.
+    pub sample_ratio: Option<f64>,
+    /// Longest a finished span waits before it is sent (`5s`, the OpenTelemetry default).
+    pub batch_delay: Option<String>,
+    /// Time limit of one export (`10s`).
+    pub timeout: Option<String>,
 }

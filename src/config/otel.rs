@@ -3,29 +3,8 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
+use super::file::FileOtel;
 use super::values::{duration, Errors};
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileOtel {
-    /// The collector's OTLP/HTTP endpoint: `http://host:4318` (`/v1/traces` is added) or the
-    /// full traces URL. Plain HTTP: the gateway is built without TLS, so a collector beside it
-    /// (an OpenTelemetry Collector agent or sidecar) forwards over TLS where it must.
-    pub endpoint: Option<String>,
-    /// `http/protobuf` (default) or `http/json`.
-    pub protocol: Option<String>,
-    /// `service.name` of every span (`switchyard`).
-    pub service_name: Option<String>,
-    /// Share of traces started here that are recorded, 0..1 (1). A client's `traceparent`
-    /// decides for its own traces.
-    pub sample_ratio: Option<f64>,
-    /// Longest a finished span waits before it is sent (`5s`, the OpenTelemetry default).
-    pub batch_delay: Option<String>,
-    /// Time limit of one export (`10s`).
-    pub timeout: Option<String>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
