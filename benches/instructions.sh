@@ -17,6 +17,9 @@
 #   BASELINE=path/to/other/switchyard benches/instructions.sh   measures that binary too, in the
 #   same run against the same simulators, and prints the change (a build of an earlier commit:
 #   `git worktree add /tmp/base <commit> && cargo build --release --manifest-path /tmp/base/Cargo.toml`).
+#   EXTRA_CONFIG='otel: {...}' benches/instructions.sh   appends that YAML to this build's config
+#   only (not the baseline's): with BASELINE set to a copy of the same binary, the change is the
+#   cost of what it turns on.
 # Needs: valgrind (installed with apt-get when missing and running as root), python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -97,8 +100,10 @@ models:
     aliases: [fast]
 EOF
 }
-config "$SIM" > "$WORK/switchyard.yaml"
-config "$STREAM_SIM" > "$WORK/switchyard-stream.yaml"
+config "$SIM" > "$WORK/baseline.yaml"
+config "$STREAM_SIM" > "$WORK/baseline-stream.yaml"
+{ cat "$WORK/baseline.yaml"; echo "${EXTRA_CONFIG:-}"; } > "$WORK/switchyard.yaml"
+{ cat "$WORK/baseline-stream.yaml"; echo "${EXTRA_CONFIG:-}"; } > "$WORK/switchyard-stream.yaml"
 
 # measure NAME BODY WARM COUNT CMD...: sets IR to NAME's instructions per request, over COUNT
 # requests after WARM. Runs in this shell (no command substitution), so a failure stops the
@@ -129,7 +134,7 @@ floor=$IR
 measure switchyard "$BODY" 200 "$N" $BIN run -c "$WORK/switchyard.yaml"
 sy=$IR
 if [ -n "${BASELINE:-}" ]; then
-  measure switchyard-baseline "$BODY" 200 "$N" "$BASELINE" run -c "$WORK/switchyard.yaml"
+  measure switchyard-baseline "$BODY" 200 "$N" "$BASELINE" run -c "$WORK/baseline.yaml"
   base=$IR
 fi
 FLOOR_ADDR=127.0.0.1:$(free_port)
@@ -139,7 +144,7 @@ floor_stream=$IR
 measure switchyard-stream "$STREAM_BODY" 10 "$S" $BIN run -c "$WORK/switchyard-stream.yaml"
 sy_stream=$IR
 if [ -n "${BASELINE:-}" ]; then
-  measure switchyard-baseline-stream "$STREAM_BODY" 10 "$S" "$BASELINE" run -c "$WORK/switchyard-stream.yaml"
+  measure switchyard-baseline-stream "$STREAM_BODY" 10 "$S" "$BASELINE" run -c "$WORK/baseline-stream.yaml"
   base_stream=$IR
 fi
 echo "| proxy | instructions per request | per stream of 50 events |"

@@ -25,6 +25,8 @@ pub const X_SWITCHYARD_MODEL: HeaderName = HeaderName::from_static("x-switchyard
 pub const X_SWITCHYARD_ROUTE: HeaderName = HeaderName::from_static("x-switchyard-route");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// W3C Trace Context.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `x-ratelimit-{limit,remaining,reset}-requests`, then the same for `-tokens`.
 const RATE_LIMIT: [[HeaderName; 3]; 2] = [
     [
@@ -235,6 +237,9 @@ pub fn to_upstream(
         if let Some(key) = upstream.auth {
             h.insert(header::AUTHORIZATION, key.clone());
         }
+        if let Some(tp) = upstream.traceparent {
+            h.insert(TRACEPARENT, tp);
+        }
     });
 }
 
@@ -264,12 +269,13 @@ fn ip_text(ip: IpAddr) -> Option<HeaderValue> {
 }
 
 /// What the chosen server adds to the request.
-#[derive(Clone, Copy)]
 pub struct Upstream<'a> {
     /// `Host`: the server's `host:port`.
     pub host: Option<&'a HeaderValue>,
     /// `Authorization: Bearer …` of the pool's key.
     pub auth: Option<&'a HeaderValue>,
+    /// The attempt's span as the server's parent (`otel:` on), replacing the client's.
+    pub traceparent: Option<HeaderValue>,
 }
 
 #[cfg(test)]
@@ -300,6 +306,7 @@ mod tests {
     fn server(auth: Option<&HeaderValue>) -> Upstream<'_> {
         static HOST: HeaderValue = HeaderValue::from_static("10.0.0.1:8000");
         Upstream {
+            traceparent: None,
             host: Some(&HOST),
             auth,
         }

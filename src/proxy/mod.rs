@@ -276,6 +276,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.attempt.upstream_sent = Some(Instant::now());
+        let traceparent = trace::traceparent(ctx);
         let server = ctx
             .routed
             .as_ref()
@@ -284,9 +285,9 @@ impl ProxyHttp for Proxy {
         let target = headers::Upstream {
             host: server.map(|(p, s)| &p.servers[s].host),
             auth: server.and_then(|(p, _)| p.upstream_auth.as_ref()),
+            traceparent,
         };
         headers::to_upstream(upstream, session.client_addr(), target, ctx);
-        trace::inject(upstream, ctx);
         Ok(())
     }
 

@@ -5,10 +5,8 @@
 
 use std::time::SystemTime;
 
-use http::HeaderName;
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
-use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 use super::ctx::{AttemptSpan, Trace};
@@ -16,11 +14,9 @@ use super::{headers, Ctx};
 use crate::openai::Endpoint;
 use crate::otel::{self, Finished, Otel};
 
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-
 /// Starts the request's trace.
 pub fn begin(otel: &Otel, session: &Session, ctx: &mut Ctx, endpoint: Endpoint) {
-    let parent = otel.begin(session.req_header().headers.get(TRACEPARENT));
+    let parent = otel.begin(session.req_header().headers.get(headers::TRACEPARENT));
     ctx.trace = Some(Box::new(Trace {
         parent,
         span_id: otel::span_id(),
@@ -54,17 +50,12 @@ pub fn attempt(ctx: &mut Ctx, pool: usize, server: usize) {
     });
 }
 
-/// The server is sent the attempt's span as its parent (`traceparent`), replacing the
-/// client's.
-pub fn inject(upstream: &mut RequestHeader, ctx: &mut Ctx) {
-    let Some(trace) = ctx.trace.as_deref_mut() else {
-        return;
-    };
-    let parent = trace.parent;
-    if let Some(a) = trace.current() {
-        let value = otel::traceparent(parent.trace_id, a.span_id, parent.sampled);
-        headers::edit_request(upstream, |h| h.insert(TRACEPARENT, value));
-    }
+/// The `traceparent` the current attempt's server is sent: the attempt's span as its parent.
+pub fn traceparent(ctx: &Ctx) -> Option<http::HeaderValue> {
+    let trace = ctx.trace.as_deref()?;
+    let a = trace.attempts.last().filter(|a| a.end.is_none())?;
+    let p = trace.parent;
+    Some(otel::traceparent(p.trace_id, a.span_id, p.sampled))
 }
 
 /// The server answered with `status` (the attempt may still be retried on another).
