@@ -1,4 +1,5 @@
-//! The per-IP connection cap (`limits.connections_per_ip`), wrapped around the proxy's
+//! The edge of the public port (proxy/edge.rs: the cap on open connections and the request-head
+//! deadline) and the per-IP connection cap (`limits.connections_per_ip`), wrapped around the proxy's
 //! [`ServerApp`]: a connection over the cap gets a 429 in OpenAI's shape once its request head
 //! has arrived, and is closed. The counts live in [`crate::limits::per_ip::PerIp`].
 
@@ -13,19 +14,24 @@ use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::openai::ApiError;
+use crate::proxy::edge::Edge;
 use crate::state::Shared;
 
 /// The proxy app behind a per-IP connection cap.
 pub struct ConnectionCap<A> {
     inner: Arc<A>,
     shared: Arc<Shared>,
+    /// The cap on open connections and the request-head deadline.
+    edge: Edge,
 }
 
 impl<A> ConnectionCap<A> {
     pub fn new(inner: A, shared: Arc<Shared>) -> Self {
+        let edge = Edge::new(shared.runtime().config.limits.max_connections);
         Self {
             inner: Arc::new(inner),
             shared,
+            edge,
         }
     }
 }
@@ -42,6 +48,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Over the cap: closed at once.
+        let stream = self.edge.admit(stream, &self.shared)?;
         let limit = self.shared.runtime().config.limits.connections_per_ip;
         let (Some(limit), Some(ip)) = (limit, peer_ip(&stream)) else {
             return self.inner.process_new(stream, shutdown).await;

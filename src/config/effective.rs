@@ -31,6 +31,7 @@ impl Config {
                 "max_body_size": self.limits.max_body_size,
                 "max_requests_per_connection": self.limits.max_requests_per_connection,
                 "connections_per_ip": self.limits.connections_per_ip,
+                "max_connections": self.limits.max_connections,
                 "requests_per_second_per_ip": self.limits.requests_per_second_per_ip,
             },
             "otel": self.otel.as_ref().map(|o| o.describe()),
@@ -44,6 +45,7 @@ impl Config {
                 "budget": t.budget.iter().map(|(p, usd)| (format!("usd_per_{}", p.name()), json!(usd))).collect::<serde_json::Map<_, _>>(),
             })).collect::<Vec<_>>(),
             "timeouts": {
+                "request_header": d(self.timeouts.request_header),
                 "request_body": d(self.timeouts.request_body),
                 "keepalive_idle": d(self.timeouts.keepalive_idle),
                 "client_write": d(self.timeouts.client_write),

@@ -129,6 +129,9 @@ pub struct FileLimits {
     pub max_requests_per_connection: Option<i64>,
     /// Open connections from one client IP (more are answered 429 and closed). Off by default.
     pub connections_per_ip: Option<i64>,
+    /// Open client connections in all; more are closed at once. Default: from the descriptor
+    /// limit, leaving room for an upstream connection per client and the admin listener.
+    pub max_connections: Option<i64>,
     /// New requests per second from one client IP, checked before the body is read. Off by
     /// default.
     pub requests_per_second_per_ip: Option<i64>,
@@ -137,6 +140,9 @@ pub struct FileLimits {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTimeouts {
+    /// Receiving a whole request head (408 and close past it): from the accept for a
+    /// connection's first request, from the next request's first byte on a kept-alive one.
+    pub request_header: Option<String>,
     /// Reading the whole request body.
     pub request_body: Option<String>,
     /// Idle client keep-alive connection.

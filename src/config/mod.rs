@@ -145,12 +145,16 @@ pub struct Limits {
     pub max_requests_per_connection: u32,
     /// Open connections per client IP; `None`: no cap.
     pub connections_per_ip: Option<u64>,
+    /// Open client connections in all; `None`: derived from the descriptor limit at start.
+    pub max_connections: Option<u64>,
     /// New requests per second per client IP; `None`: no cap.
     pub requests_per_second_per_ip: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Timeouts {
+    /// Receiving a whole request head (408 and close past it). Default 10 s.
+    pub request_header: Duration,
     /// Reading the whole request body (408 past it). Default 30 s.
     pub request_body: Duration,
     /// Idle client keep-alive connection. Default 75 s.

@@ -186,11 +186,18 @@ fn limits(errs: &mut Errors, l: &FileLimits) -> Limits {
             "limits.requests_per_second_per_ip",
             l.requests_per_second_per_ip,
         ),
+        max_connections: optional_positive(errs, "limits.max_connections", l.max_connections),
     }
 }
 
 fn timeouts(errs: &mut Errors, t: &FileTimeouts) -> Timeouts {
     Timeouts {
+        request_header: duration(
+            errs,
+            "timeouts.request_header",
+            t.request_header.as_deref(),
+            defaults::REQUEST_HEADER_SECS,
+        ),
         request_body: duration(
             errs,
             "timeouts.request_body",

@@ -244,6 +244,7 @@ pub mod defaults {
     pub const MAX_REQUESTS_PER_CONNECTION: u32 = 1000;
     pub const GRACE_PERIOD_SECS: u64 = 60;
     pub const REQUEST_BODY_SECS: u64 = 30;
+    pub const REQUEST_HEADER_SECS: u64 = 10;
     pub const KEEPALIVE_IDLE_SECS: u64 = 75;
     /// nginx's `send_timeout`.
     pub const CLIENT_WRITE_SECS: u64 = 60;

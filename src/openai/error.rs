@@ -25,6 +25,9 @@ pub enum ApiError {
     LengthRequired { limit: usize },
     #[error("Reading the request body took longer than the limit.")]
     BodyTimeout,
+    /// The request head did not arrive within `timeouts.request_header`.
+    #[error("The request head did not arrive in time (timeouts.request_header).")]
+    HeaderTimeout,
     #[error("{message}")]
     InvalidRequest {
         message: String,
@@ -109,7 +112,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => 405,
             Self::BodyTooLarge { .. } => 413,
             Self::LengthRequired { .. } => 411,
-            Self::BodyTimeout => 408,
+            Self::BodyTimeout | Self::HeaderTimeout => 408,
             Self::InvalidRequest { .. } => 400,
             Self::NoHealthyUpstream | Self::ShuttingDown => 503,
             Self::UpstreamUnavailable | Self::StreamInterrupted => 502,
@@ -129,6 +132,7 @@ impl ApiError {
             | Self::BodyTooLarge { .. }
             | Self::LengthRequired { .. }
             | Self::BodyTimeout
+            | Self::HeaderTimeout
             | Self::InvalidRequest { .. }
             | Self::ModelNotFound { .. }
             | Self::ContextLengthExceeded { .. }
@@ -153,7 +157,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
             Self::BodyTooLarge { .. } => Some("request_too_large"),
             Self::LengthRequired { .. } => Some("length_required"),
-            Self::BodyTimeout => Some("request_timeout"),
+            Self::BodyTimeout | Self::HeaderTimeout => Some("request_timeout"),
             Self::InvalidRequest { .. } => None,
             Self::ModelNotFound { .. } => Some("model_not_found"),
             Self::ContextLengthExceeded { .. } => Some("context_length_exceeded"),

@@ -20,6 +20,7 @@ mod body;
 mod cors;
 mod ctx;
 mod decide;
+pub mod edge;
 mod errors;
 mod headers;
 mod hold;
@@ -83,6 +84,7 @@ impl ProxyHttp for Proxy {
 
     /// `Ok(true)`: the gateway answered (models list, or an error); `Ok(false)`: proxy it.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        edge::head_done(session.stream());
         ctx.request.guard = Some(self.shared.lifecycle.start_request());
         ctx.request.request_id = Some(headers::request_id(session.req_header()));
         let runtime = self.shared.runtime();
@@ -576,6 +578,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        edge::response_done(session.stream());
         let written = session.response_written().map(|r| r.status.as_u16());
         log::request_done(&self.shared, &self.access_log, written, e, ctx);
     }
