@@ -36,6 +36,76 @@ async fn models_list_names_every_model_and_alias() {
     assert_eq!(v["data"][0]["object"], "model");
 }
 
+/// `GET /v1/models/{id}` (the SDKs' `models.retrieve`): a model or alias as the list shows it,
+/// a name with a slash plain or percent-encoded, 404 `model_not_found` for another, and the
+/// access log calls the answers `ok` and `rejected`.
+#[tokio::test]
+async fn a_model_is_retrieved_by_its_name() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::start(&format!(
+        "pools:\n  p:\n    model: {SERVED}\n    servers:\n      - url: {}\n\
+         models:\n  m:\n    pool: p\n    aliases: [org/m-alias]\n",
+        sim.url()
+    ));
+    for id in ["m", "org/m-alias", "org%2Fm-alias"] {
+        let v = common::get_json(&gw.url(&format!("/v1/models/{id}"))).await;
+        assert_eq!(v["object"], "model", "{id}: {v}");
+        assert_eq!(v["id"], id.replace("%2F", "/"));
+        assert_eq!(v["owned_by"], "switchyard");
+    }
+    let resp = client()
+        .get(gw.url("/v1/models/nope"))
+        .send()
+        .await
+        .unwrap();
+    let v = openai_error(resp, 404).await;
+    assert_eq!(v["error"]["code"], "model_not_found");
+    let resp = client().post(gw.url("/v1/models/m")).send().await.unwrap();
+    openai_error(resp, 405).await;
+    let log = gw.access_log_lines(5).await;
+    let outcomes: Vec<&str> = log.iter().map(|l| l["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["ok", "ok", "ok", "rejected", "rejected"]);
+}
+
+/// `Expect: 100-continue` is answered at once when the declared size is acceptable (a client
+/// waits for it before sending the body), and not at all when it is too large: the 413 comes
+/// first. The upstream is not asked to continue: the gateway has the body.
+#[tokio::test]
+async fn expect_continue_is_answered_before_the_body_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::single(SERVED, &[sim.url()], "limits:\n  max_body_size: 1KiB\n");
+    let body = r#"{"model":"m","max_tokens":2,"messages":[{"role":"user","content":"x"}]}"#;
+    let mut conn = tokio::net::TcpStream::connect(gw.api).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         expect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut got = vec![0u8; 25];
+    tokio::time::timeout(std::time::Duration::from_secs(2), conn.read_exact(&mut got))
+        .await
+        .expect("no 100 Continue within 2 s")
+        .unwrap();
+    assert_eq!(&got, b"HTTP/1.1 100 Continue\r\n\r\n");
+    conn.write_all(body.as_bytes()).await.unwrap();
+    let mut rest = [0u8; 12];
+    conn.read_exact(&mut rest).await.unwrap();
+    assert_eq!(&rest, b"HTTP/1.1 200", "one 100, then the answer");
+
+    let mut big = tokio::net::TcpStream::connect(gw.api).await.unwrap();
+    big.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nexpect: 100-continue\r\n\
+          content-type: application/json\r\ncontent-length: 4096\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut status = [0u8; 12];
+    big.read_exact(&mut status).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 413");
+}
+
 #[tokio::test]
 async fn chat_completion_by_alias_reaches_the_pool_with_the_served_name() {
     let sim = Sim::fast(SERVED);

@@ -54,6 +54,8 @@ pub enum Target {
     Inference(Endpoint),
     /// GET /v1/models, answered from config.
     ListModels,
+    /// GET /v1/models/{id} (the SDKs' `models.retrieve`), answered from config.
+    RetrieveModel,
     /// A known path with the wrong method.
     WrongMethod {
         allow: &'static str,
@@ -68,6 +70,13 @@ impl Target {
             (Some(_), _) => Self::WrongMethod { allow: "POST" },
             (None, "/v1/models") if method == http::Method::GET => Self::ListModels,
             (None, "/v1/models") => Self::WrongMethod { allow: "GET" },
+            (None, p) if p.len() > "/v1/models/".len() && p.starts_with("/v1/models/") => {
+                if method == http::Method::GET {
+                    Self::RetrieveModel
+                } else {
+                    Self::WrongMethod { allow: "GET" }
+                }
+            }
             _ => Self::Unknown,
         }
     }

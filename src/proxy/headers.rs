@@ -102,6 +102,8 @@ fn is_stripped(name: &str) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
+            // The gateway holds the whole body before it sends anything.
+            | "expect"
             | "forwarded"
             | "x-forwarded-for"
             | "x-forwarded-host"

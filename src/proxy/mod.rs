@@ -112,7 +112,7 @@ impl ProxyHttp for Proxy {
             trace::begin(otel, session, ctx, endpoint);
         }
         let identified = match target {
-            Target::Inference(_) | Target::ListModels => {
+            Target::Inference(_) | Target::ListModels | Target::RetrieveModel => {
                 tenancy::identify(&self.shared, &runtime, session, ctx)
             }
             _ => Ok(()),
@@ -148,6 +148,23 @@ impl ProxyHttp for Proxy {
                     .map_or_else(|| runtime.models_body.clone(), |t| t.models_body.clone());
                 respond::json(session, ctx, 200, body).await?;
                 return Ok(true);
+            }
+            (Target::RetrieveModel, _) => {
+                let list = ctx
+                    .tenancy
+                    .tenant
+                    .and_then(|t| runtime.tenants.list.get(t))
+                    .map_or_else(|| runtime.models_body.clone(), |t| t.models_body.clone());
+                let path = session.req_header().uri.path().to_owned();
+                match respond::model_entry(&list, &path["/v1/models/".len()..]) {
+                    Some(body) => {
+                        respond::json(session, ctx, 200, body).await?;
+                        return Ok(true);
+                    }
+                    None => ApiError::ModelNotFound {
+                        model: crate::openai::error::echo(&path["/v1/models/".len()..]),
+                    },
+                }
             }
             (Target::WrongMethod { allow }, _) => {
                 let req = session.req_header();

@@ -29,6 +29,32 @@ fn header(status: u16, len: usize, ctx: &Ctx) -> Result<ResponseHeader> {
     Ok(resp)
 }
 
+/// The entry of `id` (percent-decoded: `meta-llama%2FLlama-3.1-8B` names
+/// `meta-llama/Llama-3.1-8B`) in a models list body, as `GET /v1/models/{id}` answers it.
+pub fn model_entry(list: &[u8], id: &str) -> Option<Bytes> {
+    let id = percent_decode(id)?;
+    let list: serde_json::Value = serde_json::from_slice(list).ok()?;
+    let entry = list["data"]
+        .as_array()?
+        .iter()
+        .find(|m| m["id"] == id.as_str())?;
+    serde_json::to_vec(entry).ok().map(Bytes::from)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 
 /// Writes a complete JSON response.
