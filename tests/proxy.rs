@@ -155,6 +155,22 @@ async fn completions_and_embeddings_are_routed() {
         .await
         .unwrap();
     assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 16);
+    // A list of inputs: one vector each, in order, equal for equal texts.
+    let v: Value = c
+        .post(gw.url("/v1/embeddings"))
+        .json(&json!({"model": "m", "input": ["hello", "world", "hello"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3, "{v}");
+    let indices: Vec<u64> = data.iter().map(|d| d["index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, [0, 1, 2]);
+    assert_eq!(data[0]["embedding"], data[2]["embedding"]);
+    assert_ne!(data[0]["embedding"], data[1]["embedding"]);
 }
 
 /// The upstream receives the body byte for byte (model rewritten) for sizes around Pingora's

@@ -180,10 +180,10 @@ impl Sim {
                 &json!({"object": "error", "message": format!("The model `{}` does not exist.", v["model"].as_str().unwrap_or("")), "type": "NotFoundError", "code": 404}),
             ));
         }
-        let prompt = prompt_text(&v, kind);
         if kind == Kind::Embedding {
-            return Ok(self.embed(&prompt));
+            return Ok(self.embed(&v["input"]));
         }
+        let prompt = prompt_text(&v, kind);
         let max_tokens = v["max_completion_tokens"]
             .as_u64()
             .or_else(|| v["max_tokens"].as_u64())
@@ -285,15 +285,34 @@ impl Sim {
         ))
     }
 
-    fn embed(&self, input: &str) -> Response<SimBody> {
-        let mut h = DefaultHasher::new();
-        input.hash(&mut h);
-        let mut rng = fastrand::Rng::with_seed(self.seed ^ h.finish());
-        let embedding: Vec<f32> = (0..self.embedding_dims).map(|_| rng.f32() - 0.5).collect();
-        let tokens = input.len().div_ceil(4);
+    /// One vector per input, as OpenAI's API answers: `input` is a string, a list of strings,
+    /// or token lists.
+    fn embed(&self, input: &Value) -> Response<SimBody> {
+        let texts: Vec<String> = match input {
+            Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect(),
+            Value::String(s) => vec![s.clone()],
+            other => vec![other.to_string()],
+        };
+        let mut tokens = 0;
+        let data: Vec<Value> = texts
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let mut h = DefaultHasher::new();
+                text.hash(&mut h);
+                let mut rng = fastrand::Rng::with_seed(self.seed ^ h.finish());
+                let embedding: Vec<f32> =
+                    (0..self.embedding_dims).map(|_| rng.f32() - 0.5).collect();
+                tokens += text.len().div_ceil(4);
+                json!({"object": "embedding", "index": index, "embedding": embedding})
+            })
+            .collect();
         json_response(
             StatusCode::OK,
-            &json!({"object": "list", "model": self.model, "data": [{"object": "embedding", "index": 0, "embedding": embedding}], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+            &json!({"object": "list", "model": self.model, "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
         )
     }
 
