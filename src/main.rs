@@ -302,6 +302,17 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     })?;
     config.listen = listen;
     config.admin = admin;
+    // A taken port is said before the banner, with the flag that picks another.
+    for (addr, flag) in [(listen, "--listen"), (admin, "--admin")] {
+        if addr.port() != 0 {
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                return Err(anyhow!(
+                    "cannot listen on {addr} ({e}): pick another address with {flag}, e.g. \
+                     `switchyard demo {flag} 127.0.0.1:0` for any free port"
+                ));
+            }
+        }
+    }
 
     // The simulators run on a runtime of their own; Pingora builds its runtimes itself.
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -80,3 +80,24 @@ async fn demo_serves_every_model_and_alias_with_metrics() {
     )
     .await;
 }
+
+/// A taken port: the demo says which flag picks another, and prints no banner first.
+#[test]
+fn a_taken_port_is_said_with_the_flag_that_picks_another() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for (flag, other) in [("--listen", "--admin"), ("--admin", "--listen")] {
+        let out = std::process::Command::new(common::BIN)
+            .args(["demo", flag, &addr, other, "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&addr) && stderr.contains(flag), "{stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !stdout.contains("Switchyard demo"),
+            "banner before the error: {stdout}"
+        );
+    }
+}
