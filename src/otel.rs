@@ -40,8 +40,8 @@ pub struct Parent {
 }
 
 /// One finished span, as the request path kept it.
-pub struct Finished<'a> {
-    pub name: &'a str,
+pub struct Finished {
+    pub name: String,
     pub kind: SpanKind,
     pub span_id: SpanId,
     pub start: SystemTime,
@@ -114,9 +114,9 @@ impl Otel {
         }
     }
 
-    /// Records spans of one trace, in order: each after the first hangs under the first.
-    pub fn record(&self, parent: Parent, spans: Vec<Finished<'_>>) {
-        let cx = |span_id: SpanId| {
+    /// Records a request's span (`root`) under the trace's parent, and `children` under it.
+    pub fn record(&self, parent: Parent, root: Finished, children: Vec<Finished>) {
+        let under = |span_id: SpanId| {
             Context::new().with_remote_span_context(SpanContext::new(
                 parent.trace_id,
                 span_id,
@@ -125,29 +125,33 @@ impl Otel {
                 TraceState::default(),
             ))
         };
-        let mut under = (parent.span_id != SpanId::INVALID).then_some(parent.span_id);
-        let mut first = true;
-        for s in spans {
-            let builder = self
-                .tracer
-                .span_builder(s.name.to_owned())
-                .with_kind(s.kind)
-                .with_trace_id(parent.trace_id)
-                .with_span_id(s.span_id)
-                .with_start_time(s.start)
-                .with_attributes(s.attributes);
-            let parent_cx = under.map_or_else(Context::new, cx);
-            let mut span = builder.start_with_context(&self.tracer, &parent_cx);
-            if let Some(e) = s.error {
-                use opentelemetry::trace::Span as _;
-                span.set_status(opentelemetry::trace::Status::error(e));
-            }
-            opentelemetry::trace::Span::end_with_timestamp(&mut span, s.end);
-            if first {
-                under = Some(s.span_id);
-                first = false;
-            }
+        let root_cx = if parent.span_id == SpanId::INVALID {
+            Context::new()
+        } else {
+            under(parent.span_id)
+        };
+        let children_cx = under(root.span_id);
+        self.span(parent.trace_id, root, &root_cx);
+        for child in children {
+            self.span(parent.trace_id, child, &children_cx);
         }
+    }
+
+    fn span(&self, trace_id: TraceId, s: Finished, parent_cx: &Context) {
+        use opentelemetry::trace::Span as _;
+        let mut span = self
+            .tracer
+            .span_builder(s.name)
+            .with_kind(s.kind)
+            .with_trace_id(trace_id)
+            .with_span_id(s.span_id)
+            .with_start_time(s.start)
+            .with_attributes(s.attributes)
+            .start_with_context(&self.tracer, parent_cx);
+        if let Some(e) = s.error {
+            span.set_status(opentelemetry::trace::Status::error(e));
+        }
+        span.end_with_timestamp(s.end);
     }
 }
 

@@ -121,27 +121,8 @@ fn gateway(servers: &[&Llama], pool_extra: &str) -> Gateway {
         "auth: required\npools:\n  p:\n    model: {ALIAS}\n    engine: llamacpp\n    balance: least_load\n    \
          engine_metrics:\n      interval: 200ms\n{pool_extra}    servers:\n{list}\
          models:\n  gemma:\n    pool: p\ntenants:\n  t:\n    keys: [\"{}\"]\n",
-        digest("sk-real")
+        common::key_digest("sk-real")
     ))
-}
-
-/// `sha256:<hex>` of a key, as `switchyard key hash` prints it.
-fn digest(key: &str) -> String {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new(common::BIN)
-        .args(["key", "hash"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(key.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 fn chat(max_tokens: u32, stream: bool) -> Value {

@@ -14,23 +14,6 @@ const SERVED: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const KEY_A: &str = "sk-team-a";
 const KEY_B: &str = "sk-team-b";
 
-/// `sha256:<hex>` of a key, as `switchyard key hash` prints it.
-fn digest(key: &str) -> String {
-    let out = std::process::Command::new(common::BIN)
-        .args(["key", "hash"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write as _;
-            child.stdin.take().unwrap().write_all(key.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 /// Two models on one simulator pool: `m` (alias `m-alias`) and `other`; `tenants` is YAML
 /// under `tenants:`, `extra` top-level YAML.
 fn gateway(sim: &Sim, pool_extra: &str, tenants: &str, extra: &str) -> Gateway {
@@ -43,12 +26,15 @@ fn gateway(sim: &Sim, pool_extra: &str, tenants: &str, extra: &str) -> Gateway {
 fn team_a(limits: &str) -> String {
     format!(
         "  team-a:\n    keys: [\"{}\"]\n    models: [m-alias]\n{limits}",
-        digest(KEY_A)
+        common::key_digest(KEY_A)
     )
 }
 
 fn team_b(rest: &str) -> String {
-    format!("  team-b:\n    keys: [\"{}\"]\n{rest}", digest(KEY_B))
+    format!(
+        "  team-b:\n    keys: [\"{}\"]\n{rest}",
+        common::key_digest(KEY_B)
+    )
 }
 
 async fn post(gw: &Gateway, key: Option<&str>, body: &Value) -> reqwest::Response {

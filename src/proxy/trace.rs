@@ -128,30 +128,21 @@ pub fn finish(otel: &Otel, ctx: &mut Ctx, status: u16, outcome: &'static str) {
     if failed {
         attrs.push(KeyValue::new("error.type", outcome));
     }
-    let name = format!("{} {}", trace.operation, requested.unwrap_or("unknown"));
-    let mut spans = vec![Finished {
-        name: &name,
+    let root = Finished {
+        name: format!("{} {}", trace.operation, requested.unwrap_or("unknown")),
         kind: SpanKind::Server,
         span_id: trace.span_id,
         start: trace.start,
         end,
         attributes: attrs,
         error: failed.then(|| outcome.to_owned()),
-    }];
-    let attempt_names: Vec<String> = trace
-        .attempts
-        .iter()
-        .map(|a| {
-            let served = routed
-                .and_then(|r| r.runtime.config.pools.get(a.pool))
-                .map_or("unknown", |p| p.served_model.as_str());
-            format!("{} {served}", trace.operation)
-        })
-        .collect();
-    for (a, name) in trace.attempts.iter().zip(&attempt_names) {
+    };
+    let mut spans = Vec::with_capacity(trace.attempts.len());
+    for a in &trace.attempts {
         let mut attrs = vec![KeyValue::new("gen_ai.operation.name", trace.operation)];
+        let spec = routed.and_then(|r| r.runtime.config.pools.get(a.pool));
+        let served = spec.map_or("unknown", |p| p.served_model.as_str());
         if let Some(pool) = routed.and_then(|r| r.runtime.pools.get(a.pool)) {
-            let spec = routed.and_then(|r| r.runtime.config.pools.get(a.pool));
             if let Some(server) = pool.servers.get(a.server) {
                 let (host, port) = server.id.rsplit_once(':').unwrap_or((&server.id, ""));
                 attrs.push(KeyValue::new("server.address", host.to_owned()));
@@ -179,7 +170,7 @@ pub fn finish(otel: &Otel, ctx: &mut Ctx, status: u16, outcome: &'static str) {
             attrs.push(KeyValue::new("error.type", e.clone()));
         }
         spans.push(Finished {
-            name,
+            name: format!("{} {served}", trace.operation),
             kind: SpanKind::Client,
             span_id: a.span_id,
             start: a.start,
@@ -188,5 +179,5 @@ pub fn finish(otel: &Otel, ctx: &mut Ctx, status: u16, outcome: &'static str) {
             error,
         });
     }
-    otel.record(trace.parent, spans);
+    otel.record(trace.parent, root, spans);
 }

@@ -474,3 +474,20 @@ pub async fn openai_error(resp: reqwest::Response, status: u16) -> serde_json::V
     );
     v
 }
+
+/// `sha256:<hex>` of a key, as `switchyard key hash` prints it.
+pub fn key_digest(key: &str) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["key", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(key.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
