@@ -88,7 +88,7 @@ fn report_allocations() {
     let mut usage = UsageScanner::default();
     let per_chunk_sse = allocs_per(1, || {
         for p in &parts {
-            black_box(tracker.observe(p));
+            let _ = black_box(tracker.observe(p));
         }
     }) / parts.len() as f64;
     let per_chunk_usage = allocs_per(1, || {
@@ -342,7 +342,7 @@ fn sse(c: &mut Criterion) {
             let mut t = SseTracker::default();
             let mut u = UsageScanner::default();
             for p in &parts {
-                t.observe(p);
+                let _ = t.observe(p);
                 u.observe(p);
             }
             (t.events, u.completion_tokens)
@@ -357,7 +357,7 @@ fn sse(c: &mut Criterion) {
             let mut s = UsageStrip::default();
             let mut out = 0;
             for p in &parts {
-                t.observe(p);
+                let _ = t.observe(p);
                 u.observe(p);
                 out += s.filter(p.clone()).len();
             }

@@ -131,6 +131,85 @@ async fn upstream_death_mid_stream_ends_with_an_error_event_and_done() {
     assert_eq!(log[0]["outcome"], "upstream_error");
 }
 
+/// A server that answers `200 text/event-stream` and then ends, or sends what no client can
+/// parse, before its first event has failed before the first byte: the request goes to the
+/// other server, and the failure counts against this one (its breaker opens after five in a
+/// row, and it gets nothing more).
+#[tokio::test]
+async fn a_stream_that_fails_before_its_first_event_is_retried_and_counted() {
+    for (fault, kind) in [
+        ("die_after=0", "stream_ended_early"),
+        ("garbage=0", "stream_malformed"),
+    ] {
+        let bad = Sim::start(SERVED, &["--zero-delay", "--fault", fault]);
+        let good = Sim::fast(SERVED);
+        let gw = Gateway::single(SERVED, &[bad.url(), good.url()], "");
+        let c = client();
+        for i in 0..24 {
+            let resp = c
+                .post(gw.url("/v1/chat/completions"))
+                .json(&chat(true, 3))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{fault}: request {i}");
+            let text = resp.text().await.unwrap();
+            assert!(!text.contains("error"), "{fault}: request {i}: {text}");
+            assert!(text.ends_with("data: [DONE]\n\n"), "{fault}: {text}");
+        }
+        let failed = bad.metric("switchyard_sim_http_requests_total").await;
+        assert_eq!(failed, 5.0, "{fault}: five failures open the breaker");
+        let metrics = common::get_text(&gw.admin_url("/metrics")).await;
+        let name = format!("switchyard_upstream_errors_total{{kind=\"{kind}\",pool=\"p\"}}");
+        assert_eq!(
+            common::metric_value(&metrics, &name),
+            Some(5.0),
+            "{metrics}"
+        );
+        let servers = common::get_json(&gw.admin_url("/admin/servers")).await;
+        assert_eq!(
+            servers["pools"][0]["servers"][0]["breaker"], "open",
+            "{servers}"
+        );
+        let log = gw.access_log_lines(24).await;
+        assert!(log
+            .iter()
+            .all(|l| l["outcome"] == "ok" && l["status"] == 200));
+        let retried = log.iter().filter(|l| l["attempts"] == 2).count();
+        assert_eq!(retried, 5, "{fault}");
+    }
+}
+
+/// What no client can parse after the first event ends the stream there: the events before
+/// it, the error event and `[DONE]`; logged and counted as the server's failure.
+#[tokio::test]
+async fn a_malformed_event_mid_stream_ends_the_stream_with_an_error_event() {
+    let sim = Sim::paced(SERVED, 5, &["--fault", "garbage=2"]);
+    let gw = Gateway::single(SERVED, &[sim.url()], "");
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat(true, 20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("the stream must end cleanly");
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 4, "{text}");
+    for e in &events[..2] {
+        let v: Value = serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap();
+        assert!(v["choices"][0]["delta"]["content"].is_string(), "{e}");
+    }
+    let err: Value = serde_json::from_str(events[2].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(err["error"]["code"], "upstream_stream_interrupted");
+    assert_eq!(events[3], "data: [DONE]");
+    let log = gw.access_log_lines(1).await;
+    assert_eq!(log[0]["outcome"], "upstream_error");
+    let metrics = common::get_text(&gw.admin_url("/metrics")).await;
+    let name = "switchyard_upstream_errors_total{kind=\"stream_malformed\",pool=\"p\"}";
+    assert_eq!(common::metric_value(&metrics, name), Some(1.0), "{metrics}");
+}
+
 /// A client that disconnects mid-stream frees the GPU: the gateway closes the upstream
 /// connection and the (simulated) engine aborts the generation within a second.
 #[tokio::test]

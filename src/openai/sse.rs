@@ -4,6 +4,11 @@
 //! went through, and when each event arrived.
 //!
 //! Chunks are not aligned to events: the state carries the last bytes across chunks.
+//!
+//! [`Lines`] checks the stream's shape as it passes: what no client can parse (a line that is
+//! no SSE field, a `data:` line that is no JSON value) ends the stream with an error event
+//! rather than reaching the client; before a stream's first event (the hold) it fails the
+//! attempt, which is then retried.
 
 use bytes::Bytes;
 
@@ -24,11 +29,25 @@ pub struct SseTracker {
     /// `data: [DONE]` was forwarded.
     pub done: bool,
     forwarded: bool,
+    lines: Lines,
 }
 
 impl SseTracker {
-    /// Notes a chunk forwarded to the client; returns how many events it completed.
-    pub fn observe(&mut self, chunk: &[u8]) -> u32 {
+    /// Notes a chunk to forward to the client; returns how many events it completed. A chunk
+    /// with a malformed line is `Err(cut)`: only its bytes before `cut` (the start of the
+    /// event holding that line) were noted, and only they may be forwarded.
+    pub fn observe(&mut self, chunk: &[u8]) -> Result<u32, usize> {
+        let saved = self.lines;
+        if let Err(cut) = self.lines.feed(chunk) {
+            self.lines = saved;
+            let _ = self.observe(&chunk[..cut]);
+            return Err(cut);
+        }
+        Ok(self.count(chunk))
+    }
+
+    /// Events completed by a well-formed chunk, `done`, and the tail.
+    fn count(&mut self, chunk: &[u8]) -> u32 {
         if chunk.is_empty() {
             return 0;
         }
@@ -67,10 +86,12 @@ impl SseTracker {
         !self.forwarded || self.tail[..self.tail_len].ends_with(b"\n\n")
     }
 
-    /// The bytes that end an interrupted stream honestly: a blank line if an event was cut
-    /// mid-way, the error event, then `data: [DONE]`.
-    pub fn interruption(&self, error_json: &[u8]) -> Bytes {
-        let mut out = Vec::with_capacity(error_json.len() + 32);
+    /// The bytes that end an interrupted stream honestly: `before` (the well-formed start of a
+    /// chunk that was not forwarded yet), a blank line if an event was cut mid-way, the error
+    /// event, then `data: [DONE]`.
+    pub fn interruption(&self, before: &[u8], error_json: &[u8]) -> Bytes {
+        let mut out = Vec::with_capacity(before.len() + error_json.len() + 32);
+        out.extend_from_slice(before);
         if !self.at_boundary() {
             out.extend_from_slice(b"\n\n");
         }
@@ -78,6 +99,82 @@ impl SseTracker {
         out.extend_from_slice(error_json);
         out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
         Bytes::from(out)
+    }
+}
+
+/// The lines of an event stream, checked as they pass against what an OpenAI client parses:
+/// fields (`data:`, `event:`, `id:`, `retry:`), comments (`:`) and the blank lines that end
+/// events; each `data:` line one JSON object or array (`[DONE]` is one). The JSON inside is not
+/// parsed: its first and last bytes are checked, which catches a cut or garbled line, an HTML
+/// page, a proxy's error text. A few bytes of state, O(chunk), no allocation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lines {
+    /// The first bytes of the current line.
+    head: [u8; 8],
+    /// The current line's length so far.
+    len: usize,
+    /// Its last two bytes.
+    tail: [u8; 2],
+    /// The current event has a data line.
+    data: bool,
+    /// Events with data completed.
+    pub events: u32,
+}
+
+impl Lines {
+    /// Takes the next bytes of the stream. A malformed line is `Err(cut)`: `cut` is where the
+    /// event holding it began in `chunk` (0 when it began in an earlier chunk).
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), usize> {
+        let (mut start, mut event_start) = (0, 0);
+        for nl in memchr::memchr_iter(b'\n', chunk) {
+            self.extend(&chunk[start..nl]);
+            match self.end_line() {
+                Some(true) => event_start = nl + 1,
+                Some(false) => {}
+                None => return Err(event_start),
+            }
+            start = nl + 1;
+        }
+        self.extend(&chunk[start..]);
+        Ok(())
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        if self.len < self.head.len() {
+            let n = bytes.len().min(self.head.len() - self.len);
+            self.head[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        }
+        for &b in &bytes[bytes.len().saturating_sub(2)..] {
+            self.tail = [self.tail[1], b];
+        }
+        self.len = self.len.saturating_add(bytes.len());
+    }
+
+    /// Ends the current line: `Some(true)` for a blank line (an event's end), `Some(false)`
+    /// for a good one, `None` for a malformed one.
+    fn end_line(&mut self) -> Option<bool> {
+        let cr = self.len > 0 && self.tail[1] == b'\r';
+        let len = self.len - usize::from(cr);
+        let head = &self.head[..len.min(self.head.len())];
+        let last = if cr { self.tail[0] } else { self.tail[1] };
+        let verdict = if len == 0 {
+            self.events += u32::from(std::mem::take(&mut self.data));
+            Some(true)
+        } else if let Some(value) = head.strip_prefix(b"data:") {
+            let first = value.iter().find(|b| **b != b' ');
+            let json = matches!((first, last), (Some(b'{'), b'}') | (Some(b'['), b']'));
+            self.data |= json;
+            json.then_some(false)
+        } else {
+            let field = head.starts_with(b":")
+                || head.starts_with(b"event:")
+                || head.starts_with(b"id:")
+                || head.starts_with(b"retry:");
+            field.then_some(false)
+        };
+        self.len = 0;
+        self.tail = [0; 2];
+        verdict
     }
 }
 
@@ -115,7 +212,7 @@ data: [DONE]\n\n";
     #[test]
     fn whole_stream_counts_events_and_sees_done() {
         let mut t = SseTracker::default();
-        t.observe(STREAM);
+        t.observe(STREAM).unwrap();
         assert_eq!(t.events, 3);
         assert!(t.done);
         assert!(t.at_boundary());
@@ -124,10 +221,10 @@ data: [DONE]\n\n";
     #[test]
     fn cut_mid_event_is_not_at_a_boundary_and_the_interruption_closes_it() {
         let mut t = SseTracker::default();
-        t.observe(&STREAM[..60]);
+        t.observe(&STREAM[..60]).unwrap();
         assert!(!t.at_boundary());
         assert!(!t.done);
-        let end = t.interruption(br#"{"error":{}}"#);
+        let end = t.interruption(b"", br#"{"error":{}}"#);
         assert_eq!(&end[..], b"\n\ndata: {\"error\":{}}\n\ndata: [DONE]\n\n");
         assert!(SseTracker::default().at_boundary());
     }
@@ -138,7 +235,7 @@ data: [DONE]\n\n";
         fn chunking_does_not_change_what_is_seen(cuts in proptest::collection::vec(0usize..STREAM.len(), 0..12)) {
             let mut t = SseTracker::default();
             for chunk in crate::openai::cut_at(STREAM, cuts) {
-                t.observe(chunk);
+                t.observe(chunk).unwrap();
             }
             prop_assert_eq!(t.events, 3);
             prop_assert!(t.done);
@@ -148,13 +245,60 @@ data: [DONE]\n\n";
         #[test]
         fn done_split_anywhere_is_found_and_absent_done_is_not(split in 1usize..12) {
             let mut t = SseTracker::default();
-            t.observe(&b"data: [DONE]"[..split]);
-            t.observe(&b"data: [DONE]\n\n"[split..]);
+            t.observe(&b"data: [DONE]"[..split]).unwrap();
+            t.observe(&b"data: [DONE]\n\n"[split..]).unwrap();
             prop_assert!(t.done);
             let mut u = SseTracker::default();
-            u.observe(&b"data: [DON"[..split.min(10)]);
-            u.observe(b"E\n\n");
+            let _ = u.observe(&b"data: [DON"[..split.min(10)]);
+            let _ = u.observe(b"E\n\n");
             prop_assert!(!u.done);
+        }
+    }
+
+    /// Every way of serving the events a client can parse: comments, named events, ids,
+    /// CRLF line ends, a space or none after `data:`.
+    const VARIED: &[u8] = b": ping\n\nevent: message\nid: 7\r\ndata: {\"a\":1}\r\n\r\n\
+retry: 100\ndata:[1]\n\ndata: [DONE]\n\n";
+
+    #[test]
+    fn what_no_client_can_parse_is_cut_at_the_start_of_its_event() {
+        let good = b"data: {\"a\":1}\n\n";
+        for (bad, cut) in [
+            // The simulator's `garbage` fault: an event cut inside its JSON.
+            (&b"data: {\"choices\": [{\"delta\": \n\n"[..], good.len()),
+            (b"<html>502 Bad Gateway</html>\n\n", good.len()),
+            (b"data: hello\n\n", good.len()),
+            (b"event: x\nbogus\n\n", good.len()),
+        ] {
+            let mut stream = good.to_vec();
+            stream.extend_from_slice(bad);
+            let mut t = SseTracker::default();
+            assert_eq!(
+                t.observe(&stream),
+                Err(cut),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+            // Only the good event was noted.
+            assert_eq!(t.events, 1);
+            assert!(t.at_boundary());
+            // In a later chunk, the bad event's start is that chunk's start.
+            let mut u = SseTracker::default();
+            assert_eq!(u.observe(good), Ok(1));
+            assert_eq!(u.observe(bad), Err(0));
+            assert_eq!(u.events, 1);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn well_formed_streams_pass_however_cut(cuts in proptest::collection::vec(0usize..VARIED.len(), 0..12)) {
+            let mut lines = Lines::default();
+            for chunk in crate::openai::cut_at(VARIED, cuts) {
+                prop_assert_eq!(lines.feed(chunk), Ok(()));
+            }
+            // The comment-only block is no event with data.
+            prop_assert_eq!(lines.events, 3);
         }
     }
 }

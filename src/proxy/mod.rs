@@ -435,7 +435,11 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        relay::chunk(body, end_of_stream, ctx)?;
+        relay::chunk(body, end_of_stream, ctx).inspect_err(|_| {
+            if ctx.response.malformed {
+                self.stream_malformed(ctx);
+            }
+        })?;
         Ok(None)
     }
 
@@ -469,8 +473,10 @@ impl ProxyHttp for Proxy {
             // Died mid-stream after a good header: a failure all the same.
             self.record_again(ctx, upstream::Outcome::Failure);
         }
-        let kind = match e.etype() {
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+        let no_first_event = ctx.attempt.hold.as_ref().and_then(|h| h.no_first_event());
+        let kind = match (no_first_event, e.etype()) {
+            (Some(kind), _) => kind,
+            (None, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => "timeout",
             _ => "reset",
         };
         if upstream_fault {
@@ -558,23 +564,14 @@ impl ProxyHttp for Proxy {
             }
         });
         // Mid-stream: the client has a 200 and events; end the stream honestly.
-        if let (Some(status), Some(sse)) = (
-            session.response_written().map(|r| r.status),
-            &ctx.response.sse,
-        ) {
-            if let Some(api) = answer.filter(|_| !sse.done) {
-                let api = match api {
-                    ApiError::ShuttingDown | ApiError::UpstreamTimeout => api,
-                    _ => ApiError::StreamInterrupted,
+        if let Some(status) = session.response_written().map(|r| r.status) {
+            if ctx.response.sse.is_some() {
+                relay::end_early(session, ctx, answer).await;
+                return FailToProxy {
+                    error_code: status.as_u16(),
+                    can_reuse_downstream: false,
                 };
-                ctx.response.interrupted = api.code();
-                let tail = sse.interruption(&api.body());
-                let _ = session.write_response_body(Some(tail), true).await;
             }
-            return FailToProxy {
-                error_code: status.as_u16(),
-                can_reuse_downstream: false,
-            };
         }
         let error_code = match answer {
             Some(api) if session.response_written().is_none() => {

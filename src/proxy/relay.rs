@@ -8,8 +8,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use pingora_error::{Error, ErrorType, Result};
 
+use pingora_proxy::Session;
+
 use super::Ctx;
 use crate::openai::sse::SseTracker;
+use crate::openai::ApiError;
 use crate::upstream;
 
 /// Before the response header goes out: an event stream is tracked; anything else needs no
@@ -82,7 +85,17 @@ pub fn chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Re
         }
     }
     if let Some(sse) = &mut ctx.response.sse {
-        let events = sse.observe(chunk);
+        let events = match sse.observe(chunk) {
+            Ok(events) => events,
+            Err(cut) => {
+                // What no client can parse ends the stream here: the whole events before it
+                // still go out, then the error event (`end_early`).
+                ctx.response.held_back = chunk.slice(..cut);
+                ctx.response.malformed = true;
+                ctx.response.error = Some(ApiError::StreamInterrupted);
+                return Error::e_explain(ErrorType::ReadError, "malformed event from the server");
+            }
+        };
         if events > 0 {
             // Inter-token latency: the gap to the previous event for the first event of
             // the chunk; events that arrived together count as 0.
@@ -98,6 +111,22 @@ pub fn chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Re
         }
     }
     Ok(())
+}
+
+/// Ends a stream the client already has a 200 and events of, honestly: the error event and
+/// `data: [DONE]` (unless its `[DONE]` went out already).
+pub async fn end_early(session: &mut Session, ctx: &mut Ctx, answer: Option<ApiError>) {
+    let Some(sse) = &ctx.response.sse else { return };
+    let Some(api) = answer.filter(|_| !sse.done) else {
+        return;
+    };
+    let api = match api {
+        ApiError::ShuttingDown | ApiError::UpstreamTimeout => api,
+        _ => ApiError::StreamInterrupted,
+    };
+    ctx.response.interrupted = api.code();
+    let tail = sse.interruption(&ctx.response.held_back, &api.body());
+    let _ = session.write_response_body(Some(tail), true).await;
 }
 
 /// At the end of a stream: its decode rate (tokens after the first, over the time between the

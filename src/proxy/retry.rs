@@ -35,6 +35,16 @@ impl Proxy {
         }
     }
 
+    /// A stream that turned malformed after its first event: a failure of its server, counted
+    /// as an upstream error.
+    pub(super) fn stream_malformed(&self, ctx: &Ctx) {
+        self.record_again(ctx, upstream::Outcome::Failure);
+        if let Some(routed) = &ctx.routed {
+            let pool = &routed.pool().name;
+            self.shared.metrics.upstream_error(pool, "stream_malformed");
+        }
+    }
+
     /// Whether another attempt is possible: a server left in the current pool within its
     /// cap, or a later step of the route with a usable server.
     pub(super) fn can_try_again(&self, routed: &Routed, tried: &ctx::Tried) -> bool {

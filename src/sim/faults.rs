@@ -5,7 +5,8 @@
 //! HTTP-date or garbage works too), `retry_after_ms=1500`, `refuse` (close the connection
 //! without an answer), `hang` (never answer), `first_token_delay_ms=500`, `die_after=5`
 //! (cut the connection after 5 tokens), `stall_after=1` (streams: go silent after 1 token,
-//! connection open), `garbage` (malformed SSE after the first token).
+//! connection open), `garbage` (streams: a malformed event after the first token; `garbage=0`
+//! in place of the first one).
 
 use std::time::Duration;
 
@@ -23,7 +24,8 @@ pub struct Faults {
     pub die_after: Option<u32>,
     /// Streams: after this many tokens, go silent with the connection open.
     pub stall_after: Option<u32>,
-    pub garbage: bool,
+    /// Streams: a malformed event after this many tokens.
+    pub garbage: Option<u32>,
 }
 
 impl Faults {
@@ -59,7 +61,8 @@ impl Faults {
                 }
                 "die_after" => self.die_after = Some(num(value)? as u32),
                 "stall_after" => self.stall_after = Some(num(value)? as u32),
-                "garbage" => self.garbage = true,
+                "garbage" if value.is_empty() => self.garbage = Some(1),
+                "garbage" => self.garbage = Some(num(value)? as u32),
                 _ => return Err(format!("unknown fault {key:?}")),
             }
         }
@@ -78,7 +81,9 @@ mod tests {
         assert_eq!(f.retry_after.as_deref(), Some("2"));
         f.apply("die_after=4,garbage").unwrap();
         assert_eq!(f.die_after, Some(4));
-        assert!(f.garbage);
+        assert_eq!(f.garbage, Some(1));
+        f.apply("garbage=0").unwrap();
+        assert_eq!(f.garbage, Some(0));
         assert!(Faults::parse("status=7").is_err());
         assert!(Faults::parse("explode").is_err());
         assert!(Faults::parse("die_after=x").is_err());

@@ -472,7 +472,7 @@ struct SseBody {
     include_usage: bool,
     die_after: Option<u32>,
     stall_after: Option<u32>,
-    garbage: bool,
+    garbage: Option<u32>,
     sent: u32,
     /// Set when `die_after` is reached: the body yields once, so that hyper flushes the events
     /// already sent, and fails on its next poll. hyper drops its write buffer on a body error, so
@@ -513,8 +513,9 @@ impl Body for SseBody {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
+                let garbage = this.garbage == Some(this.sent);
                 this.sent += 1;
-                if this.garbage && this.sent == 2 {
+                if garbage {
                     "data: {\"choices\": [{\"delta\": \n\n".to_owned()
                 } else {
                     let word = this.gen.word(n);

@@ -27,6 +27,10 @@ pub struct Response {
     pub interrupted: Option<&'static str>,
     /// The stream was cut by the gateway's own limit (total duration).
     pub total_limit_hit: bool,
+    /// The server's stream turned malformed after its first event; `held_back` is what was
+    /// well-formed of the chunk it happened in (it goes out before the error event).
+    pub malformed: bool,
+    pub held_back: bytes::Bytes,
     /// Set by a phase that fails on purpose; `fail_to_proxy` answers with it.
     pub error: Option<ApiError>,
     /// Status sent to the client by the gateway itself (early answers and errors).

@@ -1,13 +1,15 @@
 //! Just enough HTTP/1.1 framing to tell when a request, or its response, has passed through
 //! a connection whole and nothing else has, so that the connection may carry another
-//! exchange (the hold, mod.rs, keeps such connections for later streams).
+//! exchange (the hold, mod.rs, keeps such connections for later streams), and to hand out a
+//! body's payload as it passes (the hold looks for a stream's first event in it).
 //!
 //! A [`Message`] is fed every byte of one direction in order and answers [`Message::is_done`]:
 //! a complete head, then a body framed by `Content-Length` or chunked coding, consumed to its
 //! last byte. Anything it cannot frame with certainty (`Connection: close`, HTTP/1.0, a
 //! response read to the end of the connection, an interim `1xx`, bytes after the end, a
-//! malformed chunk) makes it [`State::Unreusable`] for good: the connection is then closed
-//! as before, never reused wrongly.
+//! malformed chunk) makes it unreusable for good: the connection is then closed as before,
+//! never reused wrongly. The payload is still followed where the framing is known (a
+//! `Connection: close` response, or one read to the close).
 
 /// Headers the head may have; more makes the message unreusable (not an error).
 const MAX_HEADERS: usize = 64;
@@ -28,8 +30,11 @@ enum State {
     /// Body bytes left to a fixed length.
     Length(u64),
     Chunked(Chunk),
+    /// A response body read to the end of the connection.
+    UntilClose,
     Done,
-    Unreusable,
+    /// Framing lost (a malformed head or chunk): no payload follows.
+    Broken,
 }
 
 /// Where a chunked body is.
@@ -67,6 +72,8 @@ enum Chunk {
 pub struct Message {
     side: Side,
     state: State,
+    /// Nothing seen rules out another exchange on the connection.
+    reusable: bool,
 }
 
 impl Message {
@@ -74,32 +81,37 @@ impl Message {
         Self {
             side,
             state: State::Head(Vec::new()),
+            reusable: true,
         }
     }
 
     /// Whether the message is complete and nothing followed it.
     pub fn is_done(&self) -> bool {
+        self.reusable && self.state == State::Done
+    }
+
+    /// Whether the message is complete (whatever the connection may do next).
+    pub fn ended(&self) -> bool {
         self.state == State::Done
     }
 
-    /// Takes the next bytes of this direction.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    /// Takes the next bytes of this direction; `payload` gets the body's bytes among them,
+    /// without its framing.
+    pub fn feed(&mut self, mut bytes: &[u8], mut payload: impl FnMut(&[u8])) {
         while !bytes.is_empty() {
             bytes = match &mut self.state {
                 State::Head(head) => {
                     let before = head.len();
                     head.extend_from_slice(bytes);
                     match frame(self.side, head) {
-                        Ok(Some((len, next))) => {
+                        Ok(Some((len, next, reusable))) => {
                             let rest = &bytes[len - before..];
                             self.state = next;
+                            self.reusable &= reusable;
                             rest
                         }
                         Ok(None) if head.len() <= MAX_HEAD => &[],
-                        _ => {
-                            self.state = State::Unreusable;
-                            &[]
-                        }
+                        _ => self.broken(),
                     }
                 }
                 State::Length(left) => {
@@ -108,31 +120,42 @@ impl Message {
                     if *left == 0 {
                         self.state = State::Done;
                     }
+                    payload(&bytes[..n as usize]);
                     &bytes[n as usize..]
                 }
-                State::Chunked(chunk) => match chunked(chunk, bytes) {
+                State::Chunked(chunk) => match chunked(chunk, bytes, &mut payload) {
                     Some((rest, true)) => {
                         self.state = State::Done;
                         rest
                     }
                     Some((rest, false)) => rest,
-                    None => {
-                        self.state = State::Unreusable;
-                        &[]
-                    }
+                    None => self.broken(),
                 },
-                State::Done | State::Unreusable => {
+                State::UntilClose => {
+                    payload(bytes);
+                    self.reusable = false;
+                    &[]
+                }
+                State::Done | State::Broken => {
                     // Bytes after the end: nothing to reuse.
-                    self.state = State::Unreusable;
+                    self.reusable = false;
                     &[]
                 }
             };
         }
     }
+
+    /// Framing lost for good.
+    fn broken(&mut self) -> &'static [u8] {
+        self.state = State::Broken;
+        self.reusable = false;
+        &[]
+    }
 }
 
-/// Parses a complete head: its length and the body's framing. `Ok(None)`: not complete yet.
-fn frame(side: Side, head: &[u8]) -> Result<Option<(usize, State)>, ()> {
+/// Parses a complete head: its length, the body's framing and whether the connection may carry
+/// another exchange. `Ok(None)`: not complete yet.
+fn frame(side: Side, head: &[u8]) -> Result<Option<(usize, State, bool)>, ()> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let (len, version, status, headers) = match side {
         Side::Request => {
@@ -150,9 +173,7 @@ fn frame(side: Side, head: &[u8]) -> Result<Option<(usize, State)>, ()> {
             }
         }
     };
-    if version != Some(1) {
-        return Ok(Some((len, State::Unreusable)));
-    }
+    let mut reusable = version == Some(1);
     let (mut length, mut chunked, mut other_coding) = (None, false, false);
     for h in headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
@@ -160,7 +181,7 @@ fn frame(side: Side, head: &[u8]) -> Result<Option<(usize, State)>, ()> {
                 .split(|b| *b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
             {
-                return Ok(Some((len, State::Unreusable)));
+                reusable = false;
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             // Chunked must be the last coding; anything else is read to the close.
@@ -171,26 +192,32 @@ fn frame(side: Side, head: &[u8]) -> Result<Option<(usize, State)>, ()> {
             match (length, value.and_then(|v| v.parse::<u64>().ok())) {
                 (None, Some(n)) => length = Some(n),
                 (Some(old), Some(n)) if old == n => {}
-                _ => return Ok(Some((len, State::Unreusable))),
+                _ => return Ok(Some((len, State::Broken, false))),
             }
         }
     }
     let state = match (status, chunked, other_coding, length) {
-        (Some(100..=199), ..) => State::Unreusable,
+        (Some(100..=199), ..) => State::Broken,
         (Some(204 | 304), ..) => State::Done,
         (_, true, false, None) => State::Chunked(Chunk::Size { size: 0, digits: 0 }),
         (_, false, false, Some(0)) => State::Done,
         (_, false, false, Some(n)) => State::Length(n),
         // A request without framing has no body; a response is read to the close.
         (None, false, false, None) => State::Done,
-        _ => State::Unreusable,
+        (Some(_), false, _, None) => State::UntilClose,
+        _ => State::Broken,
     };
-    Ok(Some((len, state)))
+    let reusable = reusable && !matches!(state, State::Broken | State::UntilClose);
+    Ok(Some((len, state, reusable)))
 }
 
-/// Runs the chunked decoder over `bytes`: the bytes after the body's end and whether it ended,
-/// or `None` for a malformed body.
-fn chunked<'a>(chunk: &mut Chunk, mut bytes: &'a [u8]) -> Option<(&'a [u8], bool)> {
+/// Runs the chunked decoder over `bytes`, the chunks' data to `payload`: the bytes after the
+/// body's end and whether it ended, or `None` for a malformed body.
+fn chunked<'a>(
+    chunk: &mut Chunk,
+    mut bytes: &'a [u8],
+    payload: &mut impl FnMut(&[u8]),
+) -> Option<(&'a [u8], bool)> {
     while let Some((&b, rest)) = bytes.split_first() {
         if let Chunk::Data { left } = chunk {
             let n = (*left).min(bytes.len() as u64);
@@ -198,6 +225,7 @@ fn chunked<'a>(chunk: &mut Chunk, mut bytes: &'a [u8]) -> Option<(&'a [u8], bool
             if *left == 0 {
                 *chunk = Chunk::DataCr;
             }
+            payload(&bytes[..n as usize]);
             bytes = &bytes[n as usize..];
             continue;
         }
@@ -239,13 +267,13 @@ mod tests {
     /// Feeds `bytes` split at every pair of points; every way must give the same answer.
     fn done_however_split(side: Side, bytes: &[u8]) -> bool {
         let mut whole = Message::new(side);
-        whole.feed(bytes);
+        whole.feed(bytes, |_| {});
         for i in 0..=bytes.len() {
             for j in i..=bytes.len() {
                 let mut m = Message::new(side);
-                m.feed(&bytes[..i]);
-                m.feed(&bytes[i..j]);
-                m.feed(&bytes[j..]);
+                m.feed(&bytes[..i], |_| {});
+                m.feed(&bytes[i..j], |_| {});
+                m.feed(&bytes[j..], |_| {});
                 assert_eq!(m.is_done(), whole.is_done(), "split at {i} and {j}");
             }
         }
@@ -336,14 +364,42 @@ mod tests {
             (Side::Response, b"garbage\r\n\r\n"),
         ] {
             let mut m = Message::new(side);
-            m.feed(bytes);
+            m.feed(bytes, |_| {});
             assert!(!m.is_done(), "{}", String::from_utf8_lossy(bytes));
+            assert!(!m.reusable, "{}", String::from_utf8_lossy(bytes));
+        }
+    }
+
+    /// What a message's body holds, fed in two pieces split at `at`.
+    fn payload(bytes: &[u8], at: usize) -> Vec<u8> {
+        let mut m = Message::new(Side::Response);
+        let mut out = Vec::new();
+        m.feed(&bytes[..at], |p| out.extend_from_slice(p));
+        m.feed(&bytes[at..], |p| out.extend_from_slice(p));
+        out
+    }
+
+    #[test]
+    fn the_payload_comes_out_without_its_framing_however_split() {
+        let by_length = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 3\r\n\r\nabc";
+        let to_close = b"HTTP/1.0 200 OK\r\n\r\nabc";
+        for at in 0..=SSE.len() {
             assert_eq!(
-                m.state,
-                State::Unreusable,
-                "{}",
-                String::from_utf8_lossy(bytes)
+                payload(SSE, at),
+                b"data: 1\n\ndata: [DONE]\n\n\n\n",
+                "split at {at}"
             );
         }
+        for bytes in [&by_length[..], to_close] {
+            for at in 0..=bytes.len() {
+                assert_eq!(payload(bytes, at), b"abc", "split at {at}");
+            }
+        }
+        let mut m = Message::new(Side::Response);
+        m.feed(SSE, |_| {});
+        assert!(m.ended() && m.is_done());
+        let mut m = Message::new(Side::Response);
+        m.feed(by_length, |_| {});
+        assert!(m.ended() && !m.is_done());
     }
 }

@@ -33,7 +33,7 @@ mod silence;
 mod socket;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,9 +61,21 @@ pub struct HoldConnect {
     pool: Arc<HeldPool>,
     /// Idle connections kept per address.
     max_idle: usize,
-    /// Set when a pooled connection turned out closed before the response began: the attempt
-    /// is then retried like one on Pingora's own stale pooled connections.
-    stale: Arc<AtomicBool>,
+    /// Set when the attempt failed before any byte reached Pingora (see [`Early`]).
+    early: Arc<AtomicU8>,
+}
+
+/// Why an attempt failed before any byte of its answer reached Pingora.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Early {
+    /// A pooled connection turned out closed before the response began: the attempt is
+    /// retried like one on Pingora's own stale pooled connections.
+    Stale = 1,
+    /// The event stream ended before its first event.
+    Ended = 2,
+    /// The event stream was malformed before its first event.
+    Malformed = 3,
 }
 
 impl HoldConnect {
@@ -80,14 +92,23 @@ impl HoldConnect {
             lifecycle,
             pool,
             max_idle,
-            stale: Arc::default(),
+            early: Arc::default(),
         }
     }
 
     /// Whether this attempt's connection came from the pool and was found closed by the
     /// server before any response byte.
     pub fn stale(&self) -> bool {
-        self.stale.load(Ordering::Acquire)
+        self.early.load(Ordering::Acquire) == Early::Stale as u8
+    }
+
+    /// Why this attempt's stream failed before its first event (a metric label), if it did.
+    pub fn no_first_event(&self) -> Option<&'static str> {
+        match self.early.load(Ordering::Acquire) {
+            x if x == Early::Ended as u8 => Some("stream_ended_early"),
+            x if x == Early::Malformed as u8 => Some("stream_malformed"),
+            _ => None,
+        }
     }
 }
 
@@ -113,7 +134,7 @@ impl L4Connect for HoldConnect {
             lifecycle: self.lifecycle.clone(),
         };
         let silence = Silence::new(self.silence_limit);
-        let socket = HoldSocket::new(tcp, reused, home, self.stale.clone(), silence, registered);
+        let socket = HoldSocket::new(tcp, reused, home, self.early.clone(), silence, registered);
         Ok(Stream::from(VirtualSocketStream::new(Box::new(socket))))
     }
 }
@@ -234,18 +255,18 @@ mod tests {
     async fn the_silence_limit_counts_from_each_read() {
         let (mut stream, mut server) = pair().await;
         server.write_all(SSE_HEADER).await.unwrap();
-        server.write_all(b"data: 1\n\n").await.unwrap();
-        let mut got = vec![0u8; closing(SSE_HEADER).len() + 9];
+        server.write_all(b"data: {}\n\n").await.unwrap();
+        let mut got = vec![0u8; closing(SSE_HEADER).len() + 10];
         stream.read_exact(&mut got).await.unwrap();
         tokio::time::sleep(SILENCE_LIMIT * 2).await;
         let writer = tokio::spawn(async move {
             tokio::time::sleep(SILENCE_LIMIT * 3 / 4).await;
-            server.write_all(b"data: 2\n\n").await.unwrap();
+            server.write_all(b"data: []\n\n").await.unwrap();
             server
         });
-        let mut event = [0u8; 9];
+        let mut event = [0u8; 10];
         stream.read_exact(&mut event).await.unwrap();
-        assert_eq!(&event, b"data: 2\n\n");
+        assert_eq!(&event, b"data: []\n\n");
         let _server = writer.await.unwrap();
         let started = Instant::now();
         let err = within_twice_the_limit(stream.read_exact(&mut event))
@@ -275,20 +296,83 @@ mod tests {
         assert!(waited >= SILENCE_LIMIT * 7 / 4, "{waited:?}");
     }
 
-    /// The header alone is held; a body byte releases both.
+    /// The header is held, and so are a comment and half an event; the event's end releases
+    /// them all.
     #[tokio::test]
-    async fn the_header_waits_for_the_first_body_byte() {
-        let (mut stream, mut server) = pair().await;
+    async fn the_header_waits_for_the_first_event() {
+        let c = connected().await;
+        let (mut stream, mut server) = (c.stream, c.server);
         let header = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n";
-        server.write_all(header).await.unwrap();
         let mut buf = [0u8; 256];
-        let early = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await;
-        assert!(early.is_err(), "the header alone came through");
-        server.write_all(b"data: 1\n\n").await.unwrap();
+        for part in [&header[..], b": ping\n\n", b"data: {}\n"] {
+            server.write_all(part).await.unwrap();
+            let early = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf));
+            assert!(early.await.is_err(), "released before the first event");
+        }
+        server.write_all(b"\n").await.unwrap();
         let told = closing(header);
-        let got = read_n(&mut stream, told.len() + 9).await;
+        let body = b": ping\n\ndata: {}\n\n";
+        let got = read_n(&mut stream, told.len() + body.len()).await;
         assert_eq!(&got[..told.len()], told);
-        assert_eq!(&got[told.len()..], b"data: 1\n\n");
+        assert_eq!(&got[told.len()..], body);
+        assert_eq!(c.connector.no_first_event(), None);
+    }
+
+    /// A stream that ends, or turns malformed, before its first event fails the read while
+    /// the header is still held, and says why.
+    #[tokio::test]
+    async fn a_stream_without_a_first_event_fails_before_its_header() {
+        let chunked = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+            transfer-encoding: chunked\r\n\r\n";
+        for (body, close, kind, why) in [
+            (
+                &b""[..],
+                true,
+                io::ErrorKind::UnexpectedEof,
+                "stream_ended_early",
+            ),
+            (
+                b"7\r\n: ping\n\r\n",
+                true,
+                io::ErrorKind::UnexpectedEof,
+                "stream_ended_early",
+            ),
+            (
+                b"0\r\n\r\n",
+                false,
+                io::ErrorKind::UnexpectedEof,
+                "stream_ended_early",
+            ),
+            (
+                b"e\r\n<html>oops\n\n\r\n",
+                false,
+                io::ErrorKind::InvalidData,
+                "stream_malformed",
+            ),
+            (
+                b"f\r\ndata: {\"a\": \n\n\r\n",
+                false,
+                io::ErrorKind::InvalidData,
+                "stream_malformed",
+            ),
+        ] {
+            let c = connected().await;
+            let (mut stream, mut server) = (c.stream, c.server);
+            server.write_all(chunked).await.unwrap();
+            server.write_all(body).await.unwrap();
+            if close {
+                drop(server);
+            } else {
+                // Kept open: the verdict must not wait for the close.
+                std::mem::forget(server);
+            }
+            let mut buf = [0u8; 256];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf));
+            let err = read.await.unwrap().unwrap_err();
+            assert_eq!(err.kind(), kind, "{}", String::from_utf8_lossy(body));
+            assert_eq!(c.connector.no_first_event(), Some(why));
+            assert!(!c.connector.stale());
+        }
     }
 
     #[tokio::test]
@@ -302,7 +386,7 @@ mod tests {
 
     const REQUEST: &[u8] = b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}";
     const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
-        transfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n0\r\n\r\n";
+        transfer-encoding: chunked\r\n\r\na\r\ndata: {}\n\n\r\n0\r\n\r\n";
 
     /// One exchange as Pingora runs it: request, the whole response, shutdown, drop. `cut`:
     /// the server sends that many bytes fewer.

@@ -1,11 +1,15 @@
 //! The held socket: what [`HoldConnect`](super::HoldConnect) hands Pingora for a stream. It
-//! holds an SSE response header back until a body byte is behind it, follows both directions'
-//! framing, keeps the read timeout (silence.rs) and, when the exchange ended whole, gives the
-//! TCP connection to the pool (pool.rs) as it is dropped.
+//! holds an SSE response header back until the stream's first complete event is behind it,
+//! follows both directions' framing, keeps the read timeout (silence.rs) and, when the
+//! exchange ended whole, gives the TCP connection to the pool (pool.rs) as it is dropped.
+//!
+//! A stream that ends, or turns out malformed, before its first event fails the attempt
+//! while Pingora still waits for the header: nothing reached the client, so the request is
+//! retried on another server and the failure counts against this one.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
@@ -17,17 +21,21 @@ use tokio::net::TcpStream;
 use super::framing::{Message, Side};
 use super::pool::HeldPool;
 use super::silence::Silence;
+use super::Early;
 use crate::lifecycle::{Lifecycle, UpstreamHandle};
+use crate::openai::sse::Lines;
 
 /// Largest response header read; a longer one fails the attempt.
 const MAX_HEADER: usize = 64 * 1024;
+/// Most payload held back while waiting for the first event; more without one is malformed.
+const MAX_HELD: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading the response header into `buf`.
     Scanning,
-    /// An SSE header of this length is complete; waiting for a body byte behind it.
-    Holding { header_len: usize },
+    /// An SSE header is complete; waiting for the first event behind it.
+    Holding,
     /// Handing out `buf` from this offset, then reading straight through.
     Releasing { at: usize },
 }
@@ -51,9 +59,11 @@ pub(super) struct HoldSocket {
     request: Message,
     response: Message,
     home: Home,
+    /// The payload so far, while the first event is awaited.
+    first: FirstEvent,
     /// Taken from the pool rather than connected.
     reused: bool,
-    stale: Arc<AtomicBool>,
+    early: Arc<AtomicU8>,
     silence: Silence,
     _registered: UpstreamHandle,
 }
@@ -96,6 +106,31 @@ pub(super) fn closing(header: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A stream's payload while its first event is awaited.
+#[derive(Debug, Default)]
+struct FirstEvent {
+    lines: Lines,
+    seen: usize,
+    /// A line no client can parse came first, or too much came without an event.
+    malformed: bool,
+}
+
+impl FirstEvent {
+    fn take(&mut self, payload: &[u8]) {
+        if self.malformed || self.complete() {
+            return;
+        }
+        self.seen += payload.len();
+        // What follows a complete first event is the relay's to judge.
+        let bad = self.lines.feed(payload).is_err() || self.seen > MAX_HELD;
+        self.malformed = bad && !self.complete();
+    }
+
+    fn complete(&self) -> bool {
+        self.lines.events > 0
+    }
+}
+
 fn not_connected() -> io::Error {
     io::Error::from(io::ErrorKind::NotConnected)
 }
@@ -106,7 +141,7 @@ impl HoldSocket {
         tcp: TcpStream,
         reused: bool,
         home: Home,
-        stale: Arc<AtomicBool>,
+        early: Arc<AtomicU8>,
         silence: Silence,
         registered: UpstreamHandle,
     ) -> Self {
@@ -116,9 +151,10 @@ impl HoldSocket {
             buf: Vec::new(),
             request: Message::new(Side::Request),
             response: Message::new(Side::Response),
+            first: FirstEvent::default(),
             home,
             reused,
-            stale,
+            early,
             silence,
             _registered: registered,
         }
@@ -139,8 +175,23 @@ impl HoldSocket {
     /// The connection failed before any response byte: a pooled one was closed by the server.
     fn failed_early(&self) {
         if self.reused && self.response == Message::new(Side::Response) {
-            self.stale.store(true, Ordering::Release);
+            self.early.store(Early::Stale as u8, Ordering::Release);
             self.home.pool.forget(self.home.addr);
+        }
+    }
+
+    /// The stream failed before its first event: said to the connector, and as the read's error.
+    fn no_first_event(&self, why: Early) -> io::Error {
+        self.early.store(why as u8, Ordering::Release);
+        match why {
+            Early::Malformed => io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the server's event stream is malformed before its first event",
+            ),
+            _ => io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server's event stream ended before its first event",
+            ),
         }
     }
 
@@ -152,10 +203,9 @@ impl HoldSocket {
                     Some(end) => {
                         let header = closing(&self.buf[..end]);
                         let held = is_event_stream(&header);
-                        let header_len = header.len();
                         self.buf.splice(..end, header);
                         self.state = if held {
-                            State::Holding { header_len }
+                            State::Holding
                         } else {
                             State::Releasing { at: 0 }
                         };
@@ -168,8 +218,14 @@ impl HoldSocket {
                     }
                     None => return Ok(()),
                 },
-                State::Holding { header_len } if self.buf.len() > header_len => {
+                State::Holding if self.first.complete() => {
                     self.state = State::Releasing { at: 0 };
+                }
+                State::Holding if self.first.malformed => {
+                    return Err(self.no_first_event(Early::Malformed));
+                }
+                State::Holding if self.response.ended() => {
+                    return Err(self.no_first_event(Early::Ended));
                 }
                 _ => return Ok(()),
             }
@@ -226,11 +282,11 @@ impl HoldSocket {
                     let before = out.filled().len();
                     let polled = self.tcp()?.poll_read(cx, out);
                     if let Poll::Ready(Ok(())) = polled {
-                        self.response.feed(&out.filled()[before..]);
+                        self.response.feed(&out.filled()[before..], |_| {});
                     }
                     return polled;
                 }
-                State::Scanning | State::Holding { .. } => {
+                State::Scanning | State::Holding => {
                     // Not zeroed: the read fills what it returns (8 KiB of memset per poll
                     // showed in profiles).
                     let mut chunk = [std::mem::MaybeUninit::uninit(); 8192];
@@ -243,6 +299,9 @@ impl HoldSocket {
                         }
                         Poll::Ready(Ok(())) if rb.filled().is_empty() => {
                             self.failed_early();
+                            if self.state == State::Holding {
+                                return Poll::Ready(Err(self.no_first_event(Early::Ended)));
+                            }
                             // End of stream: release what there is; Pingora judges it.
                             self.state = State::Releasing { at: 0 };
                             if self.buf.is_empty() {
@@ -250,7 +309,8 @@ impl HoldSocket {
                             }
                         }
                         Poll::Ready(Ok(())) => {
-                            self.response.feed(rb.filled());
+                            self.response
+                                .feed(rb.filled(), |payload| self.first.take(payload));
                             self.buf.extend_from_slice(rb.filled());
                             self.advance()?;
                         }
@@ -271,7 +331,7 @@ impl AsyncWrite for HoldSocket {
         let polled = this.tcp()?.poll_write(cx, buf);
         match &polled {
             Poll::Ready(Ok(n)) => {
-                this.request.feed(&buf[..*n]);
+                this.request.feed(&buf[..*n], |_| {});
                 this.silence.progress();
             }
             Poll::Ready(Err(_)) => this.failed_early(),
@@ -306,7 +366,7 @@ impl AsyncWrite for HoldSocket {
                 let mut left = *n;
                 for b in bufs {
                     let take = left.min(b.len());
-                    this.request.feed(&b[..take]);
+                    this.request.feed(&b[..take], |_| {});
                     left -= take;
                 }
             }
