@@ -402,34 +402,119 @@ async fn an_aborted_stream_is_counted_from_the_events_it_relayed() {
     .await;
 }
 
+/// One dollar per token: a budget of a few dollars holds a few small requests.
+const DOLLAR_PER_TOKEN: &str = "    cost: {input_per_mtok: 1000000, output_per_mtok: 1000000}\n";
+
+/// Serial requests: each reserves its estimate (prompt estimate + max_tokens) and settles to
+/// its usage; the first whose estimate does not fit what is left is refused until midnight.
 #[tokio::test]
-async fn a_spent_budget_refuses_with_budget_exceeded() {
+async fn a_budget_refuses_the_request_it_cannot_cover() {
     let sim = Sim::fast(SERVED);
-    // One dollar per token: the first request spends more than the day's $5.
+    let budget = 30;
     let gw = gateway(
         &sim,
-        "    cost: {input_per_mtok: 1000000, output_per_mtok: 1000000}\n",
-        &team_a("    budget:\n      usd_per_day: 5\n"),
+        DOLLAR_PER_TOKEN,
+        &team_a(&format!("    budget:\n      usd_per_day: {budget}\n")),
         "",
     );
-    let resp = post(&gw, Some(KEY_A), &chat(10)).await;
-    let body: Value = resp.json().await.unwrap();
-    let total = body["usage"]["total_tokens"].as_f64().unwrap();
+    let body = chat(10);
+    let estimate = prompt_estimate(&body) + 10;
+    let mut spent = 0;
+    let refused = loop {
+        let resp = post(&gw, Some(KEY_A), &body).await;
+        if resp.status() != 200 {
+            break resp;
+        }
+        assert!(spent + estimate <= budget, "admitted past the budget");
+        let v: Value = resp.json().await.unwrap();
+        spent += v["usage"]["total_tokens"].as_u64().unwrap();
+        assert!(spent <= 10 * budget, "never refused");
+    };
+    assert!(spent + estimate > budget, "refused with room left: {spent}");
+    assert!(spent > 0, "refused before anything was spent");
     metric_eventually(
         &gw.admin_url("/metrics"),
         r#"switchyard_tenant_spend_usd_total{tenant="team-a"}"#,
-        total,
+        spent as f64,
     )
     .await;
-    let resp = post(&gw, Some(KEY_A), &chat(3)).await;
-    assert_eq!(header(&resp, "x-should-retry"), "false");
-    let retry_after = header_u64(&resp, "retry-after");
+    assert_eq!(header(&refused, "x-should-retry"), "false");
+    let retry_after = header_u64(&refused, "retry-after");
     assert!(
         (1..=86_400).contains(&retry_after),
         "until UTC midnight: {retry_after}"
     );
-    let e = openai_error(resp, 429).await;
+    let e = openai_error(refused, 429).await;
     assert_eq!(e["error"]["code"], "budget_exceeded");
+    assert_eq!(e["error"]["type"], "insufficient_quota");
+}
+
+/// Concurrent requests reserve their estimated cost at admission: spend stays within the
+/// budget (usage here is below the estimates), and those refused only because of what others
+/// hold are told to retry shortly.
+#[tokio::test]
+async fn concurrent_requests_cannot_spend_past_a_budget() {
+    // Slow enough (10 tokens × 20 ms) that the burst is in flight together.
+    let sim = Sim::paced(SERVED, 20, &[]);
+    let budget = 100;
+    let gw = gateway(
+        &sim,
+        DOLLAR_PER_TOKEN,
+        &team_a(&format!("    budget:\n      usd_per_day: {budget}\n")),
+        "",
+    );
+    let body = chat(10);
+    let estimate = prompt_estimate(&body) + 10;
+    let c = client();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let req = c
+                .post(gw.url("/v1/chat/completions"))
+                .bearer_auth(KEY_A)
+                .json(&body);
+            tokio::spawn(async move {
+                let resp = req.send().await.unwrap();
+                let status = resp.status().as_u16();
+                // Retry soon: `retry-after: 1` and no `x-should-retry: false`.
+                let soon = resp.headers().get("retry-after").is_some_and(|v| v == "1")
+                    && !resp.headers().contains_key("x-should-retry");
+                let v: Value = resp.json().await.unwrap();
+                (status, soon, v)
+            })
+        })
+        .collect();
+    let (mut ok, mut spent, mut held) = (0, 0, 0);
+    for t in tasks {
+        let (status, soon, v) = t.await.unwrap();
+        match status {
+            200 => {
+                ok += 1;
+                let used = v["usage"]["total_tokens"].as_u64().unwrap();
+                assert!(
+                    used <= estimate,
+                    "usage {used} over the estimate {estimate}"
+                );
+                spent += used;
+            }
+            429 => {
+                assert_eq!(v["error"]["code"], "budget_exceeded", "{v}");
+                held += usize::from(soon);
+            }
+            other => panic!("status {other}: {v}"),
+        }
+    }
+    assert!(spent <= budget, "spent {spent} of {budget}");
+    assert!(ok >= budget / estimate, "only {ok} admitted");
+    assert!(
+        held > 0,
+        "no refusal said it was only held by requests in flight"
+    );
+    metric_eventually(
+        &gw.admin_url("/metrics"),
+        r#"switchyard_tenant_spend_usd_total{tenant="team-a"}"#,
+        spent as f64,
+    )
+    .await;
 }
 
 /// Fires `n` concurrent requests with `key`; returns (answered 200, tokens they used).

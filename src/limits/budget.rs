@@ -1,6 +1,60 @@
-//! Spend budgets: UTC calendar days and months.
+//! Spend budgets: UTC calendar days and months. A request reserves its estimated cost at
+//! admission (see [`Budget::reserve`]) and settles it to what it cost when it ends, so that
+//! requests admitted together cannot spend past the budget between them.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::store::{Full, SpendCounter};
+
+/// A budget: at most `limit` micro-dollars per period.
+#[derive(Debug)]
+pub struct Budget {
+    pub period: Period,
+    pub limit: u64,
+    pub spent: Arc<SpendCounter>,
+}
+
+impl Budget {
+    /// Reserves `micros` of the current period, or says it does not fit.
+    pub fn reserve(&self, micros: u64, unix_secs: u64) -> Result<Reservation, Full> {
+        let (index, _) = self.period.at(unix_secs);
+        self.spent.reserve(index, self.limit, micros)?;
+        Ok(Reservation {
+            counter: self.spent.clone(),
+            period: self.period,
+            index,
+            micros,
+        })
+    }
+}
+
+/// What a request holds of a budget until it ends; given back on drop if never settled.
+#[derive(Debug)]
+pub struct Reservation {
+    counter: Arc<SpendCounter>,
+    period: Period,
+    /// The period it was taken in.
+    index: u64,
+    micros: u64,
+}
+
+impl Reservation {
+    /// Replaces the reservation by what the request cost.
+    pub fn settle(&mut self, spent: u64, unix_secs: u64) {
+        let (now, _) = self.period.at(unix_secs);
+        let reserved = std::mem::take(&mut self.micros);
+        self.counter.settle(self.index, reserved, now, spent);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.micros > 0 {
+            self.counter.settle(self.index, self.micros, self.index, 0);
+        }
+    }
+}
 
 /// A budget period, in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +120,51 @@ pub fn unix_secs() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NOON: u64 = 1_795_266_000;
+
+    fn budget(limit: u64) -> Budget {
+        Budget {
+            period: Period::Day,
+            limit,
+            spent: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn reservations_admitted_together_fit_the_budget_and_settle_to_the_cost() {
+        let b = budget(100);
+        let mut first = b.reserve(60, NOON).unwrap();
+        // 60 + 50 would pass the limit while the first is in flight; alone it would fit.
+        assert_eq!(b.reserve(50, NOON).unwrap_err(), Full { held: true });
+        let second = b.reserve(40, NOON).unwrap();
+        first.settle(30, NOON);
+        assert_eq!(b.spent.spent(Period::Day.at(NOON).0), 30);
+        // 30 spent, 40 held: 30 more fit, 31 do not.
+        assert_eq!(b.reserve(31, NOON).unwrap_err(), Full { held: true });
+        drop(second);
+        // Given back unsettled: spends nothing.
+        assert_eq!(b.spent.spent(Period::Day.at(NOON).0), 30);
+        let _third = b.reserve(70, NOON).unwrap();
+        // More than what is left even with nothing in flight.
+        assert_eq!(b.reserve(71, NOON).unwrap_err(), Full { held: false });
+    }
+
+    #[test]
+    fn a_spent_budget_refuses_even_a_free_request_until_the_next_period() {
+        let b = budget(100);
+        b.reserve(100, NOON).unwrap().settle(120, NOON);
+        assert_eq!(b.reserve(0, NOON).unwrap_err(), Full { held: false });
+        let tomorrow = NOON + 86_400;
+        let _r = b.reserve(100, tomorrow).unwrap();
+        // A request that began yesterday costs today's budget when it ends.
+        let c = budget(100);
+        let mut late = c.reserve(100, NOON).unwrap();
+        late.settle(5, tomorrow);
+        assert_eq!(c.spent.spent(Period::Day.at(NOON).0), 0);
+        assert_eq!(c.spent.spent(Period::Day.at(tomorrow).0), 5);
+        assert!(c.reserve(95, tomorrow).is_ok());
+    }
 
     #[test]
     fn days_and_months_end_at_utc_midnight() {

@@ -1,17 +1,18 @@
 //! Tenants, API keys and admission: who is calling, may they use this model, and is there
 //! room under their limits, the model's limits and their budget.
 //!
-//! A request is admitted in one step before it goes upstream: budget, then concurrency
-//! permits, then one request and the estimated tokens (prompt estimate + `max_tokens`) from
-//! every rate limit that applies (the tenant's, the tenant's on this model, the model's).
-//! Whatever was taken is put back when a later limit refuses. When the response ends, the
-//! token reservation is settled to what the server reported (or what was counted), and the
-//! spend is added.
+//! A request is admitted in one step before it goes upstream: its estimated cost from every
+//! budget, then concurrency permits, then one request and the estimated tokens (prompt
+//! estimate + `max_tokens`) from every rate limit that applies (the tenant's, the tenant's on
+//! this model, the model's). Whatever was taken is put back when a later limit refuses. When
+//! the response ends, the token and cost reservations are settled to what the server reported
+//! (or what was counted).
 
 pub mod bucket;
 pub mod budget;
 pub mod keys;
 pub mod per_ip;
+mod refusal;
 pub mod store;
 
 use std::sync::Arc;
@@ -21,8 +22,9 @@ use bytes::Bytes;
 use crate::config::{Auth, Config, LimitSet, ANONYMOUS};
 use crate::metrics::{Metrics, TenantMetrics};
 use bucket::{Rate, Snapshot, Take};
-use budget::Period;
-use store::{Concurrency, LocalStore, Permit, RateLimiter, SpendCounter};
+use budget::{Budget, Reservation};
+pub use refusal::{reset_text, Refusal, RefusalReason};
+use store::{Concurrency, LocalStore, Permit, RateLimiter};
 
 /// Limit scopes a request can pass through: its tenant, and on each of the requested and the
 /// routed-to model the tenant's per-model limits and the model's own.
@@ -54,13 +56,6 @@ impl Scope {
     }
 }
 
-/// A budget: at most `limit` micro-dollars per period.
-struct Budget {
-    period: Period,
-    limit: u64,
-    spent: Arc<SpendCounter>,
-}
-
 /// A tenant, ready for the request path.
 pub struct Tenant {
     pub name: Arc<str>,
@@ -83,15 +78,16 @@ impl Tenant {
             .is_none_or(|m| m.get(model).copied().unwrap_or(false))
     }
 
-    /// Adds what a request cost to the tenant's budgets and spend metric.
-    pub fn spend(&self, micros: u64, unix_secs: u64) {
-        if micros == 0 {
-            return;
+    pub fn has_budget(&self) -> bool {
+        !self.budgets.is_empty()
+    }
+
+    /// Counts what a request cost in the tenant's spend metric (its budgets are settled by
+    /// its [`Admission`]).
+    pub fn spend(&self, micros: u64) {
+        if micros > 0 {
+            self.metrics.spend.inc_by(micros as f64 / 1e6);
         }
-        for b in self.budgets.iter() {
-            b.spent.add(b.period.at(unix_secs).0, micros);
-        }
-        self.metrics.spend.inc_by(micros as f64 / 1e6);
     }
 }
 
@@ -222,29 +218,36 @@ impl Tenants {
         [tenant.and_then(|t| t.scope.as_ref()), a, b, c, d]
     }
 
-    /// Admits a request of `tokens` estimated tokens, or says why not. `models`: the model
-    /// the request named and the model it was routed to (see [`Self::scopes`]).
+    /// Admits a request of `estimate` (tokens, micro-dollars), or says why not. `models`: the
+    /// model the request named and the model it was routed to (see [`Self::scopes`]).
     pub fn admit(
         &self,
         tenant: Option<&Tenant>,
         models: [usize; 2],
-        tokens: u64,
+        estimate: (u64, u64),
         now_ms: u64,
         unix_secs: u64,
     ) -> Result<Admission, Refusal> {
+        let (tokens, micros) = estimate;
         let scopes = self.scopes(tenant, models);
         let mut admission = Admission {
             reserved: tokens,
             ..Admission::default()
         };
-        if let Some(t) = tenant {
-            for b in t.budgets.iter() {
-                let (period, left) = b.period.at(unix_secs);
-                if b.spent.spent(period) >= b.limit {
+        let budgets = tenant.map_or(&[][..], |t| &t.budgets[..]);
+        for (slot, b) in admission.budgets.iter_mut().zip(budgets) {
+            match b.reserve(micros, unix_secs) {
+                Ok(r) => *slot = Some(r),
+                Err(full) => {
                     return Err(Refusal {
                         reason: RefusalReason::Budget {
                             period: b.period,
-                            retry_after_secs: left,
+                            retry_after_secs: if full.held {
+                                1
+                            } else {
+                                b.period.at(unix_secs).1
+                            },
+                            held: full.held,
                         },
                         headers: headers(&scopes, now_ms),
                     });
@@ -344,104 +347,43 @@ pub struct RateHeaders {
     pub tokens: Option<Snapshot>,
 }
 
-/// What an admitted request holds until it ends: concurrency permits (released on drop) and
-/// its token reservations (settled with [`Admission::settle`]).
+/// What an admitted request holds until it ends: concurrency permits (released on drop), and
+/// its token and cost reservations (settled with [`Admission::settle`], given back on drop).
 #[derive(Debug, Default)]
 pub struct Admission {
     reserved: u64,
     tokens: [Option<(Rate, Arc<RateLimiter>)>; SCOPES],
     permits: [Option<Permit>; SCOPES],
+    /// One per budget of the tenant (a day's and a month's).
+    budgets: [Option<Reservation>; 2],
     pub headers: RateHeaders,
 }
 
 impl Admission {
     /// Whether it holds anything to settle or release (no limit applied: nothing).
     pub fn holds(&self) -> bool {
-        self.tokens.iter().any(Option::is_some) || self.permits.iter().any(Option::is_some)
+        self.tokens.iter().any(Option::is_some)
+            || self.permits.iter().any(Option::is_some)
+            || self.budgets.iter().any(Option::is_some)
     }
 
-    /// Replaces the reservation by the tokens actually used.
-    pub fn settle(&mut self, used: u64, now_ms: u64) {
+    /// Replaces the reservations by the tokens actually used and what they cost.
+    pub fn settle(&mut self, used: u64, micros: u64, now_ms: u64, unix_secs: u64) {
         let delta = used as i64 - self.reserved as i64;
         for (rate, limiter) in self.tokens.iter().flatten() {
             limiter.adjust(*rate, delta, now_ms);
         }
         self.reserved = used;
-    }
-}
-
-/// Why a request was refused, with the headers to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub reason: RefusalReason,
-    pub headers: RateHeaders,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RefusalReason {
-    Requests {
-        wait_ms: u64,
-    },
-    Tokens {
-        wait_ms: u64,
-    },
-    TooLarge {
-        limit: u64,
-        requested: u64,
-    },
-    Concurrency {
-        limit: u64,
-    },
-    Budget {
-        period: Period,
-        retry_after_secs: u64,
-    },
-}
-
-impl RefusalReason {
-    /// A metric label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Requests { .. } => "requests_per_minute",
-            Self::Tokens { .. } => "tokens_per_minute",
-            Self::TooLarge { .. } => "request_too_large",
-            Self::Concurrency { .. } => "concurrent_requests",
-            Self::Budget { .. } => "budget_exceeded",
+        for b in self.budgets.iter_mut().flatten() {
+            b.settle(micros, unix_secs);
         }
-    }
-}
-
-/// A duration as OpenAI writes it in `x-ratelimit-reset-*` (Go's format, whole units):
-/// `0s`, `250ms`, `1s`, `6m0s`, `1h2m3s`. Above a second it is rounded up.
-pub fn reset_text(ms: u64) -> String {
-    if ms == 0 {
-        return "0s".to_owned();
-    }
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let secs = ms.div_ceil(1000);
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    match (h, m) {
-        (0, 0) => format!("{s}s"),
-        (0, _) => format!("{m}m{s}s"),
-        _ => format!("{h}h{m}m{s}s"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reset_durations_are_written_as_openai_does() {
-        assert_eq!(reset_text(0), "0s");
-        assert_eq!(reset_text(250), "250ms");
-        assert_eq!(reset_text(1000), "1s");
-        assert_eq!(reset_text(1001), "2s");
-        assert_eq!(reset_text(360_000), "6m0s");
-        assert_eq!(reset_text(3_723_000), "1h2m3s");
-    }
+    use budget::Period;
 
     fn tenants(yaml_tail: &str) -> (Tenants, LocalStore) {
         let yaml = format!(
@@ -477,17 +419,17 @@ mod tests {
             "tenants:\n  team:\n    keys: [\"{KEY_A}\"]\n    limits:\n      requests_per_minute: 10\n      per_model:\n        a2: {{tokens_per_minute: 100}}\n"
         ));
         let team = Some(&t.list[0]);
-        let ok = t.admit(team, [0, 0], 60, 0, 0).unwrap();
+        let ok = t.admit(team, [0, 0], (60, 0), 0, 0).unwrap();
         assert_eq!(ok.headers.requests.unwrap().remaining, 9);
         assert_eq!(ok.headers.tokens.unwrap().remaining, 40);
-        let refused = t.admit(team, [0, 0], 60, 0, 0).unwrap_err();
+        let refused = t.admit(team, [0, 0], (60, 0), 0, 0).unwrap_err();
         assert_eq!(refused.reason, RefusalReason::Tokens { wait_ms: 12_000 });
         assert_eq!(
             refused.headers.requests.unwrap().remaining,
             9,
             "request put back"
         );
-        let too_large = t.admit(team, [0, 0], 101, 0, 0).unwrap_err();
+        let too_large = t.admit(team, [0, 0], (101, 0), 0, 0).unwrap_err();
         assert_eq!(
             too_large.reason,
             RefusalReason::TooLarge {
@@ -496,7 +438,7 @@ mod tests {
             }
         );
         // Model b has no per-model limit: only the tenant's requests count.
-        let b = t.admit(team, [1, 1], 10_000, 0, 0).unwrap();
+        let b = t.admit(team, [1, 1], (10_000, 0), 0, 0).unwrap();
         assert_eq!(b.headers.requests.unwrap().remaining, 8);
         assert_eq!(b.headers.tokens, None);
     }
@@ -509,22 +451,22 @@ mod tests {
             "    limits: {{concurrent_requests: 1}}\ntenants:\n  team:\n    keys: [\"{KEY_A}\"]\n    limits:\n      per_model:\n        a: {{requests_per_minute: 3}}\n        b: {{tokens_per_minute: 100}}\n"
         ));
         let team = Some(&t.list[0]);
-        let held = t.admit(team, [0, 1], 60, 0, 0).unwrap();
+        let held = t.admit(team, [0, 1], (60, 0), 0, 0).unwrap();
         assert_eq!(held.headers.requests.unwrap().remaining, 2, "a's requests");
         assert_eq!(held.headers.tokens.unwrap().remaining, 40, "b's tokens");
         assert_eq!(
-            t.admit(team, [0, 1], 1, 0, 0).unwrap_err().reason,
+            t.admit(team, [0, 1], (1, 0), 0, 0).unwrap_err().reason,
             RefusalReason::Concurrency { limit: 1 },
             "b's own concurrency"
         );
         drop(held);
         assert_eq!(
-            t.admit(team, [0, 1], 60, 0, 0).unwrap_err().reason,
+            t.admit(team, [0, 1], (60, 0), 0, 0).unwrap_err().reason,
             RefusalReason::Tokens { wait_ms: 12_000 },
             "b's tokens, though a's requests are left"
         );
         // Named `b` directly: b's scopes once, not twice.
-        let direct = t.admit(team, [1, 1], 40, 0, 0).unwrap();
+        let direct = t.admit(team, [1, 1], (40, 0), 0, 0).unwrap();
         assert_eq!(direct.headers.tokens.unwrap().remaining, 0);
     }
 
@@ -534,9 +476,9 @@ mod tests {
             "tenants:\n  team:\n    keys: [\"{KEY_A}\"]\n    limits: {{tokens_per_minute: 1000}}\n"
         ));
         let team = Some(&t.list[0]);
-        let mut a = t.admit(team, [0, 0], 900, 0, 0).unwrap();
-        a.settle(100, 0);
-        let b = t.admit(team, [0, 0], 0, 0, 0).unwrap();
+        let mut a = t.admit(team, [0, 0], (900, 0), 0, 0).unwrap();
+        a.settle(100, 0, 0, 0);
+        let b = t.admit(team, [0, 0], (0, 0), 0, 0).unwrap();
         assert_eq!(b.headers.tokens.unwrap().remaining, 900);
     }
 
@@ -546,35 +488,56 @@ mod tests {
             "tenants:\n  team:\n    keys: [\"{KEY_A}\"]\n    limits: {{concurrent_requests: 1}}\n"
         ));
         let team = Some(&t.list[0]);
-        let held = t.admit(team, [0, 0], 1, 0, 0).unwrap();
+        let held = t.admit(team, [0, 0], (1, 0), 0, 0).unwrap();
         assert_eq!(
-            t.admit(team, [0, 0], 1, 0, 0).unwrap_err().reason,
+            t.admit(team, [0, 0], (1, 0), 0, 0).unwrap_err().reason,
             RefusalReason::Concurrency { limit: 1 }
         );
         drop(held);
-        assert!(t.admit(team, [0, 0], 1, 0, 0).is_ok());
+        assert!(t.admit(team, [0, 0], (1, 0), 0, 0).is_ok());
     }
 
     #[test]
-    fn a_spent_budget_refuses_until_the_period_ends() {
+    fn a_budget_refuses_what_it_cannot_cover_until_the_period_ends() {
         let (t, _) = tenants(&format!(
             "tenants:\n  team:\n    keys: [\"{KEY_A}\"]\n    budget: {{usd_per_day: 1}}\n"
         ));
         let team = &t.list[0];
         let now = 1_795_266_000; // 13:00 UTC
         let (day, _) = Period::Day.at(now);
-        team.budgets[0].spent.add(day, 999_999);
-        assert!(t.admit(Some(team), [0, 0], 1, 0, now).is_ok());
-        team.budgets[0].spent.add(day, 1);
+        team.budgets[0].spent.add(day, 999_000);
+        let in_flight = t.admit(Some(team), [0, 0], (1, 600), 0, now).unwrap();
+        let refusal = |micros| {
+            t.admit(Some(team), [0, 0], (1, micros), 0, now)
+                .unwrap_err()
+        };
         assert_eq!(
-            t.admit(Some(team), [0, 0], 1, 0, now).unwrap_err().reason,
+            refusal(600).reason,
             RefusalReason::Budget {
                 period: Period::Day,
-                retry_after_secs: 11 * 3600
+                retry_after_secs: 1,
+                held: true
+            },
+            "it fits once the request in flight has ended"
+        );
+        drop(in_flight);
+        assert!(t.admit(Some(team), [0, 0], (1, 1000), 0, now).is_ok());
+        assert_eq!(
+            refusal(1001).reason,
+            RefusalReason::Budget {
+                period: Period::Day,
+                retry_after_secs: 11 * 3600,
+                held: false
             }
         );
+        team.budgets[0].spent.add(day, 1000);
         assert!(
-            t.admit(Some(team), [0, 0], 1, 0, now + 11 * 3600).is_ok(),
+            matches!(refusal(0).reason, RefusalReason::Budget { held: false, .. }),
+            "spent"
+        );
+        assert!(
+            t.admit(Some(team), [0, 0], (1, 0), 0, now + 11 * 3600)
+                .is_ok(),
             "next day"
         );
     }

@@ -79,30 +79,80 @@ impl Drop for Permit {
     }
 }
 
-/// Spend in one budget period (micro-dollars), reset when the period changes.
+/// Spend in one budget period (micro-dollars), reset when the period changes, and what
+/// requests in flight have reserved of it.
 #[derive(Debug, Default)]
 pub struct SpendCounter {
-    /// (period index, micro-dollars spent in it)
-    state: Mutex<(u64, u64)>,
+    state: Mutex<Spend>,
+}
+
+#[derive(Debug, Default)]
+struct Spend {
+    period: u64,
+    spent: u64,
+    reserved: u64,
+}
+
+impl Spend {
+    /// The state in `period` (a new period starts at zero).
+    fn at(&mut self, period: u64) -> &mut Self {
+        if self.period != period {
+            *self = Self {
+                period,
+                ..Self::default()
+            };
+        }
+        self
+    }
+}
+
+/// A reservation that does not fit its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full {
+    /// It would fit but for what requests in flight hold: retrying soon may succeed.
+    pub held: bool,
 }
 
 impl SpendCounter {
     /// Spent in `period` so far.
     pub fn spent(&self, period: u64) -> u64 {
         let s = lock(&self.state);
-        if s.0 == period {
-            s.1
+        if s.period == period {
+            s.spent
         } else {
             0
         }
     }
 
-    pub fn add(&self, period: u64, micros: u64) {
-        let mut s = lock(&self.state);
-        if s.0 != period {
-            *s = (period, 0);
+    /// Reserves `micros` of `period` when what is spent and reserved leaves room for it under
+    /// `limit` (and the budget is not spent already).
+    pub fn reserve(&self, period: u64, limit: u64, micros: u64) -> Result<(), Full> {
+        let mut guard = lock(&self.state);
+        let s = guard.at(period);
+        let after = s.spent.saturating_add(micros);
+        if s.spent >= limit || after > limit {
+            return Err(Full { held: false });
         }
-        s.1 = s.1.saturating_add(micros);
+        if after.saturating_add(s.reserved) > limit {
+            return Err(Full { held: true });
+        }
+        s.reserved += micros;
+        Ok(())
+    }
+
+    /// Gives back `reserved` micro-dollars reserved in period `of`, and adds `spent` to
+    /// period `now`.
+    pub fn settle(&self, of: u64, reserved: u64, now: u64, spent: u64) {
+        let mut s = lock(&self.state);
+        if s.period == of {
+            s.reserved = s.reserved.saturating_sub(reserved);
+        }
+        let s = s.at(now);
+        s.spent = s.spent.saturating_add(spent);
+    }
+
+    pub fn add(&self, period: u64, micros: u64) {
+        self.settle(period, 0, period, micros);
     }
 }
 

@@ -76,11 +76,26 @@ pub fn admit(
         Endpoint::Embeddings => 0,
         _ => view.max_tokens.unwrap_or(m.default_max_tokens),
     };
-    let estimate = ctx.request.prompt_estimate.saturating_add(completion);
+    let tokens = ctx.request.prompt_estimate.saturating_add(completion);
+    // A budget reserves what the request may cost: on the dearest pool its route may reach.
+    let micros = match (tenant, &ctx.routed) {
+        (Some(t), Some(routed)) if t.has_budget() => routed
+            .route
+            .chain
+            .iter()
+            .map(|step| {
+                runtime.pools[step.pool as usize]
+                    .cost
+                    .micros(ctx.request.prompt_estimate, completion)
+            })
+            .max()
+            .unwrap_or(0),
+        _ => 0,
+    };
     match runtime.tenants.admit(
         tenant,
         [requested, model],
-        estimate,
+        (tokens, micros),
         upstream::now_ms(),
         budget::unix_secs(),
     ) {
@@ -142,19 +157,25 @@ fn refused(r: &Refusal, model: &str) -> ApiError {
         RefusalReason::Budget {
             period,
             retry_after_secs,
-        } => (
-            format!(
-                "Your budget for this {} is spent; requests are refused until it ends.",
-                match period {
-                    Period::Day => "day (UTC)",
-                    Period::Month => "month (UTC)",
-                }
-            ),
-            "insufficient_quota",
-            "budget_exceeded",
-            *retry_after_secs,
-            false,
-        ),
+            held,
+        } => {
+            let period = match period {
+                Period::Day => "day (UTC)",
+                Period::Month => "month (UTC)",
+            };
+            let message = if *held {
+                format!("The rest of your budget for this {period} is held by requests in flight; retry when they have finished.")
+            } else {
+                format!("Your budget for this {period} does not cover this request; requests are refused until it ends. Send a lower max_tokens, or wait.")
+            };
+            (
+                message,
+                "insufficient_quota",
+                "budget_exceeded",
+                *retry_after_secs,
+                *held,
+            )
+        }
     };
     ApiError::RateLimited {
         message,
@@ -199,13 +220,19 @@ pub fn used_tokens(ctx: &Ctx) -> (u64, u64, bool) {
 /// requested model's, and what a virtual model's baseline would have cost.
 pub fn settle(ctx: &mut Ctx) {
     let (prompt, completion, exact) = used_tokens(ctx);
+    let cost = ctx.routed.as_ref().map(|r| r.pool().cost);
+    let micros = cost.map_or(0, |c| c.micros(prompt, completion));
     if let Some(a) = &mut ctx.tenancy.admission {
-        a.settle(prompt + completion, upstream::now_ms());
+        a.settle(
+            prompt + completion,
+            micros,
+            upstream::now_ms(),
+            budget::unix_secs(),
+        );
     }
-    let Some(routed) = &ctx.routed else {
+    let (Some(routed), Some(cost)) = (&ctx.routed, cost) else {
         return;
     };
-    let cost = &routed.pool().cost;
     if !cost.is_free() {
         let requested = routed.requested();
         requested
@@ -225,5 +252,5 @@ pub fn settle(ctx: &mut Ctx) {
     tenant
         .metrics
         .tokens(routed.model_index(), prompt, completion, exact);
-    tenant.spend(cost.micros(prompt, completion), budget::unix_secs());
+    tenant.spend(micros);
 }
