@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when every pool has a server that may take traffic, else 503 |
+//! | `GET /readyz` | 200 while the gateway serves (not draining, every `server.ready_requires` model servable), else 503; JSON with every pool's and model's state |
 //! | `POST /admin/reload` | reload the config file (see `Gateway::reload`) |
 //! | `GET /admin/servers` | pools and their servers' live state |
 //! | `POST /admin/pools/{pool}/servers/{host:port}/drain` (`/undrain`) | no new requests to that server (in-flight ones finish), or back in rotation; survives reloads |
@@ -344,14 +344,15 @@ impl ServeHttp for Admin {
                 )
             }
             (true, "/healthz") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            (true, "/readyz") if self.shared.is_ready() => {
-                reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
+            (true, "/readyz") => {
+                let (ready, body) = crate::state::readiness::readiness(&self.shared);
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                json(status, &body)
             }
-            (true, "/readyz") => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                b"not ready: a pool has no usable server\n".to_vec(),
-            ),
             _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
         }
     }

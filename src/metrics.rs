@@ -52,6 +52,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     /// Upstream errors by pool and kind.
     upstream_errors: IntCounterVec,
+    pool_panics: IntCounterVec,
     /// Streams the gateway ended early, by model and reason.
     streams_aborted: IntCounterVec,
     /// Tokens by tenant, model, kind and source (usage: the server's count; estimated).
@@ -243,6 +244,13 @@ impl Metrics {
             ),
             &["pool", "kind"],
         )?;
+        let pool_panics = IntCounterVec::new(
+            Opts::new(
+                "switchyard_pool_panic_total",
+                "Requests sent to a pool's servers although health checks had marked every one down (pools.X.panic_mode).",
+            ),
+            &["pool"],
+        )?;
         let streams_aborted = IntCounterVec::new(
             Opts::new(
                 "switchyard_streams_aborted_total",
@@ -309,7 +317,7 @@ impl Metrics {
         for c in [&tenant_tokens, &tenant_rejections] {
             registry.register(Box::new(c.clone()))?;
         }
-        for c in [&retries, &upstream_errors, &streams_aborted] {
+        for c in [&retries, &upstream_errors, &pool_panics, &streams_aborted] {
             registry.register(Box::new(c.clone()))?;
         }
         for g in [&upstream_healthy, &upstream_breaker] {
@@ -351,6 +359,7 @@ impl Metrics {
             upstream_ewma,
             retries,
             upstream_errors,
+            pool_panics,
             streams_aborted,
             tenant_tokens,
             tenant_spend,
@@ -447,6 +456,11 @@ impl Metrics {
     /// Counts an upstream failure of a fixed kind.
     pub fn upstream_error(&self, pool: &str, kind: &'static str) {
         self.upstream_errors.with_label_values(&[pool, kind]).inc();
+    }
+
+    /// The counter of requests a pool sent in panic mode.
+    pub fn pool_panic(&self, pool: &str) -> prometheus::IntCounter {
+        self.pool_panics.with_label_values(&[pool])
     }
 
     /// Counts a stream the gateway ended early.

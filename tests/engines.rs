@@ -65,7 +65,7 @@ async fn recorded_engines_are_read_and_probed_as_live_ones() {
         yaml.push_str(&format!(
             "  p{i}:\n    model: m{i}\n    engine: {engine}\n    balance: least_load\n    \
              engine_metrics:\n      interval: 100ms\n    health:\n      interval: 100ms\n      \
-             unhealthy_after: 1\n      healthy_after: 1\n    servers:\n      - url: {}\n",
+             unhealthy_after: 1\n      healthy_after: 1\n    panic_mode: false\n    servers:\n      - url: {}\n",
             server.url()
         ));
     }
@@ -89,7 +89,8 @@ async fn recorded_engines_are_read_and_probed_as_live_ones() {
         .count();
     assert_eq!(kv_gauges, 3, "{metrics}");
 
-    // Loading, or the engine died: /health answers 503 and every server is out.
+    // Loading, or the engine died: /health answers 503 and every server is out (no panic
+    // mode here: these pools answer 503 rather than try servers health checks marked down).
     health.store(503, Ordering::Relaxed);
     every_server(&gw, |s| s["health"] == "unhealthy").await;
     let resp = gw

@@ -299,3 +299,89 @@ async fn a_non_streamed_request_over_the_total_limit_is_a_504() {
     assert_eq!(err["error"]["code"], "upstream_timeout");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A server that was not listening when the gateway started is in rotation about two seconds
+/// after it listens (probes every second while it is down), not after two 5 s intervals.
+#[tokio::test]
+async fn a_server_refused_at_start_serves_soon_after_it_listens() {
+    let addr = dead_addr();
+    let gw = Gateway::single(SERVED, &[format!("http://{addr}")], "");
+    server_eventually(&gw, 0, 0, |s| s["health"] == "unhealthy").await;
+    let _sim = Sim::start_at(SERVED, addr, &["--zero-delay"]);
+    let listening = Instant::now();
+    server_eventually(&gw, 0, 0, |s| s["health"] == "healthy").await;
+    let took = listening.elapsed();
+    assert!(took < Duration::from_millis(4500), "back after {took:?}");
+    assert_eq!(gw.tiny_completion("m").await, 200);
+}
+
+/// When health checks mark every server of a pool down but the servers still answer (a
+/// health endpoint that fails under load), panic mode sends requests to them anyway, and
+/// counts them; with `panic_mode: false` the pool is out. /readyz reports the pool in panic
+/// and its model down, and stays ready.
+#[tokio::test]
+async fn a_pool_whose_health_checks_all_fail_is_tried_anyway_in_panic_mode() {
+    let sim = Sim::fast(SERVED);
+    for (panic, status) in [(true, 200), (false, 503)] {
+        let gw = Gateway::start(&format!(
+            "pools:\n  p:\n    model: {SERVED}\n    panic_mode: {panic}\n    health:\n      path: /nope\n      interval: 100ms\n      unhealthy_after: 1\n    servers:\n      - url: {}\nmodels:\n  m:\n    pool: p\n",
+            sim.url()
+        ));
+        server_eventually(&gw, 0, 0, |s| s["health"] == "unhealthy").await;
+        for _ in 0..2 {
+            assert_eq!(gw.tiny_completion("m").await, status, "panic_mode {panic}");
+        }
+        let metrics = get_text(&gw.admin_url("/metrics")).await;
+        let panics = metric_value(&metrics, r#"switchyard_pool_panic_total{pool="p"}"#);
+        assert_eq!(panics, panic.then_some(2.0), "{metrics}");
+        let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), 200);
+        let v: Value = ready.json().await.unwrap();
+        assert_eq!(v["pools"]["p"]["panic"], panic, "{v}");
+        assert_eq!(v["pools"]["p"]["usable"], 0, "{v}");
+        assert_eq!(v["models"]["m"], "down", "{v}");
+    }
+}
+
+/// /readyz is about this gateway, not one model: a dead pool is reported (its model down, a
+/// model with a live fallback `fallback`) but the gateway stays ready, unless
+/// `server.ready_requires` names a model that is down; draining is not ready.
+#[tokio::test]
+async fn readiness_reports_pools_and_models_and_requires_only_named_models() {
+    let live = Sim::fast(SERVED);
+    let dead = format!("http://{}", dead_addr());
+    let yaml = |requires: &str| {
+        format!(
+            "server:\n  ready_requires: [{requires}]\npools:\n  dead:\n    model: {SERVED}\n    panic_mode: false\n    servers:\n      - url: {dead}\n  live:\n    model: {SERVED}\n    servers:\n      - url: {}\nmodels:\n  a:\n    pool: dead\n    fallback: [live]\n  b:\n    pool: live\n    aliases: [b-alias]\n  c:\n    pool: dead\n  auto:\n    route:\n      - to: c\n",
+            live.url()
+        )
+    };
+    let gw = Gateway::start(&yaml("b-alias"));
+    server_eventually(&gw, 0, 0, |s| s["health"] == "unhealthy").await;
+    let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let v: Value = ready.json().await.unwrap();
+    assert_eq!(v["status"], "ready");
+    assert_eq!(v["models"]["a"], "fallback", "{v}");
+    assert_eq!(v["models"]["b"], "serving", "{v}");
+    assert_eq!(v["models"]["c"], "down", "{v}");
+    assert_eq!(v["models"]["auto"], "down", "{v}");
+    assert_eq!(v["pools"]["dead"]["servers"], 1);
+    assert_eq!(v["pools"]["dead"]["usable"], 0);
+    assert_eq!(v["pools"]["live"]["usable"], 1);
+    // Requiring the dead model: not ready, and it says which.
+    gw.rewrite_config(&yaml("b, c"));
+    assert_eq!(gw.reload().await.status(), 200);
+    let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let v: Value = ready.json().await.unwrap();
+    assert_eq!(v["status"], "not_ready");
+    assert_eq!(v["missing"], json!(["c"]));
+    // A name that is no model is refused, and the old config keeps serving.
+    gw.rewrite_config(&yaml("nope"));
+    let refused: Value = gw.reload().await.json().await.unwrap();
+    assert!(
+        refused.to_string().contains("server.ready_requires[0]"),
+        "{refused}"
+    );
+}

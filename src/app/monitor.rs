@@ -179,7 +179,7 @@ async fn health_loop(gateway: Arc<Shared>, connector: Arc<Connector>, id: String
                 _ => tracing::info!(server = %id, "health check: server is {}", health.name()),
             }
         }
-        tokio::time::sleep(jittered(t.health.interval)).await;
+        tokio::time::sleep(jittered(tracker.next_wait(&t.health))).await;
     }
 }
 

@@ -26,6 +26,7 @@ impl Config {
                 "log_format": match self.server.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
                 "upgrade_sock": self.server.upgrade_sock,
                 "cors": self.server.cors.as_ref().map(|c| c.describe()),
+                "ready_requires": self.server.ready_requires.iter().filter_map(|&i| self.models.get(i)).map(|m| m.name.as_str()).collect::<Vec<_>>(),
             },
             "limits": {
                 "max_body_size": self.limits.max_body_size,
@@ -81,6 +82,7 @@ impl Config {
                     "half_open_probes": p.breaker.probes,
                 },
                 "slow_start": d(p.slow_start),
+                "panic_mode": p.panic_mode,
                 "engine_metrics": p.engine_metrics.as_ref().map(|m| json!({
                     "path": m.path,
                     "interval": d(m.interval),

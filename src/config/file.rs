@@ -118,6 +118,10 @@ pub struct FileServer {
     pub upgrade_sock: Option<String>,
     /// Browser origins allowed to call the API (CORS). Off by default: no CORS headers.
     pub cors: Option<FileCors>,
+    /// Models (names or aliases) `/readyz` requires to be servable, through their own pool or
+    /// a fallback; by default readiness does not depend on any model's servers.
+    #[serde(default)]
+    pub ready_requires: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,6 +184,9 @@ pub struct FilePool {
     pub breaker: FileBreaker,
     /// Ramp-up time of a server that came back (`0s`: none).
     pub slow_start: Option<String>,
+    /// When health checks mark every server down, send to them anyway (Envoy's panic mode;
+    /// default true): a health endpoint that fails under load must not take the model out.
+    pub panic_mode: Option<bool>,
     /// Scraping the engine's own /metrics for `least_load`.
     #[serde(default)]
     pub engine_metrics: FileEngineMetrics,

@@ -122,6 +122,8 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     /// `server.cors`; `None`: no CORS headers, preflights are not answered.
     pub cors: Option<std::sync::Arc<cors::Cors>>,
+    /// Models (indices into `Config::models`) `/readyz` requires to be servable.
+    pub ready_requires: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +188,8 @@ pub struct Pool {
     pub breaker: BreakerSettings,
     /// Ramp-up of a server that came back; zero: none.
     pub slow_start: Duration,
+    /// When every server is down by health checks, send to them anyway.
+    pub panic_mode: bool,
     /// Engine /metrics scraping, for engines that have them (`None`: off).
     pub engine_metrics: Option<ScrapeSettings>,
     /// Header carrying the session key for `consistent_hash` (the body's `user` otherwise).

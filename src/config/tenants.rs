@@ -9,7 +9,7 @@ use crate::limits::budget::Period;
 use crate::limits::keys;
 
 /// The model (index) a public name or alias names.
-fn model_index(models: &[Model], name: &str) -> Option<usize> {
+pub(super) fn model_index(models: &[Model], name: &str) -> Option<usize> {
     models
         .iter()
         .position(|m| m.name == name || m.aliases.iter().any(|a| a == name))

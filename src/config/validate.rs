@@ -41,7 +41,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
             );
         }
     }
-    let server = server_settings(&mut errs, &file.server);
+    let mut server = server_settings(&mut errs, &file.server);
     let admin_token = file
         .admin_token_env
         .as_deref()
@@ -64,6 +64,16 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
                 what,
                 format!("at most {} are supported (there are {n})", u16::MAX),
             );
+        }
+    }
+    for (i, name) in file.server.ready_requires.iter().enumerate() {
+        match super::tenants::model_index(&models, name) {
+            Some(m) => server.ready_requires.push(m),
+            None if file.models.contains_key(name.as_str()) => {}
+            None => errs.push(
+                format!("server.ready_requires[{i}]"),
+                format!("no model or alias named {name:?}"),
+            ),
         }
     }
     let (auth, tenants) = super::tenants::validate(&mut errs, &file, &models);
@@ -150,6 +160,8 @@ fn server_settings(errs: &mut Errors, s: &FileServer) -> ServerSettings {
         ) as usize,
         access_log,
         cors: super::cors::build(errs, s.cors.as_ref()).map(std::sync::Arc::new),
+        // Resolved once the models are (see `validate`).
+        ready_requires: Vec::new(),
     }
 }
 
@@ -408,6 +420,7 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
         health,
         breaker,
         slow_start,
+        panic_mode: p.panic_mode.unwrap_or(true),
         engine_metrics,
         session_header,
         retry_budget,

@@ -5,6 +5,7 @@
 //! Per-server state comes from the [`Registry`], so it survives a rebuild.
 
 mod pool;
+pub mod readiness;
 mod shared;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -120,6 +121,7 @@ impl Runtime {
                 weights: weights.into_boxed_slice(),
                 policy: p.balance,
                 slow_start: p.slow_start,
+                panic: p.panic_mode.then(|| metrics.pool_panic(&p.name)),
                 retry_budget: p.retry_budget,
                 retries_inflight: Arc::new(AtomicU64::new(0)),
                 cost: p.cost,

@@ -37,6 +37,8 @@ pub struct Pool {
     pub balancer: Box<dyn Balance>,
     pub policy: Policy,
     pub slow_start: Duration,
+    /// Panic mode (`panic_mode`): its counter; `None`: off.
+    pub panic: Option<prometheus::IntCounter>,
     pub retry_budget: RetryBudget,
     /// Retries of requests a server received, in flight now (see `RetryBudget`).
     pub retries_inflight: Arc<AtomicU64>,
@@ -49,6 +51,8 @@ impl Pool {
     /// Picks a usable server for which `allowed` holds (e.g. not tried yet by this request).
     /// A server in its slow start takes a request with the probability of its ramp; when
     /// that leaves none, ramping servers are taken anyway rather than failing the request.
+    /// When health checks alone have marked every server down (panic mode, `panic_mode`),
+    /// those servers are tried anyway, and counted.
     pub fn pick(&self, features: &Features, allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
         let now = crate::upstream::now_ms();
         let usable =
@@ -69,17 +73,40 @@ impl Pool {
             return Some(i);
         }
         candidates.eligible = &usable;
-        self.balancer.pick(features, &candidates)
+        if let Some(i) = self.balancer.pick(features, &candidates) {
+            return Some(i);
+        }
+        // Panic: every server is down by health checks alone; they are tried anyway.
+        let panic = self.panic.as_ref().filter(|_| self.in_panic(now))?;
+        let taken = |i: usize| allowed(i) && self.servers[i].state.is_usable_ignoring_health(now);
+        candidates.eligible = &taken;
+        let picked = self.balancer.pick(features, &candidates);
+        if picked.is_some() {
+            panic.inc();
+        }
+        picked
     }
 
-    /// Whether some usable server is left for which `allowed` holds, without advancing the
-    /// balancer.
+    /// Whether the pool is in panic mode: no server usable, and some only because health
+    /// checks marked them down.
+    pub fn in_panic(&self, now: u64) -> bool {
+        self.panic.is_some()
+            && !self.servers.iter().any(|s| s.state.is_usable(now))
+            && self
+                .servers
+                .iter()
+                .any(|s| s.state.is_usable_ignoring_health(now))
+    }
+
+    /// Whether some usable server (in panic mode: one down by health checks alone) is left
+    /// for which `allowed` holds, without advancing the balancer.
     pub fn has_candidate(&self, allowed: &dyn Fn(usize) -> bool) -> bool {
         let now = crate::upstream::now_ms();
-        self.servers
-            .iter()
-            .enumerate()
-            .any(|(i, s)| allowed(i) && s.state.is_usable(now))
+        let any = |f: &dyn Fn(&ServerState) -> bool| {
+            (self.servers.iter().enumerate()).any(|(i, s)| allowed(i) && f(&s.state))
+        };
+        any(&|s| s.is_usable(now))
+            || self.in_panic(now) && any(&|s| s.is_usable_ignoring_health(now))
     }
 
     /// The router's prediction of the time to first token here, ms: the best of the usable

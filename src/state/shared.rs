@@ -154,19 +154,6 @@ impl Shared {
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
     }
-
-    /// Whether every pool has at least one server not known to be down, and the gateway is
-    /// not shutting down.
-    pub fn is_ready(&self) -> bool {
-        let now = crate::upstream::now_ms();
-        !self.lifecycle.is_draining()
-            && self
-                .runtime
-                .load()
-                .pools
-                .iter()
-                .all(|p| p.servers.iter().any(|s| s.state.is_usable(now)))
-    }
 }
 
 /// The prefix-aware pools of a runtime and their servers' ids: what the prefix indices keep.

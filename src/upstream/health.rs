@@ -5,6 +5,10 @@
 //! turns `Unhealthy` after `unhealthy_after` failed probes in a row, or at once when it
 //! refuses connections (nothing listens: no point waiting for more evidence), and `Healthy`
 //! again after `healthy_after` good probes in a row.
+//!
+//! While a server is down it is probed faster ([`HealthTracker::next_wait`]): after a second,
+//! then backing off to the interval, and every second while it proves itself again, so that
+//! a server that was refused at start is in rotation about two seconds after it listens.
 
 use std::time::Duration;
 
@@ -85,6 +89,9 @@ impl Health {
     }
 }
 
+/// The first wait after a server went down, doubled after each failed probe up to the interval.
+const DOWN_PROBE_FIRST: Duration = Duration::from_secs(1);
+
 /// The result of one probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
@@ -114,6 +121,21 @@ impl HealthTracker {
 
     pub fn state(&self) -> Health {
         self.state
+    }
+
+    /// How long to wait before the next probe: the interval while the server is up; while it
+    /// is down, one second after each failure doubled per failure in a row (up to the
+    /// interval), and one second while it passes probes to come back.
+    pub fn next_wait(&self, settings: &HealthSettings) -> Duration {
+        if self.state != Health::Unhealthy {
+            return settings.interval;
+        }
+        let fast = if self.successes > 0 {
+            DOWN_PROBE_FIRST
+        } else {
+            DOWN_PROBE_FIRST.saturating_mul(1 << self.failures.saturating_sub(1).min(8))
+        };
+        fast.min(settings.interval)
     }
 
     /// Records a probe; returns the new state when it changed.
@@ -193,6 +215,39 @@ mod tests {
         assert_eq!(t.record(Probe::Refused, &s), Some(Health::Unhealthy));
         let mut t = HealthTracker::new(Health::Healthy);
         assert_eq!(t.record(Probe::Refused, &s), Some(Health::Unhealthy));
+    }
+
+    #[test]
+    fn a_server_that_is_down_is_probed_faster_until_it_is_back() {
+        let s = settings();
+        let mut t = HealthTracker::new(Health::Unknown);
+        assert_eq!(t.next_wait(&s), s.interval);
+        t.record(Probe::Refused, &s);
+        let secs = |t: &HealthTracker| t.next_wait(&s).as_secs_f64();
+        assert_eq!(secs(&t), 1.0);
+        t.record(Probe::Refused, &s);
+        assert_eq!(secs(&t), 2.0);
+        t.record(Probe::Failed, &s);
+        assert_eq!(secs(&t), 4.0);
+        t.record(Probe::Failed, &s);
+        assert_eq!(t.next_wait(&s), s.interval, "backed off to the interval");
+        for _ in 0..20 {
+            t.record(Probe::Failed, &s);
+        }
+        assert_eq!(t.next_wait(&s), s.interval);
+        // Coming back: the second good probe follows the first a second later.
+        t.record(Probe::Ok, &s);
+        assert_eq!(secs(&t), 1.0);
+        assert_eq!(t.record(Probe::Ok, &s), Some(Health::Healthy));
+        assert_eq!(t.next_wait(&s), s.interval);
+        // An interval under a second is never lengthened.
+        let quick = HealthSettings {
+            interval: Duration::from_millis(200),
+            ..settings()
+        };
+        let mut t = HealthTracker::new(Health::Unknown);
+        t.record(Probe::Refused, &quick);
+        assert_eq!(t.next_wait(&quick), quick.interval);
     }
 
     #[test]

@@ -131,9 +131,14 @@ impl ServerState {
     /// Whether the server may take new requests at `now_ms` (see [`now_ms`]): not drained,
     /// not in a cooldown it asked for, not known to be down, breaker not open.
     pub fn is_usable(&self, now_ms: u64) -> bool {
+        self.health().takes_traffic() && self.is_usable_ignoring_health(now_ms)
+    }
+
+    /// Usable but for its health checks (a pool's panic mode): not draining, not in a
+    /// cooldown, and its breaker lets requests through.
+    pub fn is_usable_ignoring_health(&self, now_ms: u64) -> bool {
         !self.is_draining()
             && now_ms >= self.cooldown_until_ms.load(Ordering::Relaxed)
-            && self.health().takes_traffic()
             && (self.breaker_code.load(Ordering::Relaxed) == BreakerState::Closed.code()
                 || self.lock_breaker().allows(now_ms))
     }

@@ -174,7 +174,13 @@ pub struct Sim {
 impl Sim {
     /// `switchyard sim` on a free port, serving `model`, with extra flags.
     pub fn start(model: &str, extra: &[&str]) -> Self {
-        let mut args = vec!["sim", "--listen", "127.0.0.1:0", "--model", model];
+        Self::start_at(model, "127.0.0.1:0".parse().unwrap(), extra)
+    }
+
+    /// `start` on a given address (a server that comes up where a gateway already points).
+    pub fn start_at(model: &str, addr: SocketAddr, extra: &[&str]) -> Self {
+        let listen = addr.to_string();
+        let mut args = vec!["sim", "--listen", &listen, "--model", model];
         args.extend_from_slice(extra);
         let (proc, addrs) = spawn(&args, &["sim"]);
         Self {
