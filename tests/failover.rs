@@ -143,22 +143,43 @@ async fn a_stream_that_fails_before_its_first_event_is_retried_and_counted() {
     ] {
         let bad = Sim::start(SERVED, &["--zero-delay", "--fault", fault]);
         let good = Sim::fast(SERVED);
-        let gw = Gateway::single(SERVED, &[bad.url(), good.url()], "");
+        // Round robin: the bad server's own load (a cut stream may still run in it) must not
+        // keep traffic away from it.
+        let gw = Gateway::start(&format!(
+            "pools:\n  p:\n    model: {SERVED}\n    balance: weighted_round_robin\n    servers:\n      - url: {}\n      - url: {}\nmodels:\n  m:\n    pool: p\n",
+            bad.url(),
+            good.url()
+        ));
         let c = client();
-        for i in 0..24 {
+        // Until five failures opened its breaker, then more.
+        let mut sent = 0;
+        let mut after_open = 0;
+        while after_open < 10 {
+            if sent >= 300 {
+                let servers = common::get_json(&gw.admin_url("/admin/servers")).await;
+                let n = bad.metric("switchyard_sim_http_requests_total").await;
+                panic!("{fault}: the bad server never failed five times ({n}): {servers}");
+            }
             let resp = c
                 .post(gw.url("/v1/chat/completions"))
                 .json(&chat(true, 3))
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(resp.status(), 200, "{fault}: request {i}");
+            assert_eq!(resp.status(), 200, "{fault}: request {sent}");
             let text = resp.text().await.unwrap();
-            assert!(!text.contains("error"), "{fault}: request {i}: {text}");
+            assert!(!text.contains("error"), "{fault}: request {sent}: {text}");
             assert!(text.ends_with("data: [DONE]\n\n"), "{fault}: {text}");
+            sent += 1;
+            if after_open > 0 || bad.metric("switchyard_sim_http_requests_total").await >= 5.0 {
+                after_open += 1;
+            }
         }
         let failed = bad.metric("switchyard_sim_http_requests_total").await;
-        assert_eq!(failed, 5.0, "{fault}: five failures open the breaker");
+        assert_eq!(
+            failed, 5.0,
+            "{fault}: five failures open the breaker, then nothing more"
+        );
         let metrics = common::get_text(&gw.admin_url("/metrics")).await;
         let name = format!("switchyard_upstream_errors_total{{kind=\"{kind}\",pool=\"p\"}}");
         assert_eq!(
@@ -171,7 +192,7 @@ async fn a_stream_that_fails_before_its_first_event_is_retried_and_counted() {
             servers["pools"][0]["servers"][0]["breaker"], "open",
             "{servers}"
         );
-        let log = gw.access_log_lines(24).await;
+        let log = gw.access_log_lines(sent).await;
         assert!(log
             .iter()
             .all(|l| l["outcome"] == "ok" && l["status"] == 200));

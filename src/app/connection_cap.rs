@@ -26,8 +26,8 @@ pub struct ConnectionCap<A> {
 }
 
 impl<A> ConnectionCap<A> {
-    pub fn new(inner: A, shared: Arc<Shared>) -> Self {
-        let edge = Edge::new(shared.runtime().config.limits.max_connections);
+    pub fn new(inner: A, shared: Arc<Shared>, log: Arc<crate::proxy::AccessLogBuffer>) -> Self {
+        let edge = Edge::new(shared.runtime().config.limits.max_connections, log);
         Self {
             inner: Arc::new(inner),
             shared,
@@ -99,6 +99,8 @@ async fn refuse(mut stream: Stream) {
     )
     .into_bytes();
     out.extend_from_slice(&body);
+    // The head is in: the edge lets this answer through as it is.
+    crate::proxy::edge::head_done(Some(&stream));
     if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
         return;
     }

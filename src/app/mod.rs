@@ -120,7 +120,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
     // Behind the per-IP connection cap (limits.connections_per_ip; a pass-through when off).
     let api = ListeningService::new(
         "switchyard-api".to_owned(),
-        connection_cap::ConnectionCap::new(proxy, shared.clone()),
+        connection_cap::ConnectionCap::new(proxy, shared.clone(), gateway.access_log.clone()),
     );
     let (drain, drained) = tokio::sync::watch::channel(false);
     let api = server.add_service(

@@ -28,6 +28,13 @@ pub enum ApiError {
     /// The request head did not arrive within `timeouts.request_header`.
     #[error("The request head did not arrive in time (timeouts.request_header).")]
     HeaderTimeout,
+    #[error("The request URI is {len} bytes; at most 8192 are accepted.")]
+    UriTooLong { len: usize },
+    #[error("The request head is over 64 KiB or has over 100 header fields; send fewer or smaller headers.")]
+    HeadersTooLarge,
+    /// A head no server may act on: ambiguous framing, no Host, malformed syntax.
+    #[error("The request head is malformed: {reason}.")]
+    MalformedHead { reason: &'static str },
     #[error("{message}")]
     InvalidRequest {
         message: String,
@@ -113,6 +120,9 @@ impl ApiError {
             Self::BodyTooLarge { .. } => 413,
             Self::LengthRequired { .. } => 411,
             Self::BodyTimeout | Self::HeaderTimeout => 408,
+            Self::UriTooLong { .. } => 414,
+            Self::HeadersTooLarge => 431,
+            Self::MalformedHead { .. } => 400,
             Self::InvalidRequest { .. } => 400,
             Self::NoHealthyUpstream | Self::ShuttingDown => 503,
             Self::UpstreamUnavailable | Self::StreamInterrupted => 502,
@@ -133,6 +143,9 @@ impl ApiError {
             | Self::LengthRequired { .. }
             | Self::BodyTimeout
             | Self::HeaderTimeout
+            | Self::UriTooLong { .. }
+            | Self::HeadersTooLarge
+            | Self::MalformedHead { .. }
             | Self::InvalidRequest { .. }
             | Self::ModelNotFound { .. }
             | Self::ContextLengthExceeded { .. }
@@ -158,6 +171,9 @@ impl ApiError {
             Self::BodyTooLarge { .. } => Some("request_too_large"),
             Self::LengthRequired { .. } => Some("length_required"),
             Self::BodyTimeout | Self::HeaderTimeout => Some("request_timeout"),
+            Self::UriTooLong { .. } => Some("uri_too_long"),
+            Self::HeadersTooLarge => Some("request_header_fields_too_large"),
+            Self::MalformedHead { .. } => Some("invalid_request_head"),
             Self::InvalidRequest { .. } => None,
             Self::ModelNotFound { .. } => Some("model_not_found"),
             Self::ContextLengthExceeded { .. } => Some("context_length_exceeded"),
@@ -222,6 +238,9 @@ impl ApiError {
                 | Self::InvalidApiKey
                 | Self::IpRateLimited
                 | Self::TooManyConnections
+                | Self::UriTooLong { .. }
+                | Self::HeadersTooLarge
+                | Self::MalformedHead { .. }
         )
     }
 

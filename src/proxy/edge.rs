@@ -10,6 +10,12 @@
 //! `timeouts.keepalive_idle`'s, as nginx splits `keepalive_timeout` and
 //! `client_header_timeout`). An h2c connection is disarmed at its preface: HTTP/2 has its own
 //! limits.
+//!
+//! Pingora answers a head it cannot parse (bad syntax, conflicting `Content-Length`, folded
+//! lines, an absolute URI, more than 256 fields) and a `CONNECT` itself, before any hook runs:
+//! an empty 400 or 405 with `Server: Pingora`. The wrapper sees that answer go out while the
+//! head deadline is still armed and writes OpenAI's error shape in its place (431 when the
+//! head was over 64 KiB or 100 fields), counted and in the access log like any refusal.
 
 use std::fmt;
 use std::io;
@@ -28,6 +34,8 @@ use pingora_core::protocols::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::head::{MAX_FIELDS, MAX_HEAD};
+use super::log::{self, AccessLogBuffer};
 use crate::openai::ApiError;
 use crate::state::Shared;
 
@@ -45,11 +53,12 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct Edge {
     open: Arc<AtomicUsize>,
     max: usize,
+    log: Arc<AccessLogBuffer>,
 }
 
 impl Edge {
     /// `max`: `limits.max_connections`, or derived from the descriptor limit.
-    pub fn new(max: Option<u64>) -> Self {
+    pub fn new(max: Option<u64>, log: Arc<AccessLogBuffer>) -> Self {
         let max = max.map_or_else(default_max_connections, |m| {
             usize::try_from(m).unwrap_or(usize::MAX)
         });
@@ -57,6 +66,7 @@ impl Edge {
         Self {
             open: Arc::default(),
             max,
+            log,
         }
     }
 
@@ -73,6 +83,7 @@ impl Edge {
             limit,
             self.open.clone(),
             shared.clone(),
+            self.log.clone(),
         )))
     }
 }
@@ -112,27 +123,49 @@ pub struct Guarded {
     base: Instant,
     limit: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Bytes and line ends read since the deadline was armed (a head's size, and about its
+    /// field count, for Pingora's refusals).
+    head_bytes: usize,
+    head_lines: usize,
     open: Arc<AtomicUsize>,
     shared: Arc<Shared>,
+    log: Arc<AccessLogBuffer>,
 }
 
 impl Guarded {
-    fn new(inner: Stream, limit: Duration, open: Arc<AtomicUsize>, shared: Arc<Shared>) -> Self {
-        let g = Self {
+    fn new(
+        inner: Stream,
+        limit: Duration,
+        open: Arc<AtomicUsize>,
+        shared: Arc<Shared>,
+        log: Arc<AccessLogBuffer>,
+    ) -> Self {
+        let mut g = Self {
             inner,
             state: AtomicU8::new(OFF),
             deadline_ns: AtomicU64::new(0),
             base: Instant::now(),
             limit,
             sleep: None,
+            head_bytes: 0,
+            head_lines: 0,
             open,
             shared,
+            log,
         };
         g.arm();
         g
     }
 
-    fn arm(&self) {
+    /// Counts what a read while the deadline is armed brought.
+    fn took(&mut self, bytes: &[u8]) {
+        self.head_bytes += bytes.len();
+        self.head_lines += memchr::memchr_iter(b'\n', bytes).count();
+    }
+
+    fn arm(&mut self) {
+        self.head_bytes = 0;
+        self.head_lines = 0;
         let at = self.base.elapsed() + self.limit;
         self.deadline_ns.store(
             u64::try_from(at.as_nanos()).unwrap_or(u64::MAX),
@@ -167,7 +200,47 @@ impl Guarded {
         .into_bytes();
         out.extend_from_slice(&body);
         self.shared.metrics.reject("request_header_timeout");
+        log::edge(&self.log, &self.shared, 408, self.limit);
         tracing::debug!("request head not received within timeouts.request_header: 408");
+        out
+    }
+
+    /// Pingora's own answer to a head it refused (`status`), in OpenAI's shape, counted and
+    /// logged.
+    fn refusal(&self, status: &[u8]) -> Vec<u8> {
+        let api = match status {
+            b"405" => ApiError::MethodNotAllowed {
+                method: "CONNECT".to_owned(),
+                path: "this gateway".to_owned(),
+                allow: "GET, POST",
+            },
+            _ if self.head_bytes > MAX_HEAD || self.head_lines > MAX_FIELDS + 2 => {
+                ApiError::HeadersTooLarge
+            }
+            _ => ApiError::MalformedHead {
+                reason: "it cannot be parsed (bad syntax, conflicting Content-Length, folded or invalid header lines, or an absolute URI)",
+            },
+        };
+        let body = api.body();
+        let reason = http::StatusCode::from_u16(api.status())
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            api.status(),
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        self.shared
+            .metrics
+            .reject(api.code().unwrap_or("invalid_request_head"));
+        let waited = self
+            .limit
+            .saturating_sub(self.deadline().saturating_duration_since(Instant::now()));
+        log::edge(&self.log, &self.shared, api.status(), waited);
         out
     }
 }
@@ -199,6 +272,7 @@ impl AsyncRead for Guarded {
                 let r = Pin::new(&mut self.inner).poll_read(cx, buf);
                 if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
                     self.arm();
+                    self.took(&buf.filled()[before..]);
                 }
                 r
             }
@@ -206,7 +280,9 @@ impl AsyncRead for Guarded {
             _ => {
                 // Data that is there is taken without reading the clock; the deadline is the
                 // timer's to keep while the client is silent (a trickle is silent in between).
+                let before = buf.filled().len();
                 if let Poll::Ready(r) = Pin::new(&mut self.inner).poll_read(cx, buf) {
+                    self.took(&buf.filled()[before..]);
                     return Poll::Ready(r);
                 }
                 let deadline = self.deadline();
@@ -234,7 +310,19 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        match self.state.load(Ordering::Relaxed) {
+            // An answer while a head is awaited is Pingora refusing that head: ours goes in
+            // its place (best effort, as the 408), and the connection ends.
+            ARMED if buf.starts_with(b"HTTP/1.1 4") && buf.len() >= 12 => {
+                self.state.store(EXPIRED, Ordering::Relaxed);
+                let out = self.refusal(&buf[9..12]);
+                let _ = Pin::new(&mut self.inner).poll_write(cx, &out);
+                Poll::Ready(Ok(buf.len()))
+            }
+            // What follows a refusal or a 408 of ours is not the client's to see.
+            EXPIRED => Poll::Ready(Ok(buf.len())),
+            _ => Pin::new(&mut self.inner).poll_write(cx, buf),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -250,6 +338,14 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if matches!(self.state.load(Ordering::Relaxed), ARMED | EXPIRED) {
+            // Judged by `poll_write`, one slice at a time.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return self.poll_write(cx, first);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

@@ -137,6 +137,33 @@ pub fn access(
     log.push(&line);
 }
 
+/// The access log line of a request the edge answered before the proxy saw it (a head that
+/// came too late, or that could not be parsed), if the access log is on.
+pub fn edge(log: &AccessLogBuffer, shared: &Shared, status: u16, waited: std::time::Duration) {
+    if shared.runtime().config.server.access_log == AccessLog::Off {
+        return;
+    }
+    log.push(&Line {
+        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        request_id: "",
+        tenant: None,
+        model: None,
+        route: None,
+        pool: None,
+        server: None,
+        status,
+        attempts: 0,
+        stream: false,
+        ttft_ms: None,
+        duration_ms: ms(waited),
+        overhead_us: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        outcome: "rejected",
+        shadow: false,
+    });
+}
+
 /// What the access log's `outcome` says about a finished request.
 pub fn outcome(ctx: &Ctx, status: u16, client_gone: bool) -> &'static str {
     let routed = ctx.routed.as_ref();

@@ -22,6 +22,7 @@ mod ctx;
 mod decide;
 pub mod edge;
 mod errors;
+mod head;
 mod headers;
 mod hold;
 mod intake;
@@ -88,7 +89,7 @@ impl ProxyHttp for Proxy {
         ctx.request.guard = Some(self.shared.lifecycle.start_request());
         ctx.request.request_id = Some(headers::request_id(session.req_header()));
         let runtime = self.shared.runtime();
-        session.set_keepalive(Some(runtime.config.timeouts.keepalive_idle.as_secs()));
+        head::keepalive(session, runtime.config.timeouts.keepalive_idle);
         // Pingora arms this timer only when a write cannot complete at once (a full socket).
         session.set_write_timeout(Some(runtime.config.timeouts.client_write));
         if let Some(cors) = &runtime.config.server.cors {
@@ -111,12 +112,12 @@ impl ProxyHttp for Proxy {
         if let (Some(otel), Target::Inference(endpoint)) = (&self.shared.otel, target) {
             trace::begin(otel, session, ctx, endpoint);
         }
-        let identified = match target {
+        let identified = head::check(session).and_then(|()| match target {
             Target::Inference(_) | Target::ListModels | Target::RetrieveModel => {
                 tenancy::identify(&self.shared, &runtime, session, ctx)
             }
             _ => Ok(()),
-        };
+        });
         let answer = match (target, identified) {
             (_, Err(e)) => e,
             (Target::Inference(endpoint), _) => {
@@ -141,29 +142,15 @@ impl ProxyHttp for Proxy {
                 }
             }
             (Target::ListModels, _) => {
-                let body = ctx
-                    .tenancy
-                    .tenant
-                    .and_then(|t| runtime.tenants.list.get(t))
-                    .map_or_else(|| runtime.models_body.clone(), |t| t.models_body.clone());
-                respond::json(session, ctx, 200, body).await?;
-                return Ok(true);
+                match respond::models(session, ctx, &runtime, false).await? {
+                    None => return Ok(true),
+                    Some(e) => e,
+                }
             }
             (Target::RetrieveModel, _) => {
-                let list = ctx
-                    .tenancy
-                    .tenant
-                    .and_then(|t| runtime.tenants.list.get(t))
-                    .map_or_else(|| runtime.models_body.clone(), |t| t.models_body.clone());
-                let path = session.req_header().uri.path().to_owned();
-                match respond::model_entry(&list, &path["/v1/models/".len()..]) {
-                    Some(body) => {
-                        respond::json(session, ctx, 200, body).await?;
-                        return Ok(true);
-                    }
-                    None => ApiError::ModelNotFound {
-                        model: crate::openai::error::echo(&path["/v1/models/".len()..]),
-                    },
+                match respond::models(session, ctx, &runtime, true).await? {
+                    None => return Ok(true),
+                    Some(e) => e,
                 }
             }
             (Target::WrongMethod { allow }, _) => {
@@ -383,10 +370,11 @@ impl ProxyHttp for Proxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        head::for_http10(session, response);
         // The client is about to see this answer: no fallback will rewrite the body for another
         // pool any more, so the client's original body is let go (a stream can stay open for
         // minutes). `ctx.request.body` stays: Pingora may still be sending it.

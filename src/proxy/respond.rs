@@ -29,6 +29,36 @@ fn header(status: u16, len: usize, ctx: &Ctx) -> Result<ResponseHeader> {
     Ok(resp)
 }
 
+/// `GET /v1/models` (`one`: false) or `GET /v1/models/{id}` as the caller's tenant sees them:
+/// answered (`None`), or the error to answer.
+pub async fn models(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    runtime: &crate::state::Runtime,
+    one: bool,
+) -> Result<Option<ApiError>> {
+    let list = ctx
+        .tenancy
+        .tenant
+        .and_then(|t| runtime.tenants.list.get(t))
+        .map_or_else(|| runtime.models_body.clone(), |t| t.models_body.clone());
+    if !one {
+        json(session, ctx, 200, list).await?;
+        return Ok(None);
+    }
+    let path = session.req_header().uri.path().to_owned();
+    let id = &path["/v1/models/".len()..];
+    match model_entry(&list, id) {
+        Some(body) => {
+            json(session, ctx, 200, body).await?;
+            Ok(None)
+        }
+        None => Ok(Some(ApiError::ModelNotFound {
+            model: crate::openai::error::echo(id),
+        })),
+    }
+}
+
 /// The entry of `id` (percent-decoded: `meta-llama%2FLlama-3.1-8B` names
 /// `meta-llama/Llama-3.1-8B`) in a models list body, as `GET /v1/models/{id}` answers it.
 pub fn model_entry(list: &[u8], id: &str) -> Option<Bytes> {
