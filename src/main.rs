@@ -130,7 +130,16 @@ fn run(path: &Path, upgrade: bool) -> anyhow::Result<()> {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match config::load(path) {
+    let loaded = config::load(path).and_then(|c| {
+        // `run` resolves every server's host at start: so does `check`.
+        let unresolved = switchyard::state::unresolved(&c);
+        if unresolved.is_empty() {
+            Ok(c)
+        } else {
+            Err(config::LoadError::Invalid(unresolved))
+        }
+    });
+    match loaded {
         Ok(c) => {
             println!(
                 "{}: ok ({} pools, {} models, {} tenants, auth {})",

@@ -236,3 +236,21 @@ fn route_exits_1_with_the_refusal_and_2_on_bad_input() {
     assert_eq!(code, Some(2));
     assert!(err.contains("no tenant"), "{err}");
 }
+
+/// `run` resolves every server's host at start; `check` refuses what `run` would.
+#[test]
+fn check_refuses_a_server_host_that_does_not_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dns.yaml");
+    std::fs::write(
+        &path,
+        "pools:\n  p:\n    model: m\n    servers:\n      - url: http://127.0.0.1:8001\n      - url: http://no-such-host.invalid:8000\nmodels:\n  m:\n    pool: p\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        r#"pools.p.servers[1].url: cannot resolve host "no-such-host.invalid""#
+    );
+}

@@ -95,10 +95,7 @@ impl Runtime {
                             state,
                         })
                     }
-                    None => errors.push(ConfigError {
-                        path: path(),
-                        message: format!("cannot resolve host {:?}", s.host),
-                    }),
+                    None => errors.push(cannot_resolve(&p.name, i, &s.host)),
                 }
             }
             let weights: Vec<u32> = p.servers.iter().map(|s| s.weight.get()).collect();
@@ -237,6 +234,26 @@ impl crate::routing::Live for Runtime {
 
 fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     (host, port).to_socket_addrs().ok()?.next()
+}
+
+fn cannot_resolve(pool: &str, i: usize, host: &str) -> ConfigError {
+    ConfigError {
+        path: format!("pools.{pool}.servers[{i}].url"),
+        message: format!("cannot resolve host {host:?}"),
+    }
+}
+
+/// The servers of `config` whose host does not resolve: what `run` would refuse, for `check`.
+pub fn unresolved(config: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for p in &config.pools {
+        for (i, s) in p.servers.iter().enumerate() {
+            if resolve(&s.host, s.port).is_none() {
+                errors.push(cannot_resolve(&p.name, i, &s.host));
+            }
+        }
+    }
+    errors
 }
 
 fn peer(addr: SocketAddr, config: &Config) -> HttpPeer {
