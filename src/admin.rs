@@ -144,7 +144,7 @@ impl Admin {
                         let reading = s.state.engine_load(now, spec.policy.load_max_age_ms);
                         json!({
                             "id": s.id,
-                            "url": format!("http://{}", sspec.id),
+                            "url": sspec.url(),
                             "healthy": (health != Health::Unknown).then_some(health == Health::Healthy),
                             "health": health.name(),
                             "breaker": s.state.breaker_state(now).name(),

@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod routing;
 pub mod sim;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 
 /// Locks `m` whether or not a holder panicked: every mutex here guards plain data that each

@@ -12,6 +12,7 @@ use std::os::fd::IntoRawFd;
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::{ListenFds, ShutdownWatch};
@@ -34,6 +35,7 @@ pub struct BoundService<A> {
     threads: Option<usize>,
     /// Stops this listener (and winds its sessions down) before Pingora's own shutdown.
     drain: Option<watch::Receiver<bool>>,
+    tls: Option<TlsSettings>,
 }
 
 impl<A> BoundService<A> {
@@ -44,7 +46,14 @@ impl<A> BoundService<A> {
             label,
             threads: None,
             drain: None,
+            tls: None,
         }
+    }
+
+    /// Serves TLS with these settings (`None`: plain).
+    pub fn tls(mut self, tls: Option<TlsSettings>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Also stop when `drain` turns true (graceful shutdown drains the public listener
@@ -110,11 +119,14 @@ impl<A: ServerApp + Send + Sync + 'static> Service for BoundService<A> {
         };
         match key {
             Ok(key) => {
-                tracing::info!("listening on {key} ({})", self.label);
-                self.inner.add_listener(
-                    ListenerConfig::tcp(key.as_str())
-                        .l4_buffer(L4BufferSettings::default().read(READ_BUFFER)),
-                );
+                let tls = if self.tls.is_some() { " with TLS" } else { "" };
+                tracing::info!("listening on {key} ({}){tls}", self.label);
+                let mut listener = ListenerConfig::tcp(key.as_str())
+                    .l4_buffer(L4BufferSettings::default().read(READ_BUFFER));
+                if let Some(settings) = self.tls.take() {
+                    listener = listener.tls(settings);
+                }
+                self.inner.add_listener(listener);
                 let shutdown = match self.drain.take() {
                     Some(drain) => either(shutdown, drain),
                     None => shutdown,

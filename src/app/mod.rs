@@ -58,6 +58,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Config(Vec<ConfigError>),
+    #[error("TLS: {0}")]
+    Tls(#[from] Box<pingora_error::Error>),
 }
 
 /// Pingora's process settings, from our validated config (Pingora's own YAML reader accepts
@@ -106,7 +108,9 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
     server.bootstrap();
 
     let mut options = HttpServerOptions::default();
-    options.h2c = true;
+    // HTTP/2 in clear text (prior knowledge) without TLS; with it, ALPN says h2 (a TLS stream
+    // cannot be peeked at for the preface, and Pingora then takes every client for h2c).
+    options.h2c = shared.runtime().config.server.tls.is_none();
     options.keepalive_request_limit = Some(max_requests);
     let mut proxy = pingora_proxy::http_proxy(
         &server.configuration,
@@ -123,9 +127,16 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
         connection_cap::ConnectionCap::new(proxy, shared.clone(), gateway.access_log.clone()),
     );
     let (drain, drained) = tokio::sync::watch::channel(false);
+    // TLS on the public port (server.tls): whether it is on is decided at start; the
+    // certificate is the current runtime's at each handshake (a reload renews it).
+    let tls = match shared.runtime().config.server.tls {
+        Some(_) => Some(crate::tls::listener_settings(shared.clone())?),
+        None => None,
+    };
     let api = server.add_service(
         BoundService::new(api, listen, "api")
             .threads(threads)
+            .tls(tls)
             .drain_on(drained),
     );
 

@@ -26,6 +26,7 @@ impl Config {
                 "log_format": match self.server.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
                 "upgrade_sock": self.server.upgrade_sock,
                 "cors": self.server.cors.as_ref().map(|c| c.describe()),
+                "tls": self.server.tls.as_ref().map(|t| json!({"cert": t.cert, "key": t.key})),
                 "ready_requires": self.server.ready_requires.iter().filter_map(|&i| self.models.get(i)).map(|m| m.name.as_str()).collect::<Vec<_>>(),
             },
             "limits": {
@@ -61,7 +62,7 @@ impl Config {
                 "engine": p.engine.name(),
                 "balance": p.balance.name(),
                 "servers": p.servers.iter().map(|s| json!({
-                    "url": format!("http://{}", s.id),
+                    "url": s.url(),
                     "weight": s.weight.get(),
                 })).collect::<Vec<_>>(),
                 "health": {
@@ -83,6 +84,7 @@ impl Config {
                 },
                 "slow_start": d(p.slow_start),
                 "panic_mode": p.panic_mode,
+                "tls": {"ca_file": p.ca_file},
                 "engine_metrics": p.engine_metrics.as_ref().map(|m| json!({
                     "path": m.path,
                     "interval": d(m.interval),

@@ -118,6 +118,9 @@ pub struct FileServer {
     pub upgrade_sock: Option<String>,
     /// Browser origins allowed to call the API (CORS). Off by default: no CORS headers.
     pub cors: Option<FileCors>,
+    /// TLS on the public port: PEM certificate chain and private key files (reread on
+    /// reload). Off by default: plain HTTP.
+    pub tls: Option<FileTls>,
     /// Models (names or aliases) `/readyz` requires to be servable, through their own pool or
     /// a fallback; by default readiness does not depend on any model's servers.
     #[serde(default)]
@@ -184,6 +187,9 @@ pub struct FilePool {
     pub breaker: FileBreaker,
     /// Ramp-up time of a server that came back (`0s`: none).
     pub slow_start: Option<String>,
+    /// `https://` servers: the CA bundle (PEM) their certificates are checked against;
+    /// the system's roots by default.
+    pub tls: Option<FileUpstreamTls>,
     /// When health checks mark every server down, send to them anyway (Envoy's panic mode;
     /// default true): a health endpoint that fails under load must not take the model out.
     pub panic_mode: Option<bool>,
@@ -375,6 +381,21 @@ pub struct FileShadow {
     pub percent: Option<f64>,
     /// Mirrors in flight at most (default 8).
     pub max_inflight: Option<i64>,
+}
+
+/// `server.tls`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `pools.X.tls`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamTls {
+    pub ca_file: Option<String>,
 }
 
 /// `server.cors` (config/cors.rs).

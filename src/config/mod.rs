@@ -124,6 +124,15 @@ pub struct ServerSettings {
     pub cors: Option<std::sync::Arc<cors::Cors>>,
     /// Models (indices into `Config::models`) `/readyz` requires to be servable.
     pub ready_requires: Vec<usize>,
+    /// TLS on the public port (`server.tls`); `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +199,9 @@ pub struct Pool {
     pub slow_start: Duration,
     /// When every server is down by health checks, send to them anyway.
     pub panic_mode: bool,
+    /// The CA bundle `https://` servers' certificates are checked against (`None`: the
+    /// system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Engine /metrics scraping, for engines that have them (`None`: off).
     pub engine_metrics: Option<ScrapeSettings>,
     /// Header carrying the session key for `consistent_hash` (the body's `user` otherwise).
@@ -224,6 +236,16 @@ pub struct ServerSpec {
     pub host: String,
     pub port: u16,
     pub weight: NonZeroU32,
+    /// `https://`: TLS to the server, checked against the pool's CA, SNI from `host`.
+    pub tls: bool,
+}
+
+impl ServerSpec {
+    /// The server's URL as configured (scheme, host, port).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.id)
+    }
 }
 
 #[derive(Debug, Clone)]

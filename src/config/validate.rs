@@ -162,6 +162,11 @@ fn server_settings(errs: &mut Errors, s: &FileServer) -> ServerSettings {
         cors: super::cors::build(errs, s.cors.as_ref()).map(std::sync::Arc::new),
         // Resolved once the models are (see `validate`).
         ready_requires: Vec::new(),
+        // Read when a runtime is built (a reload rereads them).
+        tls: s.tls.as_ref().map(|t| super::TlsFiles {
+            cert: t.cert.clone().into(),
+            key: t.key.clone().into(),
+        }),
     }
 }
 
@@ -391,7 +396,7 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
             Some(w) => NonZeroU32::new(w as u32).unwrap_or(NonZeroU32::MIN),
         };
         match parse_url(&s.url) {
-            Ok((host, port)) => {
+            Ok((host, port, tls)) => {
                 let id = format!("{host}:{port}");
                 if let Some(first) = seen.insert(id.clone(), i) {
                     errs.push(
@@ -404,6 +409,7 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
                     host,
                     port,
                     weight,
+                    tls,
                 });
             }
             Err(reason) => errs.push(format!("{sat}.url"), reason),
@@ -421,6 +427,9 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
         breaker,
         slow_start,
         panic_mode: p.panic_mode.unwrap_or(true),
+        ca_file: (p.tls.as_ref())
+            .and_then(|t| t.ca_file.as_deref())
+            .map(std::path::PathBuf::from),
         engine_metrics,
         session_header,
         retry_budget,

@@ -213,12 +213,14 @@ pub(super) fn count(errs: &mut Errors, path: String, value: Option<i64>, default
     u32::try_from(positive(errs, &path, value, u64::from(default))).unwrap_or(u32::MAX)
 }
 
-/// Splits `http://host:port[/]` into host and port. Upstreams are plain HTTP on a private
-/// network (no TLS feature is built); a path prefix is not supported yet.
-pub(super) fn parse_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("{url:?} must start with http:// (upstream TLS is not supported)")
-    })?;
+/// Splits `http[s]://host:port[/]` into host, port and whether it is TLS. A path prefix is
+/// not supported yet.
+pub(super) fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
+    let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err(format!("{url:?} must start with http:// or https://")),
+    };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.contains('/') {
         return Err(format!("{url:?}: a path after host:port is not supported"));
@@ -231,7 +233,7 @@ pub(super) fn parse_url(url: &str) -> Result<(String, u16), String> {
         return Err(format!("{url:?} has no host"));
     }
     match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok((host.to_owned(), p)),
+        Ok(p) if p > 0 => Ok((host.to_owned(), p, tls)),
         _ => Err(format!("{url:?}: {port:?} is not a port number (1-65535)")),
     }
 }
@@ -282,11 +284,18 @@ mod tests {
     fn urls_need_scheme_host_and_port() {
         assert_eq!(
             parse_url("http://127.0.0.1:8001"),
-            Ok(("127.0.0.1".into(), 8001))
+            Ok(("127.0.0.1".into(), 8001, false))
         );
-        assert_eq!(parse_url("http://gpu-1:80/"), Ok(("gpu-1".into(), 80)));
-        assert_eq!(parse_url("http://[::1]:9000"), Ok(("::1".into(), 9000)));
-        assert!(parse_url("https://a:1").is_err());
+        assert_eq!(
+            parse_url("http://gpu-1:80/"),
+            Ok(("gpu-1".into(), 80, false))
+        );
+        assert_eq!(
+            parse_url("http://[::1]:9000"),
+            Ok(("::1".into(), 9000, false))
+        );
+        assert_eq!(parse_url("https://a:1"), Ok(("a".into(), 1, true)));
+        assert!(parse_url("ftp://a:1").is_err());
         assert!(parse_url("http://a").is_err());
         assert!(parse_url("http://a:0").is_err());
         assert!(parse_url("http://a:1/v1").is_err());

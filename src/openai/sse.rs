@@ -1,35 +1,24 @@
 //! What the gateway must know about a server-sent-event stream it relays, learned from the
 //! chunks as they pass, without buffering them: whether the bytes sent so far end on an event
 //! boundary (so an error event can be appended cleanly), whether the terminal `data: [DONE]`
-//! went through, and when each event arrived.
+//! went through, how many events went, and whether every line is one a client can parse.
 //!
-//! Chunks are not aligned to events: the state carries the last bytes across chunks.
-//!
-//! [`Lines`] checks the stream's shape as it passes: what no client can parse (a line that is
-//! no SSE field, a `data:` line that is no JSON value) ends the stream with an error event
-//! rather than reaching the client; before a stream's first event (the hold) it fails the
-//! attempt, which is then retried.
+//! One pass over each chunk's line ends does it all ([`Lines`]); chunks are not aligned to
+//! lines, so the state carries the current line's first and last bytes across chunks. What no
+//! client can parse (a line that is no SSE field, a `data:` line that is no JSON value) ends
+//! the stream with an error event rather than reaching the client; before a stream's first
+//! event (the hold) it fails the attempt, which is then retried.
 
 use bytes::Bytes;
-
-const DONE: &[u8] = b"data: [DONE]";
-/// Built once: building a searcher costs more than a search over a chunk.
-static DONE_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(DONE));
 
 /// Per-stream state; a few bytes, updated in O(chunk) without allocating.
 #[derive(Debug, Clone, Default)]
 pub struct SseTracker {
-    /// The last bytes forwarded (up to the length of `data: [DONE]`), for matches that
-    /// straddle chunks.
-    tail: [u8; DONE.len()],
-    tail_len: usize,
-    /// Complete events forwarded (blank-line terminated).
+    lines: Lines,
+    /// Complete events with data forwarded (blank-line terminated), `[DONE]` included.
     pub events: u32,
     /// `data: [DONE]` was forwarded.
     pub done: bool,
-    forwarded: bool,
-    lines: Lines,
 }
 
 impl SseTracker {
@@ -38,52 +27,28 @@ impl SseTracker {
     /// event holding that line) were noted, and only they may be forwarded.
     pub fn observe(&mut self, chunk: &[u8]) -> Result<u32, usize> {
         let saved = self.lines;
-        if let Err(cut) = self.lines.feed(chunk) {
-            self.lines = saved;
-            let _ = self.observe(&chunk[..cut]);
-            return Err(cut);
-        }
-        Ok(self.count(chunk))
-    }
-
-    /// Events completed by a well-formed chunk, `done`, and the tail.
-    fn count(&mut self, chunk: &[u8]) -> u32 {
-        if chunk.is_empty() {
-            return 0;
-        }
-        let before = self.events;
-        self.forwarded = true;
-        // Event ends: "\n\n" inside the chunk or across the chunk boundary.
-        let carried = self.tail_len.checked_sub(1).map(|i| self.tail[i]);
-        for i in memchr::memchr_iter(b'\n', chunk) {
-            let prev = i.checked_sub(1).map_or(carried, |j| Some(chunk[j]));
-            if prev == Some(b'\n') {
-                self.events += 1;
+        match self.lines.feed(chunk) {
+            Ok(()) => Ok(self.sync()),
+            Err(cut) => {
+                self.lines = saved;
+                let _ = self.lines.feed(&chunk[..cut]);
+                self.sync();
+                Err(cut)
             }
         }
-        if !self.done {
-            self.done = contains(&self.tail[..self.tail_len], chunk, &DONE_FINDER);
-        }
-        // Keep the last bytes of (tail ++ chunk).
-        let keep = DONE.len();
-        if chunk.len() >= keep {
-            self.tail.copy_from_slice(&chunk[chunk.len() - keep..]);
-            self.tail_len = keep;
-        } else {
-            let mut joined = [0u8; 2 * DONE.len()];
-            joined[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
-            joined[self.tail_len..self.tail_len + chunk.len()].copy_from_slice(chunk);
-            let total = self.tail_len + chunk.len();
-            let start = total.saturating_sub(keep);
-            self.tail_len = total - start;
-            self.tail[..self.tail_len].copy_from_slice(&joined[start..total]);
-        }
-        self.events - before
+    }
+
+    /// Takes the counts from the lines; returns the events new since the last call.
+    fn sync(&mut self) -> u32 {
+        let new = self.lines.events - self.events;
+        self.events = self.lines.events;
+        self.done = self.lines.done;
+        new
     }
 
     /// Whether what was forwarded ends on an event boundary (or nothing was forwarded).
     pub fn at_boundary(&self) -> bool {
-        !self.forwarded || self.tail[..self.tail_len].ends_with(b"\n\n")
+        self.lines.at_boundary()
     }
 
     /// The bytes that end an interrupted stream honestly: `before` (the well-formed start of a
@@ -102,23 +67,41 @@ impl SseTracker {
     }
 }
 
-/// The lines of an event stream, checked as they pass against what an OpenAI client parses:
-/// fields (`data:`, `event:`, `id:`, `retry:`), comments (`:`) and the blank lines that end
-/// events; each `data:` line one JSON object or array (`[DONE]` is one). The JSON inside is not
-/// parsed: its first and last bytes are checked, which catches a cut or garbled line, an HTML
-/// page, a proxy's error text. A few bytes of state, O(chunk), no allocation.
-#[derive(Debug, Clone, Copy, Default)]
+/// The lines of an event stream, read as they pass: fields (`data:`, `event:`, `id:`,
+/// `retry:`), comments (`:`) and the blank lines that end events; each `data:` line must be
+/// one JSON object or array (`[DONE]` is one). The JSON inside is not parsed: its first and
+/// last bytes are checked, which catches a cut or garbled line, an HTML page, a proxy's error
+/// text. A few bytes of state, one pass over the line ends, no allocation.
+#[derive(Debug, Clone, Copy)]
 pub struct Lines {
     /// The first bytes of the current line.
-    head: [u8; 8],
+    head: [u8; 16],
     /// The current line's length so far.
     len: usize,
     /// Its last two bytes.
     tail: [u8; 2],
     /// The current event has a data line.
     data: bool,
+    /// The last line ended was blank (or nothing came yet).
+    blank: bool,
     /// Events with data completed.
     pub events: u32,
+    /// A `data: [DONE]` line ended.
+    pub done: bool,
+}
+
+impl Default for Lines {
+    fn default() -> Self {
+        Self {
+            head: [0; 16],
+            len: 0,
+            tail: [0; 2],
+            data: false,
+            blank: true,
+            events: 0,
+            done: false,
+        }
+    }
 }
 
 impl Lines {
@@ -139,13 +122,23 @@ impl Lines {
         Ok(())
     }
 
+    /// Whether the bytes so far end on an event boundary (or none came).
+    pub fn at_boundary(&self) -> bool {
+        self.len == 0 && self.blank
+    }
+
     fn extend(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
         if self.len < self.head.len() {
             let n = bytes.len().min(self.head.len() - self.len);
             self.head[self.len..self.len + n].copy_from_slice(&bytes[..n]);
         }
-        for &b in &bytes[bytes.len().saturating_sub(2)..] {
-            self.tail = [self.tail[1], b];
+        match bytes {
+            [.., a, b] => self.tail = [*a, *b],
+            [b] => self.tail = [self.tail[1], *b],
+            [] => {}
         }
         self.len = self.len.saturating_add(bytes.len());
     }
@@ -161,8 +154,10 @@ impl Lines {
             self.events += u32::from(std::mem::take(&mut self.data));
             Some(true)
         } else if let Some(value) = head.strip_prefix(b"data:") {
+            let value = value.strip_prefix(b" ").unwrap_or(value);
             let first = value.iter().find(|b| **b != b' ');
             let json = matches!((first, last), (Some(b'{'), b'}') | (Some(b'['), b']'));
+            self.done |= value == b"[DONE]";
             self.data |= json;
             json.then_some(false)
         } else {
@@ -172,32 +167,10 @@ impl Lines {
                 || head.starts_with(b"retry:");
             field.then_some(false)
         };
+        self.blank = len == 0;
         self.len = 0;
-        self.tail = [0; 2];
         verdict
     }
-}
-
-/// Whether the needle occurs in `tail ++ chunk` (with `tail` shorter than the needle).
-fn contains(tail: &[u8], chunk: &[u8], finder: &memchr::memmem::Finder<'_>) -> bool {
-    if finder.find(chunk).is_some() {
-        return true;
-    }
-    let needle = finder.needle();
-    let Some(&last) = tail.last() else {
-        return false;
-    };
-    // Matches that start in the tail and end in the chunk: the needle's first `split` bytes
-    // end the tail, so its byte `split - 1` is the tail's last (a stream's tail usually ends
-    // in a blank line, which no split matches).
-    memchr::memchr_iter(last, &needle[..needle.len() - 1])
-        .map(|i| i + 1)
-        .any(|split| {
-            split <= tail.len()
-                && needle.len() - split <= chunk.len()
-                && tail.ends_with(&needle[..split])
-                && chunk.starts_with(&needle[split..])
-        })
 }
 
 #[cfg(test)]

@@ -224,7 +224,8 @@ impl ProxyHttp for Proxy {
             ctx.response.error = Some(ApiError::UpstreamUnavailable);
             return Error::e_explain(ErrorType::HTTPStatus(502), "attempt budget spent");
         }
-        let server = &runtime.pools[pool_index].servers[i];
+        let pool = &runtime.pools[pool_index];
+        let server = &pool.servers[i];
         ctx.attempt.server = Some(i);
         ctx.attempt.outcome_recorded = false;
         ctx.attempt.inflight = Some(server.state.start(upstream::now_ms()));
@@ -241,9 +242,13 @@ impl ProxyHttp for Proxy {
                 self.shared.lifecycle.clone(),
                 self.held.clone(),
                 runtime.config.server.upstream_keepalive_pool,
+                pool.tls.clone().zip(server.tls_name.clone()),
             ));
             ctx.attempt.hold = Some(hold.clone());
             peer.options.custom_l4 = Some(hold);
+            // An `https://` server's TLS is the hold's (below its framing): Pingora speaks
+            // plain HTTP over it.
+            peer.scheme = pingora_core::upstreams::peer::Scheme::HTTP;
             peer.options.read_timeout = None;
             peer.group_key = 1;
         } else {

@@ -60,6 +60,8 @@ pub struct Runtime {
     /// Prebuilt `GET /v1/models` response body (of an open gateway; tenants have their own).
     pub models_body: Bytes,
     pub tenants: Tenants,
+    /// The public listener's certificate (`server.tls`).
+    pub tls_cert: Option<Arc<pingora_rustls::sign::CertifiedKey>>,
 }
 
 impl Runtime {
@@ -72,8 +74,35 @@ impl Runtime {
         indexes: &PrefixIndexes,
     ) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
+        let tls_cert = match &config.server.tls {
+            None => None,
+            Some(files) => match crate::tls::load_certified_key(&files.cert, &files.key) {
+                Ok(key) => Some(key),
+                Err(message) => {
+                    errors.push(ConfigError {
+                        path: "server.tls".to_owned(),
+                        message,
+                    });
+                    None
+                }
+            },
+        };
         let mut pools = Vec::with_capacity(config.pools.len());
         for p in &config.pools {
+            let upstream_tls = if p.servers.iter().any(|s| s.tls) {
+                match crate::tls::UpstreamTls::build(p.ca_file.as_deref()) {
+                    Ok(tls) => Some(tls),
+                    Err(message) => {
+                        errors.push(ConfigError {
+                            path: format!("pools.{}.tls.ca_file", p.name),
+                            message,
+                        });
+                        None
+                    }
+                }
+            } else {
+                None
+            };
             let mut servers = Vec::with_capacity(p.servers.len());
             for (i, s) in p.servers.iter().enumerate() {
                 let path = || format!("pools.{}.servers[{i}].url", p.name);
@@ -88,11 +117,26 @@ impl Runtime {
                     Some(addr) => {
                         let state = registry.get(&s.id);
                         state.set_breaker_settings(&p.breaker);
+                        let tls_name = s
+                            .tls
+                            .then(|| pingora_rustls::ServerName::try_from(s.host.clone()).ok())
+                            .flatten();
+                        if s.tls && tls_name.is_none() {
+                            errors.push(ConfigError {
+                                path: path(),
+                                message: format!("{:?} is not a name TLS can check", s.host),
+                            });
+                        }
+                        let mut peer = peer(addr, &config);
+                        if s.tls {
+                            peer = tls_peer(peer, &s.host, upstream_tls.as_ref());
+                        }
                         servers.push(Server {
                             id: s.id.clone(),
                             host,
-                            peer: peer(addr, &config),
+                            peer,
                             state,
+                            tls_name,
                         })
                     }
                     None => errors.push(cannot_resolve(&p.name, i, &s.host)),
@@ -122,6 +166,7 @@ impl Runtime {
                 retry_budget: p.retry_budget,
                 retries_inflight: Arc::new(AtomicU64::new(0)),
                 cost: p.cost,
+                tls: upstream_tls.map(|t| t.client),
                 upstream_auth: p.api_key.as_ref().and_then(|k| {
                     let mut v = http::HeaderValue::try_from(format!("Bearer {k}")).ok()?;
                     v.set_sensitive(true);
@@ -184,6 +229,7 @@ impl Runtime {
             }),
             models,
             pools: pools.into_boxed_slice(),
+            tls_cert,
             config,
         })
     }
@@ -265,6 +311,14 @@ fn peer(addr: SocketAddr, config: &Config) -> HttpPeer {
     // Idle pooled connections are closed before typical upstream keep-alive limits (vLLM's
     // uvicorn: 5 s) would close them under us.
     peer.options.idle_timeout = Some(Duration::from_secs(4));
+    peer
+}
+
+/// The same peer over TLS: SNI and the name checked from `host`, the pool's CA list.
+fn tls_peer(plain: HttpPeer, host: &str, tls: Option<&crate::tls::UpstreamTls>) -> HttpPeer {
+    let mut peer = HttpPeer::new(plain._address.clone(), true, host.to_owned());
+    peer.options = plain.options;
+    peer.options.ca = tls.and_then(|t| t.ca.clone());
     peer
 }
 

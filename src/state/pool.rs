@@ -21,6 +21,8 @@ pub struct Server {
     /// Prebuilt peer (address, timeouts); cloned into a `Box` per attempt.
     pub peer: HttpPeer,
     pub state: Arc<ServerState>,
+    /// `https://`: the name its certificate must carry (and the SNI).
+    pub tls_name: Option<pingora_rustls::ServerName<'static>>,
 }
 
 /// A pool of interchangeable servers serving one model.
@@ -45,6 +47,8 @@ pub struct Pool {
     pub cost: Cost,
     /// `Bearer <key>` for the upstream, when the pool has a key.
     pub upstream_auth: Option<http::HeaderValue>,
+    /// The client side of TLS, when the pool has `https://` servers.
+    pub tls: Option<Arc<pingora_rustls::ClientConfig>>,
 }
 
 impl Pool {

@@ -27,6 +27,7 @@
 //! with the lifecycle while it carries a request, so that the end of a shutdown grace period
 //! still cuts it; a draining gateway pools nothing.
 
+mod conn;
 mod framing;
 mod pool;
 mod silence;
@@ -46,6 +47,8 @@ use pingora_error::{Error, ErrorType, Result};
 use tokio::net::TcpStream;
 
 use crate::lifecycle::Lifecycle;
+use conn::Conn;
+use pingora_rustls::{ClientConfig, ServerName, TlsConnector};
 pub use pool::HeldPool;
 use silence::Silence;
 use socket::{HoldSocket, Home};
@@ -63,6 +66,8 @@ pub struct HoldConnect {
     max_idle: usize,
     /// Set when the attempt failed before any byte reached Pingora (see [`Early`]).
     early: Arc<AtomicU8>,
+    /// `https://` servers: TLS below the framing, and the name checked.
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 }
 
 /// Why an attempt failed before any byte of its answer reached Pingora.
@@ -85,6 +90,7 @@ impl HoldConnect {
         lifecycle: Arc<Lifecycle>,
         pool: Arc<HeldPool>,
         max_idle: usize,
+        tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     ) -> Self {
         Self {
             connect_timeout,
@@ -93,6 +99,7 @@ impl HoldConnect {
             pool,
             max_idle,
             early: Arc::default(),
+            tls,
         }
     }
 
@@ -119,7 +126,8 @@ impl L4Connect for HoldConnect {
             return Error::e_explain(ErrorType::ConnectError, "not an IP address");
         };
         let inet = *inet;
-        let (tcp, reused) = match self.pool.take(inet) {
+        let pooled = self.tls.is_none().then(|| self.pool.take(inet)).flatten();
+        let (tcp, reused) = match pooled {
             Some(tcp) => (tcp, true),
             None => (self.open(inet).await?, false),
         };
@@ -133,8 +141,26 @@ impl L4Connect for HoldConnect {
             max_idle: self.max_idle,
             lifecycle: self.lifecycle.clone(),
         };
+        let conn = match &self.tls {
+            None => Conn::Tcp(tcp),
+            Some((config, name)) => {
+                let handshake = TlsConnector::from(config.clone()).connect(name.clone(), tcp);
+                match tokio::time::timeout(self.connect_timeout, handshake).await {
+                    Err(_) => {
+                        return Error::e_explain(
+                            ErrorType::ConnectTimedout,
+                            "TLS handshake timed out",
+                        )
+                    }
+                    Ok(Err(e)) => {
+                        return Error::e_because(ErrorType::TLSHandshakeFailure, "TLS handshake", e)
+                    }
+                    Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
+                }
+            }
+        };
         let silence = Silence::new(self.silence_limit);
-        let socket = HoldSocket::new(tcp, reused, home, self.early.clone(), silence, registered);
+        let socket = HoldSocket::new(conn, reused, home, self.early.clone(), silence, registered);
         Ok(Stream::from(VirtualSocketStream::new(Box::new(socket))))
     }
 }
@@ -182,6 +208,7 @@ mod tests {
             Arc::new(Lifecycle::default()),
             Arc::default(),
             8,
+            None,
         );
         (listener, target, connector)
     }

@@ -16,8 +16,8 @@ use std::task::{Context, Poll};
 use memchr::memmem::Finder;
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
+use super::conn::Conn;
 use super::framing::{Message, Side};
 use super::pool::HeldPool;
 use super::silence::Silence;
@@ -52,7 +52,7 @@ pub(super) struct Home {
 #[derive(Debug)]
 pub(super) struct HoldSocket {
     /// `None` only once it went back to the pool (in `drop`).
-    tcp: Option<TcpStream>,
+    tcp: Option<Conn>,
     state: State,
     buf: Vec<u8>,
     /// Both directions' framing, as the bytes pass.
@@ -138,7 +138,7 @@ fn not_connected() -> io::Error {
 impl HoldSocket {
     /// A socket on `tcp` (`reused`: taken from the pool), its header not read yet.
     pub(super) fn new(
-        tcp: TcpStream,
+        tcp: Conn,
         reused: bool,
         home: Home,
         early: Arc<AtomicU8>,
@@ -160,7 +160,7 @@ impl HoldSocket {
         }
     }
 
-    fn tcp(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+    fn tcp(&mut self) -> io::Result<Pin<&mut Conn>> {
         self.tcp.as_mut().map(Pin::new).ok_or_else(not_connected)
     }
 
@@ -236,7 +236,7 @@ impl HoldSocket {
 impl Drop for HoldSocket {
     fn drop(&mut self) {
         if self.reusable() && !self.home.lifecycle.is_draining() {
-            if let Some(tcp) = self.tcp.take() {
+            if let Some(tcp) = self.tcp.take().and_then(Conn::into_plain) {
                 self.home.pool.put(self.home.addr, tcp, self.home.max_idle);
             }
         }
@@ -377,14 +377,14 @@ impl AsyncWrite for HoldSocket {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.as_ref().is_some_and(TcpStream::is_write_vectored)
+        self.tcp.as_ref().is_some_and(Conn::is_write_vectored)
     }
 }
 
 impl VirtualSocket for HoldSocket {
     fn set_socket_option(&self, opt: VirtualSockOpt) -> io::Result<()> {
         match (opt, &self.tcp) {
-            (VirtualSockOpt::NoDelay, Some(tcp)) => tcp.set_nodelay(true),
+            (VirtualSockOpt::NoDelay, Some(tcp)) => tcp.tcp().set_nodelay(true),
             // Keep-alive probes: pooled connections wait seconds at most (pool::IDLE_FOR).
             _ => Ok(()),
         }
