@@ -482,3 +482,48 @@ async fn overhead_header_reports_the_gateways_own_time() {
     let log = gw.access_log_lines(1).await;
     assert_eq!(log[0]["overhead_us"], overhead);
 }
+
+/// `server.response_model: public`: an answer's `model`, whole or in every event of a stream,
+/// names the public model that answered; by default it is what the server said.
+#[tokio::test]
+async fn response_model_public_names_the_public_model_in_answers_and_events() {
+    let sim = Sim::fast(SERVED);
+    for (extra, want) in [("", SERVED), ("server:\n  response_model: public\n", "m")] {
+        let gw = Gateway::single(SERVED, &[sim.url()], extra);
+        let c = client();
+        let whole: serde_json::Value = c
+            .post(gw.url("/v1/chat/completions"))
+            .json(&serde_json::json!({"model": "m-alias", "max_tokens": 3,
+                "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(whole["model"], want, "{extra}");
+        assert_eq!(whole["usage"]["completion_tokens"], 3, "{whole}");
+        let text = c
+            .post(gw.url("/v1/chat/completions"))
+            .json(
+                &serde_json::json!({"model": "m", "stream": true, "max_tokens": 5,
+                "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let events: Vec<serde_json::Value> = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|e| *e != "[DONE]")
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        assert_eq!(events.len(), 7, "{text}");
+        assert!(events.iter().all(|e| e["model"] == want), "{extra}: {text}");
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+}

@@ -27,6 +27,7 @@ impl Config {
                 "upgrade_sock": self.server.upgrade_sock,
                 "cors": self.server.cors.as_ref().map(|c| c.describe()),
                 "tls": self.server.tls.as_ref().map(|t| json!({"cert": t.cert, "key": t.key})),
+                "response_model": if self.server.public_response_model { "public" } else { "served" },
                 "ready_requires": self.server.ready_requires.iter().filter_map(|&i| self.models.get(i)).map(|m| m.name.as_str()).collect::<Vec<_>>(),
             },
             "limits": {

@@ -121,6 +121,9 @@ pub struct FileServer {
     /// TLS on the public port: PEM certificate chain and private key files (reread on
     /// reload). Off by default: plain HTTP.
     pub tls: Option<FileTls>,
+    /// What an answer's `model` says: `served` (default: the name the server answered with,
+    /// as it said it) or `public` (the public name of the model that answered).
+    pub response_model: Option<String>,
     /// Models (names or aliases) `/readyz` requires to be servable, through their own pool or
     /// a fallback; by default readiness does not depend on any model's servers.
     #[serde(default)]

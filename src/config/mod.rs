@@ -126,6 +126,8 @@ pub struct ServerSettings {
     pub ready_requires: Vec<usize>,
     /// TLS on the public port (`server.tls`); `None`: plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// `server.response_model: public`: answers name the public model that answered.
+    pub public_response_model: bool,
 }
 
 /// A certificate chain and its private key, PEM files.

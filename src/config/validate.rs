@@ -162,6 +162,17 @@ fn server_settings(errs: &mut Errors, s: &FileServer) -> ServerSettings {
         cors: super::cors::build(errs, s.cors.as_ref()).map(std::sync::Arc::new),
         // Resolved once the models are (see `validate`).
         ready_requires: Vec::new(),
+        public_response_model: match s.response_model.as_deref() {
+            None | Some("served") => false,
+            Some("public") => true,
+            Some(other) => {
+                errs.push(
+                    "server.response_model",
+                    format!("{other:?} is not one of: served, public"),
+                );
+                false
+            }
+        },
         // Read when a runtime is built (a reload rereads them).
         tls: s.tls.as_ref().map(|t| super::TlsFiles {
             cert: t.cert.clone().into(),

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod json;
+pub mod rename;
 pub mod request;
 pub mod sse;
 pub mod strip;

@@ -380,6 +380,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         head::for_http10(session, response);
+        relay::rename(response, ctx);
         // The client is about to see this answer: no fallback will rewrite the body for another
         // pool any more, so the client's original body is let go (a stream can stay open for
         // minutes). `ctx.request.body` stays: Pingora may still be sending it.

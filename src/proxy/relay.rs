@@ -11,6 +11,7 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_proxy::Session;
 
 use super::Ctx;
+use crate::openai::rename::ModelRename;
 use crate::openai::sse::SseTracker;
 use crate::openai::ApiError;
 use crate::upstream;
@@ -32,6 +33,22 @@ pub fn start(response: &mut http::HeaderMap, ctx: &mut Ctx) {
     }
 }
 
+/// `server.response_model: public`: a successful answer's `model` will say the public name of
+/// the model that answered (its length changes).
+pub fn rename(response: &mut pingora_http::ResponseHeader, ctx: &mut Ctx) {
+    let Some(routed) = ctx.routed.as_ref() else {
+        return;
+    };
+    if !routed.runtime.config.server.public_response_model || response.status != 200 {
+        return;
+    }
+    let (from, to) = (&routed.pool().served_model_json, &routed.model().name_json);
+    if from != to {
+        ctx.response.rename = Some(ModelRename::new(from.clone(), to.clone()));
+        response.remove_header(&http::header::CONTENT_LENGTH);
+    }
+}
+
 /// One chunk of the response body (`None` at the end of some streams).
 pub fn chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Result<()> {
     if end_of_stream {
@@ -47,6 +64,17 @@ pub fn chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Re
         let mut out = body.take().map(|b| strip.filter(b)).unwrap_or_default();
         if end_of_stream {
             if let Some(rest) = strip.finish() {
+                let mut joined = bytes::BytesMut::from(&out[..]);
+                joined.extend_from_slice(&rest);
+                out = joined.freeze();
+            }
+        }
+        *body = Some(out);
+    }
+    if let Some(rename) = &mut ctx.response.rename {
+        let mut out = body.take().map(|b| rename.filter(b)).unwrap_or_default();
+        if end_of_stream {
+            if let Some(rest) = rename.finish() {
                 let mut joined = bytes::BytesMut::from(&out[..]);
                 joined.extend_from_slice(&rest);
                 out = joined.freeze();

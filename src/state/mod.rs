@@ -34,6 +34,8 @@ pub struct Model {
     pub name: String,
     /// The name as the `x-switchyard-model` header of the answers it gives.
     pub header: Option<http::HeaderValue>,
+    /// The name as a JSON string literal (`server.response_model: public`).
+    pub name_json: Bytes,
     pub first_token_timeout: Duration,
     /// Request metrics of the model as it answers from its pools (a virtual model never
     /// answers itself: `None`).
@@ -189,6 +191,7 @@ impl Runtime {
             .map(|m| Model {
                 name: m.name.clone(),
                 header: http::HeaderValue::from_str(&m.name).ok(),
+                name_json: json_string(&m.name),
                 first_token_timeout: m.first_token_timeout,
                 metrics: m
                     .serve

@@ -21,6 +21,8 @@ pub struct Response {
     pub usage: UsageScanner,
     /// Set when the gateway asked for the usage chunk the client did not want.
     pub strip: Option<UsageStrip>,
+    /// `server.response_model: public`: the answer's `model` is renamed.
+    pub rename: Option<crate::openai::rename::ModelRename>,
     /// Response body bytes relayed (the completion estimate when usage is missing).
     pub bytes: u64,
     /// The stream was cut after its first byte and ended with this error event.
