@@ -4,7 +4,7 @@
 //! The listener's certificate is part of the runtime: every reload (SIGHUP, the admin call)
 //! reads `server.tls.cert` and `key` again, and a file that does not load refuses the reload
 //! like any other config error. Each handshake takes the current runtime's certificate
-//! ([`CurrentCert`]), so a renewed certificate is served to new connections at once while the
+//! (`app::listener::CurrentCert`), so a renewed certificate is served to new connections at once while the
 //! open ones go on undisturbed. TLS 1.2 and 1.3; ALPN offers `h2` then `http/1.1`.
 //!
 //! `https://` servers are checked against the pool's `tls.ca_file`, or the system's roots,
@@ -12,19 +12,15 @@
 //! TLS connector (the CA per peer); streams through the hold, which speaks TLS itself below
 //! its framing (proxy/hold).
 
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::utils::tls::{parse_x509, WrappedX509};
 use pingora_rustls::sign::CertifiedKey;
 use pingora_rustls::{
     load_ca_file_into_store, load_certs_and_key_files, load_platform_certs_incl_env_into_store,
-    version, ClientConfig, ClientHello, CryptoProvider, ResolvesServerCert, RootCertStore,
+    version, ClientConfig, CryptoProvider, RootCertStore,
 };
-
-use crate::state::Shared;
 
 /// Loads a PEM certificate chain and its private key.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
@@ -39,31 +35,6 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
         .load_private_key(key)
         .map_err(|e| format!("the private key cannot sign: {e}"))?;
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
-}
-
-/// Hands every handshake the current runtime's certificate.
-pub struct CurrentCert(pub Arc<Shared>);
-
-impl fmt::Debug for CurrentCert {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("CurrentCert")
-    }
-}
-
-impl ResolvesServerCert for CurrentCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.runtime().tls_cert.clone()
-    }
-}
-
-/// The public listener's TLS: TLS 1.2 and 1.3 (Pingora's rustls acceptor), the current
-/// certificate, ALPN h2 then http/1.1.
-pub fn listener_settings(shared: Arc<Shared>) -> pingora_error::Result<TlsSettings> {
-    // No files: the resolver gives the certificate.
-    let mut settings = TlsSettings::intermediate("", "")?;
-    settings.set_cert_resolver(Arc::new(CurrentCert(shared)));
-    settings.enable_h2();
-    Ok(settings)
 }
 
 /// The roots `https://` servers of a pool are checked against: its CA file, else the system's.

@@ -130,7 +130,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
     // TLS on the public port (server.tls): whether it is on is decided at start; the
     // certificate is the current runtime's at each handshake (a reload renews it).
     let tls = match shared.runtime().config.server.tls {
-        Some(_) => Some(crate::tls::listener_settings(shared.clone())?),
+        Some(_) => Some(listener::listener_settings(shared.clone())?),
         None => None,
     };
     let api = server.add_service(
