@@ -99,6 +99,17 @@ fn span_in(body: &[u8], raw: &RawValue) -> Option<Range<usize>> {
 impl<'a> RequestView<'a> {
     /// Parses a request body. Errors are 400s naming the offending field where there is one.
     pub fn parse(body: &'a [u8]) -> Result<Self, ApiError> {
+        // JSON is UTF-8 (RFC 8259); the fields the view skips are not checked by serde_json,
+        // and the server would refuse what passed (found by fuzz/request).
+        if let Err(e) = std::str::from_utf8(body) {
+            return Err(ApiError::invalid(
+                format!(
+                    "The body is not valid UTF-8 (at byte {}); JSON must be.",
+                    e.valid_up_to()
+                ),
+                None,
+            ));
+        }
         check_structure(body)?;
         let raw: Raw<'a> = match serde_json::from_slice(body) {
             Ok(raw) => raw,
@@ -458,6 +469,18 @@ mod tests {
         );
         assert_eq!(param_of(b"{\"model\":"), None);
         assert_eq!(param_of(b"not json"), None);
+    }
+
+    /// A regression from fuzz/request: invalid UTF-8 in a field the view does not read.
+    #[test]
+    fn a_body_that_is_not_utf8_is_refused() {
+        let body = b"{\"model\":\"a\",\"prompt\":\"hello\",\"us,r\":\"u\x97\"}";
+        let e = RequestView::parse(body).unwrap_err();
+        assert!(
+            e.to_string().contains("not valid UTF-8 (at byte 39)"),
+            "{e}"
+        );
+        assert!(RequestView::parse("{\"model\":\"a\",\"prompt\":\"héllo ✓\"}".as_bytes()).is_ok());
     }
 
     #[test]

@@ -80,13 +80,14 @@ pub struct Lines {
     len: usize,
     /// Its last two bytes.
     tail: [u8; 2],
-    /// The current event has a data line.
+    /// The current event has a data line, and a `[DONE]` one.
     data: bool,
+    data_done: bool,
     /// The last line ended was blank (or nothing came yet).
     blank: bool,
     /// Events with data completed.
     pub events: u32,
-    /// A `data: [DONE]` line ended.
+    /// An event of `data: [DONE]` ended (a client saw it only once its blank line came).
     pub done: bool,
 }
 
@@ -97,6 +98,7 @@ impl Default for Lines {
             len: 0,
             tail: [0; 2],
             data: false,
+            data_done: false,
             blank: true,
             events: 0,
             done: false,
@@ -152,12 +154,13 @@ impl Lines {
         let last = if cr { self.tail[0] } else { self.tail[1] };
         let verdict = if len == 0 {
             self.events += u32::from(std::mem::take(&mut self.data));
+            self.done |= std::mem::take(&mut self.data_done);
             Some(true)
         } else if let Some(value) = head.strip_prefix(b"data:") {
             let value = value.strip_prefix(b" ").unwrap_or(value);
             let first = value.iter().find(|b| **b != b' ');
             let json = matches!((first, last), (Some(b'{'), b'}') | (Some(b'['), b']'));
-            self.done |= value == b"[DONE]";
+            self.data_done |= value == b"[DONE]";
             self.data |= json;
             json.then_some(false)
         } else {
@@ -232,6 +235,21 @@ data: [DONE]\n\n";
     /// CRLF line ends, a space or none after `data:`.
     const VARIED: &[u8] = b": ping\n\nevent: message\nid: 7\r\ndata: {\"a\":1}\r\n\r\n\
 retry: 100\ndata:[1]\n\ndata: [DONE]\n\n";
+
+    /// A regression from fuzz/sse: `[DONE]` counts once its event ended, so a stream cut
+    /// between the line and its blank line still gets the error event.
+    #[test]
+    fn done_counts_once_its_event_ended() {
+        let mut t = SseTracker::default();
+        t.observe(b"data: [DONE]\n").unwrap();
+        assert!(!t.done);
+        assert_eq!(t.observe(b"\x05garbage\n"), Err(0));
+        assert!(!t.done);
+        let mut u = SseTracker::default();
+        u.observe(b"data: [DONE]\n").unwrap();
+        u.observe(b"\n").unwrap();
+        assert!(u.done);
+    }
 
     #[test]
     fn what_no_client_can_parse_is_cut_at_the_start_of_its_event() {

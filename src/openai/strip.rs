@@ -44,11 +44,17 @@ fn has_value(key: &Finder<'_>, event: &[u8], value: &[u8]) -> bool {
     })
 }
 
-/// End offsets (after the blank line) of the complete events in `data`.
+/// End offsets (after the blank line) of the complete events in `data`, read from its start:
+/// a pair of line ends ends an event, and a third line end begins the next one (pairs do not
+/// overlap, so that a run of line ends splits the same way whatever the chunking; found by
+/// fuzz/sse).
 fn event_ends(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    memchr::memchr_iter(b'\n', data)
-        .filter(|&i| data.get(i + 1) == Some(&b'\n'))
-        .map(|i| i + 2)
+    let mut from = 0;
+    memchr::memchr_iter(b'\n', data).filter_map(move |i| {
+        let end = (i >= from && data.get(i + 1) == Some(&b'\n')).then_some(i + 2)?;
+        from = end;
+        Some(end)
+    })
 }
 
 impl UsageStrip {
@@ -124,6 +130,26 @@ data: [DONE]\n\n";
         let out = s.filter(chunk.clone());
         assert_eq!(out.as_ptr(), chunk.as_ptr());
         assert_eq!(out, chunk);
+    }
+
+    /// A regression from fuzz/sse: runs of line ends around the usage event split the same
+    /// way whatever the chunking (one was lost when the stream was cut inside the run).
+    #[test]
+    fn runs_of_line_ends_split_the_same_however_cut() {
+        let stream: &[u8] =
+            b"data: {\"a\":1}\n\n\n\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n\n\nx";
+        let run = |cut: usize| {
+            let mut s = UsageStrip::default();
+            let mut out = s.filter(Bytes::copy_from_slice(&stream[..cut])).to_vec();
+            out.extend_from_slice(&s.filter(Bytes::copy_from_slice(&stream[cut..])));
+            out.extend_from_slice(&s.finish().unwrap_or_default());
+            out
+        };
+        let whole = run(stream.len());
+        assert!(!whole.windows(7).any(|w| w == b"\"usage\""));
+        for cut in 0..stream.len() {
+            assert_eq!(run(cut), whole, "cut at {cut}");
+        }
     }
 
     proptest! {
