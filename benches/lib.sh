@@ -21,3 +21,27 @@ wait_port() {
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# bench_setup NAME: OUT (benches/results/NAME-STAMP.md), WORK (a scratch directory, removed at
+# exit) and PIDS (processes interrupted at exit). Call it in the script's own shell.
+bench_setup() {
+  mkdir -p benches/results
+  OUT="benches/results/$1-$(date -u +%Y%m%dT%H%M%SZ).md"
+  WORK=$(mktemp -d)
+  PIDS=()
+  trap 'for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+}
+
+# start_sims N MODEL [FLAGS...]: N simulators on free ports; their addresses in SIMS.
+start_sims() {
+  local n=$1 model=$2 i
+  shift 2
+  SIMS=()
+  for i in $(seq 1 "$n"); do
+    $BIN sim --listen 127.0.0.1:0 --model "$model" "$@" 2>"$WORK/sim$i.log" >/dev/null &
+    PIDS+=($!)
+  done
+  for i in $(seq 1 "$n"); do
+    SIMS+=("$(wait_listen "$WORK/sim$i.log" sim)")
+  done
+}
