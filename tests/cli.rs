@@ -254,3 +254,30 @@ fn check_refuses_a_server_host_that_does_not_resolve() {
         r#"pools.p.servers[1].url: cannot resolve host "no-such-host.invalid""#
     );
 }
+
+/// A build without the `tls` feature refuses a config that asks for TLS, and says how to get it.
+#[cfg(not(feature = "tls"))]
+#[test]
+fn a_build_without_tls_refuses_a_tls_config_and_names_the_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tls.yaml");
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nserver:\n  tls: {cert: /nonexistent/c.pem, key: /nonexistent/k.pem}\npools:\n  p:\n    model: m\n    servers:\n      - url: https://127.0.0.1:8001\nmodels:\n  m:\n    pool: p\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "-c", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("server.tls: this build has no TLS: build with `--features tls`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pools.p.tls.ca_file: this build has no TLS"),
+        "{stderr}"
+    );
+}

@@ -2,6 +2,7 @@
 //! OpenAI SDK over TLS through a gateway whose servers are themselves behind TLS (a second
 //! gateway); ALPN offers h2 and http/1.1; a renewed certificate is served after a reload
 //! while a connection opened before it keeps streaming; a bad certificate is refused.
+#![cfg(feature = "tls")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

@@ -12,14 +12,7 @@ use std::os::fd::IntoRawFd;
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
-use std::fmt;
-use std::sync::Arc;
-
 use pingora_core::listeners::tls::TlsSettings;
-use pingora_rustls::sign::CertifiedKey;
-use pingora_rustls::{ClientHello, ResolvesServerCert};
-
-use crate::state::Shared;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::{ListenFds, ShutdownWatch};
@@ -159,27 +152,43 @@ impl<A: ServerApp + Send + Sync + 'static> Service for BoundService<A> {
     }
 }
 
-/// Hands every handshake the current runtime's certificate.
-pub struct CurrentCert(Arc<Shared>);
+#[cfg(feature = "tls")]
+pub use certificate::listener_settings;
 
-impl fmt::Debug for CurrentCert {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("CurrentCert")
+/// The public listener's certificate, the current runtime's at every handshake.
+#[cfg(feature = "tls")]
+mod certificate {
+    use std::fmt;
+    use std::sync::Arc;
+
+    use pingora_core::listeners::tls::TlsSettings;
+    use pingora_rustls::sign::CertifiedKey;
+    use pingora_rustls::{ClientHello, ResolvesServerCert};
+
+    use crate::state::Shared;
+
+    /// Hands every handshake the current runtime's certificate.
+    pub struct CurrentCert(Arc<Shared>);
+
+    impl fmt::Debug for CurrentCert {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("CurrentCert")
+        }
     }
-}
 
-impl ResolvesServerCert for CurrentCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.runtime().tls_cert.clone()
+    impl ResolvesServerCert for CurrentCert {
+        fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            self.0.runtime().tls_cert.clone()
+        }
     }
-}
 
-/// The public listener's TLS: TLS 1.2 and 1.3 (Pingora's rustls acceptor), the current
-/// certificate, ALPN h2 then http/1.1.
-pub fn listener_settings(shared: Arc<Shared>) -> pingora_error::Result<TlsSettings> {
-    // No files: the resolver gives the certificate.
-    let mut settings = TlsSettings::intermediate("", "")?;
-    settings.set_cert_resolver(Arc::new(CurrentCert(shared)));
-    settings.enable_h2();
-    Ok(settings)
+    /// The public listener's TLS: TLS 1.2 and 1.3 (Pingora's rustls acceptor), the current
+    /// certificate, ALPN h2 then http/1.1.
+    pub fn listener_settings(shared: Arc<Shared>) -> pingora_error::Result<TlsSettings> {
+        // No files: the resolver gives the certificate.
+        let mut settings = TlsSettings::intermediate("", "")?;
+        settings.set_cert_resolver(Arc::new(CurrentCert(shared)));
+        settings.enable_h2();
+        Ok(settings)
+    }
 }

@@ -129,10 +129,14 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
     let (drain, drained) = tokio::sync::watch::channel(false);
     // TLS on the public port (server.tls): whether it is on is decided at start; the
     // certificate is the current runtime's at each handshake (a reload renews it).
+    #[cfg(feature = "tls")]
     let tls = match shared.runtime().config.server.tls {
         Some(_) => Some(listener::listener_settings(shared.clone())?),
         None => None,
     };
+    // Without the feature a config with server.tls was refused when its runtime was built.
+    #[cfg(not(feature = "tls"))]
+    let tls = None;
     let api = server.add_service(
         BoundService::new(api, listen, "api")
             .threads(threads)

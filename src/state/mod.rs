@@ -63,7 +63,7 @@ pub struct Runtime {
     pub models_body: Bytes,
     pub tenants: Tenants,
     /// The public listener's certificate (`server.tls`).
-    pub tls_cert: Option<Arc<pingora_rustls::sign::CertifiedKey>>,
+    pub tls_cert: Option<Arc<crate::tls::CertifiedKey>>,
 }
 
 impl Runtime {
@@ -119,10 +119,7 @@ impl Runtime {
                     Some(addr) => {
                         let state = registry.get(&s.id);
                         state.set_breaker_settings(&p.breaker);
-                        let tls_name = s
-                            .tls
-                            .then(|| pingora_rustls::ServerName::try_from(s.host.clone()).ok())
-                            .flatten();
+                        let tls_name = s.tls.then(|| crate::tls::server_name(&s.host)).flatten();
                         if s.tls && tls_name.is_none() {
                             errors.push(ConfigError {
                                 path: path(),
@@ -131,7 +128,7 @@ impl Runtime {
                         }
                         let mut peer = peer(addr, &config);
                         if s.tls {
-                            peer = tls_peer(peer, &s.host, upstream_tls.as_ref());
+                            peer = crate::tls::peer(peer, &s.host, upstream_tls.as_ref());
                         }
                         servers.push(Server {
                             id: s.id.clone(),
@@ -314,14 +311,6 @@ fn peer(addr: SocketAddr, config: &Config) -> HttpPeer {
     // Idle pooled connections are closed before typical upstream keep-alive limits (vLLM's
     // uvicorn: 5 s) would close them under us.
     peer.options.idle_timeout = Some(Duration::from_secs(4));
-    peer
-}
-
-/// The same peer over TLS: SNI and the name checked from `host`, the pool's CA list.
-fn tls_peer(plain: HttpPeer, host: &str, tls: Option<&crate::tls::UpstreamTls>) -> HttpPeer {
-    let mut peer = HttpPeer::new(plain._address.clone(), true, host.to_owned());
-    peer.options = plain.options;
-    peer.options.ca = tls.and_then(|t| t.ca.clone());
     peer
 }
 

@@ -22,7 +22,7 @@ pub struct Server {
     pub peer: HttpPeer,
     pub state: Arc<ServerState>,
     /// `https://`: the name its certificate must carry (and the SNI).
-    pub tls_name: Option<pingora_rustls::ServerName<'static>>,
+    pub tls_name: Option<crate::tls::Name>,
 }
 
 /// A pool of interchangeable servers serving one model.
@@ -48,7 +48,7 @@ pub struct Pool {
     /// `Bearer <key>` for the upstream, when the pool has a key.
     pub upstream_auth: Option<http::HeaderValue>,
     /// The client side of TLS, when the pool has `https://` servers.
-    pub tls: Option<Arc<pingora_rustls::ClientConfig>>,
+    pub tls: Option<Arc<crate::tls::ClientConfig>>,
 }
 
 impl Pool {

@@ -6,21 +6,20 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use pingora_rustls::ClientTlsStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 #[derive(Debug)]
 pub(super) enum Conn {
     Tcp(TcpStream),
-    Tls(Box<ClientTlsStream<TcpStream>>),
+    Tls(Box<crate::tls::ClientStream>),
 }
 
 impl Conn {
     pub(super) fn tcp(&self) -> &TcpStream {
         match self {
             Self::Tcp(t) => t,
-            Self::Tls(t) => t.get_ref().0,
+            Self::Tls(t) => crate::tls::tcp_of(t),
         }
     }
 

@@ -47,8 +47,8 @@ use pingora_error::{Error, ErrorType, Result};
 use tokio::net::TcpStream;
 
 use crate::lifecycle::Lifecycle;
+use crate::tls::{ClientConfig, Name};
 use conn::Conn;
-use pingora_rustls::{ClientConfig, ServerName, TlsConnector};
 pub use pool::HeldPool;
 use silence::Silence;
 use socket::{HoldSocket, Home};
@@ -67,7 +67,7 @@ pub struct HoldConnect {
     /// Set when the attempt failed before any byte reached Pingora (see [`Early`]).
     early: Arc<AtomicU8>,
     /// `https://` servers: TLS below the framing, and the name checked.
-    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    tls: Option<(Arc<ClientConfig>, Name)>,
 }
 
 /// Why an attempt failed before any byte of its answer reached Pingora.
@@ -90,7 +90,7 @@ impl HoldConnect {
         lifecycle: Arc<Lifecycle>,
         pool: Arc<HeldPool>,
         max_idle: usize,
-        tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+        tls: Option<(Arc<ClientConfig>, Name)>,
     ) -> Self {
         Self {
             connect_timeout,
@@ -144,7 +144,7 @@ impl L4Connect for HoldConnect {
         let conn = match &self.tls {
             None => Conn::Tcp(tcp),
             Some((config, name)) => {
-                let handshake = TlsConnector::from(config.clone()).connect(name.clone(), tcp);
+                let handshake = crate::tls::connect(config, name, tcp);
                 match tokio::time::timeout(self.connect_timeout, handshake).await {
                     Err(_) => {
                         return Error::e_explain(
