@@ -127,6 +127,10 @@ impl UsageScanner {
                     self.progress = [0; 2];
                     return;
                 }
+            } else if p + 1 == key.len() && key[1] == b {
+                // The key's closing quote may open the next (`"prompt_tokens"prompt_tokens":`,
+                // not JSON, but the whole-chunk search matches it: found by fuzz/sse).
+                self.progress[i] = 2;
             } else {
                 // Keys hold a quote only first and before the colon, so a mismatch restarts
                 // at 1 when the byte is a quote and at 0 otherwise.
@@ -139,6 +143,22 @@ impl UsageScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A regression from fuzz/sse: a key's closing quote opening the next key is matched the
+    /// same byte by byte as in one search.
+    #[test]
+    fn a_quote_that_closes_one_key_and_opens_the_next_is_seen_however_cut() {
+        let text: &[u8] = b"at\"completion_tokens\"completion_tokens\":2\t";
+        let mut whole = UsageScanner::default();
+        whole.observe(text);
+        assert_eq!(whole.completion_tokens, Some(2));
+        for cut in 0..text.len() {
+            let mut s = UsageScanner::default();
+            s.observe(&text[..cut]);
+            s.observe(&text[cut..]);
+            assert_eq!(s.completion_tokens, Some(2), "cut at {cut}");
+        }
+    }
     use proptest::prelude::*;
 
     const SSE: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"say \\\"prompt_tokens\\\": 99\"}}]}\n\n\
