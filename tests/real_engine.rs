@@ -151,24 +151,7 @@ async fn the_openai_sdk_through_the_gateway_to_llama_cpp() {
     let (a, b) = (Llama::start(0), Llama::start(0));
     let gw = gateway(&[&a, &b], "");
     let base = format!("http://{}", gw.api);
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/sdk/real_engine.py"
-            ))
-            .args([&base, "sk-real"])
-            .output()
-            .expect("python3 is required for this test")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::sdk("real_engine.py", &[&base, "sk-real"], &[]).await;
     let lines: Vec<Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -12,21 +12,7 @@ async fn the_openai_sdk_raises_on_an_interrupted_stream() {
     let sim = Sim::fast("served");
     let gw = Gateway::single("served", &[sim.url()], "");
     let base = format!("http://{}", gw.api);
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/sdk/stream_error.py"
-            ))
-            .arg(base)
-            .output()
-            .expect("python3 is required for this test")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let stdout = common::sdk("stream_error.py", &[&base], &[]).await;
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].starts_with("complete "), "{stdout}");
     assert_eq!(

@@ -59,13 +59,16 @@ fn tls_yaml(pki: &Pki) -> String {
 
 /// A client that trusts only `ca`.
 fn client(ca: &Path) -> reqwest::Client {
+    trusting(ca).build().unwrap()
+}
+
+/// A client builder that trusts only `ca`.
+fn trusting(ca: &Path) -> reqwest::ClientBuilder {
     let pem = std::fs::read(ca).unwrap();
     reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -86,20 +89,8 @@ async fn the_openai_sdk_over_tls_through_https_servers() {
         upstream.api.port()
     ));
     let base = format!("https://localhost:{}", gw.api.port());
-    let ca = front.ca.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/tls.py"))
-            .arg(base)
-            .env("SSL_CERT_FILE", ca)
-            .output()
-            .expect("python3 is required for this test")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let ca = front.ca.display().to_string();
+    let stdout = common::sdk("tls.py", &[&base], &[("SSL_CERT_FILE", &ca)]).await;
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines,
@@ -130,14 +121,7 @@ async fn alpn_offers_h2_and_http11_and_plain_http_is_not_served() {
     let h2 = client(&own.ca).get(&url).send().await.unwrap();
     assert_eq!(h2.version(), reqwest::Version::HTTP_2);
     assert_eq!(h2.status(), 200);
-    let pem = std::fs::read(&own.ca).unwrap();
-    let h1 = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-        .http1_only()
-        .build()
-        .unwrap();
+    let h1 = trusting(&own.ca).http1_only().build().unwrap();
     let resp = h1.get(&url).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_11);
     assert_eq!(resp.status(), 200);

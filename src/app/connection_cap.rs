@@ -91,16 +91,7 @@ async fn refuse(mut stream: Stream) {
         }
     })
     .await;
-    let e = ApiError::TooManyConnections;
-    let body = e.body();
-    let mut out = format!(
-        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(&body);
-    // The head is in: the edge lets this answer through as it is.
-    crate::proxy::edge::head_done(Some(&stream));
+    let out = ApiError::TooManyConnections.raw_answer();
     if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
         return;
     }

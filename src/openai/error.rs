@@ -245,6 +245,29 @@ impl ApiError {
     }
 
     /// The JSON body in OpenAI's error shape.
+    /// The whole HTTP/1.1 answer, written below Pingora (the edge's refusals, before or instead
+    /// of a session): status, JSON body, `Retry-After` when it has one, and `connection: close`.
+    pub fn raw_answer(&self) -> Vec<u8> {
+        let body = self.body();
+        let status = self.status();
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let retry = self
+            .retry_after()
+            .map(|s| format!("retry-after: {s}\r\n"))
+            .unwrap_or_default();
+        let mut out = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n{retry}connection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        out
+    }
+
     pub fn body(&self) -> Bytes {
         let message = self.to_string();
         let envelope = Envelope {

@@ -1,6 +1,7 @@
 //! The OpenAI-compatible API surface: which paths exist, the request view the router reads,
 //! and the error bodies.
 
+pub mod carry;
 pub mod error;
 pub mod json;
 pub mod rename;

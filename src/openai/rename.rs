@@ -10,6 +10,8 @@
 
 use bytes::{Bytes, BytesMut};
 use memchr::memmem::Finder;
+
+use super::carry::{Carry, ChunkFilter};
 use std::sync::LazyLock;
 
 const KEY: &[u8] = b"\"model\":";
@@ -22,7 +24,7 @@ pub struct ModelRename {
     /// The served name and the public one, as JSON string literals (quotes included).
     from: Bytes,
     to: Bytes,
-    carry: BytesMut,
+    carry: Carry,
 }
 
 /// How `s` (which starts at a quote) relates to a key and value to replace.
@@ -39,7 +41,7 @@ impl ModelRename {
         Self {
             from,
             to,
-            carry: BytesMut::new(),
+            carry: Carry::default(),
         }
     }
 
@@ -69,12 +71,7 @@ impl ModelRename {
 
     /// What to forward of `chunk`.
     pub fn filter(&mut self, chunk: Bytes) -> Bytes {
-        let data = if self.carry.is_empty() {
-            chunk
-        } else {
-            self.carry.extend_from_slice(&chunk);
-            self.carry.split().freeze()
-        };
+        let data = self.carry.join(chunk);
         let mut out: Option<BytesMut> = None;
         let mut copied = 0;
         for at in KEY_FINDER.find_iter(&data) {
@@ -95,7 +92,7 @@ impl ModelRename {
             .map(|i| tail_from + i)
             .find(|&i| matches!(self.at(&data[i..]), Match::Maybe))
             .unwrap_or(data.len());
-        self.carry.extend_from_slice(&data[keep..]);
+        self.carry.keep(&data[keep..]);
         match out {
             None if keep == data.len() => data,
             None => data.slice(..keep),
@@ -108,7 +105,17 @@ impl ModelRename {
 
     /// At the end: whatever was held back, as it came.
     pub fn finish(&mut self) -> Option<Bytes> {
-        (!self.carry.is_empty()).then(|| self.carry.split().freeze())
+        self.carry.take()
+    }
+}
+
+impl ChunkFilter for ModelRename {
+    fn filter(&mut self, chunk: Bytes) -> Bytes {
+        ModelRename::filter(self, chunk)
+    }
+
+    fn finish(&mut self) -> Option<Bytes> {
+        ModelRename::finish(self)
     }
 }
 

@@ -16,9 +16,11 @@ use std::sync::LazyLock;
 use bytes::{Bytes, BytesMut};
 use memchr::memmem::Finder;
 
+use super::carry::{Carry, ChunkFilter};
+
 #[derive(Debug, Default)]
 pub struct UsageStrip {
-    carry: BytesMut,
+    carry: Carry,
 }
 
 // Searchers built once: building one costs more than searching a short event with it.
@@ -60,12 +62,7 @@ fn event_ends(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
 impl UsageStrip {
     /// What to forward of `chunk`: its complete events minus the usage event. The rest waits.
     pub fn filter(&mut self, chunk: Bytes) -> Bytes {
-        let data = if self.carry.is_empty() {
-            chunk
-        } else {
-            self.carry.extend_from_slice(&chunk);
-            self.carry.split().freeze()
-        };
+        let data = self.carry.join(chunk);
         let mut start = 0;
         let mut kept: Option<BytesMut> = None;
         let mut last_end = 0;
@@ -77,7 +74,7 @@ impl UsageStrip {
             }
             start = end;
         }
-        self.carry.extend_from_slice(&data[start..]);
+        self.carry.keep(&data[start..]);
         match kept {
             None if start == data.len() => data,
             None => data.slice(..start),
@@ -90,7 +87,17 @@ impl UsageStrip {
 
     /// At the end of the stream: whatever was held back, as the server sent it.
     pub fn finish(&mut self) -> Option<Bytes> {
-        (!self.carry.is_empty()).then(|| self.carry.split().freeze())
+        self.carry.take()
+    }
+}
+
+impl ChunkFilter for UsageStrip {
+    fn filter(&mut self, chunk: Bytes) -> Bytes {
+        UsageStrip::filter(self, chunk)
+    }
+
+    fn finish(&mut self) -> Option<Bytes> {
+        UsageStrip::finish(self)
     }
 }
 

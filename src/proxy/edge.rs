@@ -48,6 +48,14 @@ const IDLE: u8 = 2;
 const EXPIRED: u8 = 3;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Pingora's own answer to a head it refused: a 4xx naming Pingora as the server (our own
+/// answers never do).
+fn is_pingoras_refusal(buf: &[u8]) -> bool {
+    buf.starts_with(b"HTTP/1.1 4")
+        && buf.len() >= 12
+        && memchr::memmem::find(buf, b"\r\nServer: Pingora\r\n").is_some()
+}
+
 /// Built once: building a searcher costs more than searching a head with it.
 static HEAD_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
@@ -209,14 +217,7 @@ impl Guarded {
 
     /// The 408 a late head gets (OpenAI's error shape), counted.
     fn late(&self) -> Vec<u8> {
-        let body = ApiError::HeaderTimeout.body();
-        let mut out = format!(
-            "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        out.extend_from_slice(&body);
+        let out = ApiError::HeaderTimeout.raw_answer();
         self.shared.metrics.reject("request_header_timeout");
         log::edge(&self.log, &self.shared, 408, self.limit);
         tracing::debug!("request head not received within timeouts.request_header: 408");
@@ -239,19 +240,7 @@ impl Guarded {
                 reason: "it cannot be parsed (bad syntax, conflicting Content-Length, folded or invalid header lines, or an absolute URI)",
             },
         };
-        let body = api.body();
-        let reason = http::StatusCode::from_u16(api.status())
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("Error");
-        let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\nconnection: close\r\n\r\n",
-            api.status(),
-            body.len()
-        )
-        .into_bytes();
-        out.extend_from_slice(&body);
+        let out = api.raw_answer();
         self.shared
             .metrics
             .reject(api.code().unwrap_or("invalid_request_head"));
@@ -329,9 +318,9 @@ impl AsyncWrite for Guarded {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.state.load(Ordering::Relaxed) {
-            // An answer while a head is awaited is Pingora refusing that head: ours goes in
+            // Pingora refusing a head that was awaited: ours goes in
             // its place (best effort, as the 408), and the connection ends.
-            ARMED if buf.starts_with(b"HTTP/1.1 4") && buf.len() >= 12 => {
+            ARMED if is_pingoras_refusal(buf) => {
                 self.state.store(EXPIRED, Ordering::Relaxed);
                 let out = self.refusal(&buf[9..12]);
                 let _ = Pin::new(&mut self.inner).poll_write(cx, &out);

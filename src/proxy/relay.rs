@@ -11,6 +11,7 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_proxy::Session;
 
 use super::Ctx;
+use crate::openai::carry::ChunkFilter;
 use crate::openai::rename::ModelRename;
 use crate::openai::sse::SseTracker;
 use crate::openai::ApiError;
@@ -61,26 +62,10 @@ pub fn chunk(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Re
         ctx.response.bytes += chunk.len() as u64;
     }
     if let Some(strip) = &mut ctx.response.strip {
-        let mut out = body.take().map(|b| strip.filter(b)).unwrap_or_default();
-        if end_of_stream {
-            if let Some(rest) = strip.finish() {
-                let mut joined = bytes::BytesMut::from(&out[..]);
-                joined.extend_from_slice(&rest);
-                out = joined.freeze();
-            }
-        }
-        *body = Some(out);
+        strip.pass(body, end_of_stream);
     }
     if let Some(rename) = &mut ctx.response.rename {
-        let mut out = body.take().map(|b| rename.filter(b)).unwrap_or_default();
-        if end_of_stream {
-            if let Some(rest) = rename.finish() {
-                let mut joined = bytes::BytesMut::from(&out[..]);
-                joined.extend_from_slice(&rest);
-                out = joined.freeze();
-            }
-        }
-        *body = Some(out);
+        rename.pass(body, end_of_stream);
     }
     let Some(chunk) = body.as_ref().filter(|b| !b.is_empty()) else {
         return Ok(());

@@ -497,3 +497,29 @@ pub fn key_digest(key: &str) -> String {
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// Runs `tests/sdk/SCRIPT` (the official OpenAI Python SDK) with `args` and extra environment,
+/// off the async runtime; returns its stdout once it succeeded (panics with both outputs
+/// otherwise).
+pub async fn sdk(script: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(path)
+            .args(args)
+            .envs(env)
+            .output()
+            .expect("python3 is required for this test")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}
