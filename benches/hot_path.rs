@@ -61,7 +61,7 @@ fn routes() -> Router {
         ));
     }
     let config = switchyard::config::parse(&yaml).unwrap();
-    switchyard::state::router(&config).unwrap()
+    switchyard::state::router(&config, Default::default()).unwrap()
 }
 
 /// Allocations made by `f`, run `n` times, per run.

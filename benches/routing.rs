@@ -108,7 +108,7 @@ pub fn conversation(size: usize) -> Vec<u8> {
 
 pub fn router() -> Router {
     let config = switchyard::config::parse(RULES).unwrap();
-    switchyard::state::router(&config).unwrap()
+    switchyard::state::router(&config, Default::default()).unwrap()
 }
 
 /// One decision for `body`; returns the decision id.
@@ -131,7 +131,7 @@ fn decide_parsed(router: &Router, view: &RequestView<'_>, body: &[u8], headers: 
         allowed: &allowed,
         prefs: &prefs,
     };
-    router.decide(&ask, &Offline, None).unwrap().decision
+    router.decide(&ask, &Offline, &mut Default::default(), None).unwrap().decision
 }
 
 /// The naive router: the whole body as a `Value`, the last user message lower-cased, every

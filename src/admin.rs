@@ -26,11 +26,16 @@ use crate::state::Shared;
 
 pub struct Admin {
     shared: Arc<Shared>,
+    /// Connections of the classifications a dry run makes.
+    calls: pingora_core::connectors::http::Connector,
 }
 
 impl Admin {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            calls: pingora_core::connectors::http::Connector::new(None),
+        }
     }
 }
 
@@ -265,6 +270,11 @@ impl Admin {
             tenant: tenant.map(|t| &*t.name),
             allowed: &allowed,
         };
+        let backend = crate::proxy::call::Calls {
+            runtime: &runtime,
+            connector: &self.calls,
+            request_id: None,
+        };
         let (trace, result) = crate::proxy::dry_run(
             &runtime.router,
             &*runtime,
@@ -272,7 +282,9 @@ impl Admin {
             &body,
             &req.headers,
             &caller,
-        );
+            &backend,
+        )
+        .await;
         let mut out = serde_json::to_value(&trace).unwrap_or_default();
         out["status"] = result.err().unwrap_or(200).into();
         json(StatusCode::OK, &out)

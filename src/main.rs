@@ -197,7 +197,6 @@ fn dry_run(
 ) -> anyhow::Result<(switchyard::routing::Trace, Result<(), u16>)> {
     use std::io::Read as _;
     let config = config::load(path)?;
-    let router = switchyard::state::router(&config)?;
     let endpoint = switchyard::openai::Endpoint::from_path(api_path).ok_or_else(|| {
         anyhow!("{api_path:?} is not an inference path (/v1/chat/completions, /v1/completions, /v1/embeddings)")
     })?;
@@ -241,14 +240,51 @@ fn dry_run(
         tenant,
         allowed: &allowed,
     };
-    Ok(switchyard::proxy::dry_run(
-        &router,
-        &switchyard::routing::Offline,
-        endpoint,
-        &body,
-        &map,
-        &caller,
-    ))
+    // Classifiers that call a model call the configured servers, as the gateway would.
+    let shared = switchyard::state::Shared::new(config, switchyard::metrics::Metrics::new()?, None)
+        .map_err(|errs| {
+            anyhow!(
+                "{}",
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
+    let runtime = shared.runtime();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for the classifiers' calls")?;
+    Ok(tokio.block_on(async {
+        let connector = pingora_core::connectors::http::Connector::new(None);
+        for (name, result) in switchyard::proxy::call::embed_exemplars(
+            &runtime,
+            &connector,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        {
+            if let Err(e) = result {
+                eprintln!("switchyard: classifiers.{name}: exemplar vectors not computed: {e}");
+            }
+        }
+        let backend = switchyard::proxy::call::Calls {
+            runtime: &runtime,
+            connector: &connector,
+            request_id: None,
+        };
+        switchyard::proxy::dry_run(
+            &runtime.router,
+            &switchyard::routing::Offline,
+            endpoint,
+            &body,
+            &map,
+            &caller,
+            &backend,
+        )
+        .await
+    }))
 }
 
 fn key(action: KeyAction) -> anyhow::Result<()> {
@@ -342,7 +378,8 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
                 decode_us_per_seq: 500.0,
                 zero_delay: false,
                 default_max_tokens: 48,
-                embedding_dims: 16,
+                embedding_dims: 384,
+                classifier_labels: None,
                 seed: u64::from(server.port),
                 event_timestamps: false,
                 fault: None,

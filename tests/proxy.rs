@@ -154,7 +154,7 @@ async fn completions_and_embeddings_are_routed() {
         .json()
         .await
         .unwrap();
-    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 16);
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 384);
     // A list of inputs: one vector each, in order, equal for equal texts.
     let v: Value = c
         .post(gw.url("/v1/embeddings"))

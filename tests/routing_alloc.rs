@@ -18,7 +18,7 @@ fn a_decision_allocates_nothing() {
     let config =
         switchyard::config::load(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/router.yaml").as_ref())
             .unwrap();
-    let router = switchyard::state::router(&config).unwrap();
+    let router = switchyard::state::router(&config, Default::default()).unwrap();
     let long_conversation = {
         let mut m = vec![
             serde_json::json!({"role": "system", "content": "You are helpful.\nAnswer briefly."}),
@@ -88,12 +88,12 @@ fn a_decision_allocates_nothing() {
             allowed: &allowed,
             prefs: &prefs,
         };
-        let first = router.decide(&ask, &Offline, None).unwrap();
+        let first = router.decide(&ask, &Offline, &mut Default::default(), None).unwrap();
         let got = &router.decision(first.decision).unwrap().label;
         assert!(got.starts_with(label), "{got} for {label}");
         let region = Region::new(GLOBAL);
         for _ in 0..100 {
-            std::hint::black_box(router.decide(&ask, &Offline, None).unwrap());
+            std::hint::black_box(router.decide(&ask, &Offline, &mut Default::default(), None).unwrap());
         }
         let stats = region.change();
         assert_eq!(

@@ -54,6 +54,7 @@ impl BackgroundService for Monitor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let connector = Arc::new(Connector::new(None));
         let mut tasks: HashMap<(Kind, String), JoinHandle<()>> = HashMap::new();
+        let vectors = tokio::spawn(vectors_loop(self.gateway.clone(), connector.clone()));
         loop {
             let runtime = self.gateway.runtime();
             let wanted = wanted(&runtime);
@@ -87,6 +88,52 @@ impl BackgroundService for Monitor {
         for task in tasks.values() {
             task.abort();
         }
+        vectors.abort();
+    }
+}
+
+/// Longest wait between two attempts at exemplar vectors that failed.
+const VECTORS_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Keeps classifiers' exemplar vectors current: computed through their embedding model when
+/// a runtime (the first, or a reload's) wants vectors it has not got, retried with backoff
+/// (1 s doubling to 30 s) while the model cannot be reached. Old vectors serve meanwhile.
+async fn vectors_loop(gateway: Arc<Shared>, connector: Arc<Connector>) {
+    let mut backoff = Duration::from_secs(1);
+    let mut next = tokio::time::Instant::now();
+    let mut seen: Option<Arc<Runtime>> = None;
+    loop {
+        let runtime = gateway.runtime();
+        if !seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, &runtime)) {
+            // A new runtime (a reload): its vectors are tried at once.
+            next = tokio::time::Instant::now();
+            backoff = Duration::from_secs(1);
+            seen = Some(runtime.clone());
+        }
+        if tokio::time::Instant::now() >= next {
+            let results =
+                crate::proxy::call::embed_exemplars(&runtime, &connector, Duration::from_secs(10))
+                    .await;
+            let failed = results.iter().any(|(_, r)| r.is_err());
+            for (name, result) in results {
+                match result {
+                    Ok(()) => tracing::info!(classifier = %name, "exemplar vectors computed"),
+                    Err(e) => tracing::warn!(
+                        classifier = %name,
+                        error = %e,
+                        retry_in = ?backoff,
+                        "exemplar vectors not computed; the previous ones, if any, serve"
+                    ),
+                }
+            }
+            if failed {
+                next = tokio::time::Instant::now() + backoff;
+                backoff = (backoff * 2).min(VECTORS_BACKOFF_MAX);
+            } else {
+                backoff = Duration::from_secs(1);
+            }
+        }
+        tokio::time::sleep(RECONCILE_EVERY).await;
     }
 }
 

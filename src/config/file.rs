@@ -40,6 +40,97 @@ pub struct FileConfig {
     pub tenants: BTreeMap<String, FileTenant>,
     /// OpenTelemetry trace export (OTLP/HTTP). Off when absent.
     pub otel: Option<FileOtel>,
+    /// Classifiers by name: labels from what a request means (`when: {class: ...}`).
+    #[serde(default)]
+    pub classifiers: BTreeMap<String, FileClassifier>,
+}
+
+/// `classifiers.X`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClassifier {
+    /// Label → exemplars and an optional description (shown to the `llm` method).
+    #[serde(default)]
+    pub labels: BTreeMap<String, FileLabel>,
+    /// lexical (default) | embedding | llm | ensemble.
+    pub method: Option<String>,
+    /// The built-in method has no settings; `lexical: {}` is accepted.
+    pub lexical: Option<FileLexical>,
+    pub embedding: Option<FileEmbedding>,
+    pub llm: Option<FileLlm>,
+    /// Weight of each method's vote: `{lexical: 1.0, embedding: 2.0, llm: 2.0}`.
+    pub ensemble: Option<BTreeMap<String, f64>>,
+    /// Below this confidence (0 to 1, default 0) the fallback label is used.
+    pub min_confidence: Option<f64>,
+    pub fallback: Option<String>,
+    /// Wall time for the whole classification (default 100ms).
+    pub budget: Option<String>,
+    /// last_user (default) | conversation.
+    pub scope: Option<String>,
+    /// With `scope: conversation`: the last N messages (default: all).
+    pub turns: Option<i64>,
+    pub cache: Option<FileClassifierCache>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLabel {
+    #[serde(default)]
+    pub examples: Vec<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLexical {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEmbedding {
+    pub model: String,
+    pub k: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLlm {
+    pub model: String,
+    pub max_tokens: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClassifierCache {
+    pub entries: Option<i64>,
+    pub ttl: Option<String>,
+}
+
+/// `when.class`: classifier → a label or a list of labels, in the file's order (a later
+/// classifier is asked only when the earlier ones matched: hierarchical classification).
+#[derive(Debug, Default)]
+pub struct FileClass(pub Vec<(String, FileNames)>);
+
+impl<'de> Deserialize<'de> for FileClass {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = FileClass;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of classifier name to a label or a list of labels")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<FileClass, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, FileNames>()? {
+                    out.push(entry);
+                }
+                Ok(FileClass(out))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -307,6 +398,12 @@ pub struct FileModel {
     pub baseline: Option<String>,
     /// Mirror a sample of requests to another model; its answers are discarded.
     pub shadow: Option<FileShadow>,
+    /// A virtual model's `conversation`: a conversation keeps its first labels for its later
+    /// turns (keyed by x-session-id, else by its first user message).
+    pub sticky: Option<String>,
+    /// With `sticky: conversation`: a later turn's label replaces the kept one when it is at
+    /// least this confident (0 to 1, default 0.8).
+    pub switch_confidence: Option<f64>,
 }
 
 /// One entry of `models.X.route`.
@@ -367,6 +464,8 @@ pub struct FileWhen {
     pub header: Option<BTreeMap<String, FileNames>>,
     pub tenant: Option<FileNames>,
     pub model_requested: Option<FileNames>,
+    /// Classifier → label(s): `class: {task: code}`.
+    pub class: Option<FileClass>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,6 +1,7 @@
 //! Configuration: `file` mirrors the YAML, `validate` turns it into the typed [`Config`] below.
 //! Loading is parse → validate; building the runtime from a `Config` is `state::Runtime::build`.
 
+mod classify;
 pub mod cors;
 mod effective;
 pub mod file;
@@ -48,6 +49,8 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     /// `otel:`; `None`: no trace export.
     pub otel: Option<otel::OtelSettings>,
+    /// `classifiers:`, in the file's (sorted) order: `Condition::Class` indexes into it.
+    pub classifiers: Vec<crate::routing::classify::ClassifierSpec>,
 }
 
 /// Who may call the API.

@@ -58,11 +58,17 @@ pub(super) fn validate(
                 None
             }
             (Some(pool), None) => {
-                if m.baseline.is_some() {
-                    errs.push(
-                        format!("{at}.baseline"),
-                        "applies to virtual models (with `route`) only",
-                    );
+                for (field, given) in [
+                    ("baseline", m.baseline.is_some()),
+                    ("sticky", m.sticky.is_some()),
+                    ("switch_confidence", m.switch_confidence.is_some()),
+                ] {
+                    if given {
+                        errs.push(
+                            format!("{at}.{field}"),
+                            "applies to virtual models (with `route`) only",
+                        );
+                    }
                 }
                 pool_and_fallbacks(errs, &at, pool, &m.fallback, pools, file)
             }

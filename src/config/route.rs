@@ -141,7 +141,12 @@ pub(super) fn rules(
         .baseline
         .as_deref()
         .and_then(|b| names.target(errs, &format!("{at}.baseline"), name, b));
-    Rules { rules, baseline }
+    let sticky = super::classify::sticky(errs, at, m, &rules);
+    Rules {
+        rules,
+        baseline,
+        sticky,
+    }
 }
 
 fn target(
@@ -343,6 +348,16 @@ fn conditions(
             }
         }
         out.push(Condition::ModelRequested(requested));
+    }
+    // Last: the cheap conditions before it decide first, and a classifier is not asked for a
+    // rule they already ruled out.
+    if let Some(class) = &w.class {
+        out.push(super::classify::condition(
+            errs,
+            &format!("{at}.class"),
+            class,
+            file,
+        ));
     }
     if out.is_empty() {
         errs.push(

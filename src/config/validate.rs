@@ -74,6 +74,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
         }
     }
     let (auth, tenants) = super::tenants::validate(&mut errs, &file, &models);
+    let classifiers = super::classify::validate(&mut errs, &file, &models);
     let otel = super::otel::build(&mut errs, file.otel.as_ref());
 
     match (listen, admin, errs.0.is_empty()) {
@@ -89,6 +90,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
             auth,
             tenants,
             otel,
+            classifiers,
         }),
         _ => Err(errs.0),
     }

@@ -6,6 +6,7 @@ use http::{HeaderMap, HeaderName};
 
 use crate::openai::error::echo;
 use crate::openai::{ApiError, Endpoint, RequestView};
+use crate::routing::classify::{self, Backend, Known};
 use crate::routing::{prefs, Ask, Live, Prefs, Refusal, Route, Router, Trace};
 
 const MAX_TTFT: HeaderName = HeaderName::from_static(prefs::MAX_TTFT_HEADER);
@@ -13,7 +14,7 @@ const MAX_TTFT: HeaderName = HeaderName::from_static(prefs::MAX_TTFT_HEADER);
 /// Who is asking: the tenant's name and which models it may use.
 pub struct Caller<'a> {
     pub tenant: Option<&'a str>,
-    pub allowed: &'a dyn Fn(usize) -> bool,
+    pub allowed: &'a (dyn Fn(usize) -> bool + Sync),
 }
 
 /// The model the request names, when it exists and the caller may use it; the same 404 for
@@ -31,17 +32,21 @@ pub fn resolve(
         })
 }
 
-/// Routes a request naming `model` (resolved and allowed).
+/// Routes a request naming `model` (resolved and allowed). A classifier that calls a model is
+/// run through `backend` when a rule needs it, and the decision is made again; `known` ends
+/// with every classification made.
 #[allow(clippy::too_many_arguments)]
-pub fn route(
+pub async fn route(
     router: &Router,
-    live: &dyn Live,
+    live: &(dyn Live + Sync),
     model: usize,
     endpoint: Endpoint,
     view: &RequestView<'_>,
     raw: &[u8],
     headers: &HeaderMap,
     caller: &Caller<'_>,
+    backend: &dyn Backend,
+    known: &mut Known,
     trace: Option<&mut Trace>,
 ) -> Result<Route, ApiError> {
     // A TTFT target only orders candidates, which only virtual models have (the requested one,
@@ -71,36 +76,67 @@ pub fn route(
         allowed: caller.allowed,
         prefs: &prefs,
     };
-    router
-        .decide(&ask, live, trace)
-        .map_err(|r| refused(r, &view.model))
+    let mut trace = trace;
+    // Each classifier is run at most once: a decision that asks for one gets it next time.
+    for _ in 0..=router.classifiers.list.len() {
+        let mut attempt = trace.as_ref().map(|_| Trace::default());
+        match router.decide(&ask, live, known, attempt.as_mut()) {
+            Err(Refusal::Unclassified(c)) if known.get(c).is_none() => {
+                let Some(classifier) = router.classifiers.get(c) else {
+                    break;
+                };
+                let text = router.class_text(c, &ask);
+                let vectors = &router.classifiers.memory.vectors;
+                let fresh = classify::run::run(classifier, vectors, &text, backend).await;
+                known.insert(c, router.settle(&ask, c, fresh));
+            }
+            result => {
+                if let (Some(t), Some(a)) = (trace.as_deref_mut(), attempt) {
+                    *t = a;
+                    t.classes = router.describe_classes(known);
+                }
+                return result.map_err(|r| refused(r, &view.model));
+            }
+        }
+    }
+    Err(ApiError::Internal)
 }
 
 /// The decision a request would get, traced, without sending it anywhere. A request that would
 /// be refused has the refusal in the trace (OpenAI's error shape) and its status as `Err`.
-pub fn dry_run(
+pub async fn dry_run(
     router: &Router,
-    live: &dyn Live,
+    live: &(dyn Live + Sync),
     endpoint: Endpoint,
     body: &[u8],
     headers: &HeaderMap,
     caller: &Caller<'_>,
+    backend: &dyn Backend,
 ) -> (Trace, Result<(), u16>) {
     let mut trace = Trace::default();
-    let result = RequestView::parse(body).and_then(|view| {
-        let model = resolve(router, &view, caller.allowed)?;
-        route(
-            router,
-            live,
-            model,
-            endpoint,
-            &view,
-            body,
-            headers,
-            caller,
-            Some(&mut trace),
-        )
-    });
+    let mut known = Known::default();
+    let result = match RequestView::parse(body) {
+        Err(e) => Err(e),
+        Ok(view) => match resolve(router, &view, caller.allowed) {
+            Err(e) => Err(e),
+            Ok(model) => {
+                route(
+                    router,
+                    live,
+                    model,
+                    endpoint,
+                    &view,
+                    body,
+                    headers,
+                    caller,
+                    backend,
+                    &mut known,
+                    Some(&mut trace),
+                )
+                .await
+            }
+        },
+    };
     match result {
         Ok(_) => (trace, Ok(())),
         Err(e) => {
@@ -125,5 +161,6 @@ fn refused(r: Refusal, model: &str) -> ApiError {
         },
         Refusal::NoRule => ApiError::NoMatchingRoute { model: echo(model) },
         Refusal::BadPreference { param, message } => ApiError::invalid(message, Some(param)),
+        Refusal::Unclassified(_) => ApiError::Internal,
     }
 }

@@ -7,11 +7,16 @@ use std::sync::Arc;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
+use pingora_core::connectors::http::Connector;
+
 use super::body::{self, BodyError};
+use super::call::Calls;
 use super::ctx::Routed;
 use super::{decide, tenancy, Ctx};
 use crate::balance;
+use crate::metrics::Metrics;
 use crate::openai::{request, ApiError, Endpoint, RequestView};
+use crate::routing::classify::Known;
 use crate::routing::{Chain, Route};
 use crate::state::Runtime;
 
@@ -21,6 +26,8 @@ pub(super) async fn admit(
     ctx: &mut Ctx,
     runtime: Arc<Runtime>,
     endpoint: Endpoint,
+    calls: &Connector,
+    metrics: &Metrics,
 ) -> Result<(), BodyError> {
     let limits = &runtime.config.limits;
     let raw = body::read(
@@ -30,8 +37,23 @@ pub(super) async fn admit(
     )
     .await?;
     let view = RequestView::parse(&raw).map_err(BodyError::Reject)?;
-    let route = route(session.req_header(), ctx, &runtime, endpoint, &view, &raw)
-        .map_err(BodyError::Reject)?;
+    let mut known = Known::default();
+    let backend = Calls {
+        runtime: &runtime,
+        connector: calls,
+        request_id: ctx.request.request_id.as_ref(),
+    };
+    let req = session.req_header();
+    let routed = route(
+        req, ctx, &runtime, endpoint, &view, &raw, &backend, &mut known,
+    )
+    .await;
+    for (c, verdict) in known.iter() {
+        if let Some(classifier) = runtime.router.classifiers.get(c) {
+            metrics.classify.classified(classifier, verdict);
+        }
+    }
+    let route = routed.map_err(BodyError::Reject)?;
     if let Some(Some(counter)) = runtime.decisions.get(route.decision as usize) {
         counter.inc();
     }
@@ -72,13 +94,16 @@ pub(super) async fn admit(
 
 /// Resolves the model the request names, checks the tenant may use it, and asks the router
 /// where it goes.
-fn route(
+#[allow(clippy::too_many_arguments)]
+async fn route(
     req: &RequestHeader,
     ctx: &Ctx,
     runtime: &Runtime,
     endpoint: Endpoint,
     view: &RequestView<'_>,
     raw: &[u8],
+    backend: &Calls<'_>,
+    known: &mut Known,
 ) -> Result<Route, ApiError> {
     let tenant = ctx.tenancy.tenant.and_then(|t| runtime.tenants.list.get(t));
     let allowed = |m: usize| tenant.is_none_or(|t| t.allows(m));
@@ -101,8 +126,11 @@ fn route(
         raw,
         &req.headers,
         &caller,
+        backend,
+        known,
         None,
     )
+    .await
 }
 
 /// What the route's pools' policies read about the request (the prefix chain and session key

@@ -17,6 +17,7 @@
 //! ```
 
 mod body;
+pub mod call;
 mod cors;
 mod ctx;
 mod decide;
@@ -60,8 +61,9 @@ pub struct Proxy {
     shared: Arc<Shared>,
     access_log: Arc<AccessLogBuffer>,
     held: Arc<HeldPool>,
-    /// Connections of mirrored requests (shadow.rs), apart from the client's.
-    mirror: Arc<pingora_core::connectors::http::Connector>,
+    /// Connections of the gateway's own requests (call.rs: mirrors, classifications), apart
+    /// from the client's.
+    calls: Arc<pingora_core::connectors::http::Connector>,
 }
 
 impl Proxy {
@@ -70,7 +72,7 @@ impl Proxy {
             shared,
             access_log,
             held,
-            mirror: Arc::new(pingora_core::connectors::http::Connector::new(None)),
+            calls: Arc::new(pingora_core::connectors::http::Connector::new(None)),
         }
     }
 }
@@ -121,14 +123,15 @@ impl ProxyHttp for Proxy {
         let answer = match (target, identified) {
             (_, Err(e)) => e,
             (Target::Inference(endpoint), _) => {
-                match intake::admit(session, ctx, runtime, endpoint).await {
+                let (calls, metrics) = (&self.calls, &self.shared.metrics);
+                match intake::admit(session, ctx, runtime, endpoint, calls, metrics).await {
                     Ok(()) => {
                         let uri = &session.req_header().uri;
                         let path = uri
                             .path_and_query()
                             .map_or(uri.path(), |p| p.as_str())
                             .as_bytes();
-                        shadow::start(ctx, path, &self.shared, &self.access_log, &self.mirror);
+                        shadow::start(ctx, path, &self.shared, &self.access_log, &self.calls);
                         return Ok(false);
                     }
                     Err(BodyError::Reject(e)) => e,

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pingora_core::connectors::http::Connector;
-use pingora_http::RequestHeader;
 
 use super::log::{AccessLogBuffer, Line};
 use super::Ctx;
@@ -117,7 +116,17 @@ async fn run(m: Mirror, shared: &Shared, log: &AccessLogBuffer, connector: &Conn
         t.request_total
     };
     let mut usage = UsageScanner::default();
-    let result = tokio::time::timeout(limit, exchange(connector, s, pool, &m, body, &mut usage))
+    let mut observe = |chunk: &[u8]| usage.observe(chunk);
+    let exchange = super::call::exchange(
+        connector,
+        s,
+        pool,
+        &m.path,
+        body,
+        m.request_id.as_ref(),
+        &mut observe,
+    );
+    let result = tokio::time::timeout(limit, exchange)
         .await
         .unwrap_or(Err(()));
     let outcome = match result {
@@ -146,55 +155,6 @@ async fn run(m: Mirror, shared: &Shared, log: &AccessLogBuffer, connector: &Conn
         started.elapsed(),
         &usage,
     );
-}
-
-/// Sends the mirrored request and reads the answer to its end; the status, or `Err` when the
-/// exchange failed.
-async fn exchange(
-    connector: &Connector,
-    server: &crate::state::Server,
-    pool: &crate::state::Pool,
-    m: &Mirror,
-    body: Bytes,
-    usage: &mut UsageScanner,
-) -> Result<u16, ()> {
-    let (mut session, _reused) = connector
-        .get_http_session(&server.peer)
-        .await
-        .map_err(|_| ())?;
-    let mut req = RequestHeader::build("POST", &m.path, None).map_err(|_| ())?;
-    super::headers::edit_request(&mut req, |h| {
-        h.insert(http::header::HOST, server.host.clone());
-        h.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        h.insert(http::header::CONTENT_LENGTH, body.len().into());
-        if let Some(id) = &m.request_id {
-            h.insert(super::headers::X_REQUEST_ID, id.clone());
-        }
-        if let Some(key) = &pool.upstream_auth {
-            h.insert(http::header::AUTHORIZATION, key.clone());
-        }
-    });
-    session
-        .write_request_header(Box::new(req))
-        .await
-        .map_err(|_| ())?;
-    session
-        .write_request_body(body, true)
-        .await
-        .map_err(|_| ())?;
-    session.finish_request_body().await.map_err(|_| ())?;
-    session.read_response_header().await.map_err(|_| ())?;
-    let status = session.response_header().map_or(0, |h| h.status.as_u16());
-    while let Some(chunk) = session.read_response_body().await.map_err(|_| ())? {
-        usage.observe(&chunk);
-    }
-    connector
-        .release_http_session(session, &server.peer, Some(Duration::from_secs(4)))
-        .await;
-    Ok(status)
 }
 
 /// The access log line of a mirror: `model` is the shadow target, `route` says whose shadow.

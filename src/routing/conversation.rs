@@ -106,6 +106,35 @@ pub fn conversation_text(messages: &[u8], out: &mut String) {
     }
 }
 
+/// Appends the text of the last `turns` messages to `out`, one message per line.
+pub fn last_turns_text(messages: &[u8], turns: u32, out: &mut String) {
+    let total = elements(messages).count();
+    let skip = total.saturating_sub(turns as usize);
+    for content in elements(messages)
+        .skip(skip)
+        .filter_map(|m| member(m, "content"))
+    {
+        if content == b"null" {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        push_text(content, out);
+    }
+}
+
+/// The raw content of the first message whose role is `user`: what identifies a
+/// conversation across its turns when the client sends no session id.
+pub fn first_user(messages: &[u8]) -> Option<&[u8]> {
+    elements(messages).find_map(|m| {
+        member(m, "role")
+            .is_some_and(|r| is_string(r, "user"))
+            .then(|| member(m, "content"))
+            .flatten()
+    })
+}
+
 /// Appends the text of a message content (a string, or an array of parts whose `text` parts
 /// count) or of a prompt (a string or an array of strings) to `out`.
 pub fn push_text(content: &[u8], out: &mut String) {

@@ -26,8 +26,69 @@ pub struct Trace {
     pub candidates: Vec<CandidateTrace>,
     pub split: Option<SplitTrace>,
     pub decision: Option<DecisionTrace>,
+    /// Each classification the decision made, with each method's answer and time.
+    pub classes: Vec<ClassTrace>,
     /// Why the request would be refused, in OpenAI's error shape.
     pub refusal: Option<serde_json::Value>,
+}
+
+/// One classifier's verdict.
+#[derive(Debug, Serialize)]
+pub struct ClassTrace {
+    pub classifier: String,
+    /// The label the rules saw (`None`: no label).
+    pub label: Option<String>,
+    pub confidence: f32,
+    /// voted | cached | sticky | low_confidence | no_answer
+    pub source: crate::routing::classify::Source,
+    /// Wall time of the whole classification.
+    pub micros: u32,
+    pub methods: Vec<MethodTrace>,
+}
+
+/// One method's answer within a classification.
+#[derive(Debug, Serialize)]
+pub struct MethodTrace {
+    pub method: &'static str,
+    pub label: Option<String>,
+    pub confidence: f32,
+    pub micros: u32,
+    /// Why it gave no label: timeout | error | no_vectors | no_label.
+    pub failure: Option<crate::routing::classify::Failure>,
+}
+
+impl Router {
+    /// The classifications of a decision, for its trace.
+    pub fn describe_classes(&self, known: &crate::routing::classify::Known) -> Vec<ClassTrace> {
+        use crate::routing::classify::MethodKind;
+        known
+            .iter()
+            .filter_map(|(c, v)| {
+                let k = self.classifiers.get(c)?;
+                let name = |l: Option<u16>| k.label_name(l).map(str::to_owned);
+                Some(ClassTrace {
+                    classifier: k.name.clone(),
+                    label: name(v.label),
+                    confidence: v.confidence,
+                    source: v.source,
+                    micros: v.micros,
+                    methods: MethodKind::ALL
+                        .iter()
+                        .zip(&v.methods)
+                        .filter_map(|(kind, m)| {
+                            m.map(|m| MethodTrace {
+                                method: kind.name(),
+                                label: name(m.label),
+                                confidence: m.confidence,
+                                micros: m.micros,
+                                failure: m.failure,
+                            })
+                        })
+                        .collect(),
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -164,6 +225,34 @@ impl Trace {
                 r.max_ttft_ms
                     .map_or_else(|| "-".to_owned(), |t| format!("{t} ms")),
             );
+        }
+        for c in &self.classes {
+            let _ = writeln!(
+                out,
+                "class {}: {} (confidence {:.2}, {}, {} µs)",
+                c.classifier,
+                c.label.as_deref().unwrap_or("no label"),
+                c.confidence,
+                serde_json::to_value(c.source)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                c.micros
+            );
+            for m in &c.methods {
+                let _ = writeln!(
+                    out,
+                    "           {}: {} ({:.2}, {} µs){}",
+                    m.method,
+                    m.label.as_deref().unwrap_or("-"),
+                    m.confidence,
+                    m.micros,
+                    m.failure
+                        .and_then(|f| serde_json::to_value(f).ok())
+                        .and_then(|v| v.as_str().map(|s| format!(", {s}")))
+                        .unwrap_or_default()
+                );
+            }
         }
         for rule in &self.rules {
             let when = if rule.conditions.is_empty() {

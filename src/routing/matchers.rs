@@ -22,6 +22,8 @@ pub enum Matcher {
     Header(Vec<(http::HeaderName, Vec<String>)>),
     Tenant(Vec<String>),
     ModelRequested(Vec<String>),
+    /// Classifier → wanted labels, in order (hierarchical: later ones only if earlier held).
+    Class(Vec<(u16, Vec<u16>)>),
 }
 
 /// Why a condition could not be compiled (config validation reports it with its path).
@@ -50,6 +52,7 @@ impl Matcher {
             Condition::Header(h) => Self::Header(h.clone()),
             Condition::Tenant(t) => Self::Tenant(t.clone()),
             Condition::ModelRequested(m) => Self::ModelRequested(m.clone()),
+            Condition::Class(c) => Self::Class(c.clone()),
         })
     }
 
@@ -68,6 +71,7 @@ impl Matcher {
             Self::Header(_) => "header",
             Self::Tenant(_) => "tenant",
             Self::ModelRequested(_) => "model_requested",
+            Self::Class(_) => "class",
         }
     }
 
@@ -92,6 +96,10 @@ impl Matcher {
             }),
             Self::Tenant(names) => ask.tenant.is_some_and(|t| names.iter().any(|n| n == t)),
             Self::ModelRequested(names) => names.iter().any(|n| n == ask.name),
+            // A classifier that must call a model leaves the decision pending (Signals).
+            Self::Class(wanted) => wanted
+                .iter()
+                .all(|(c, labels)| s.label(*c).flatten().is_some_and(|l| labels.contains(&l))),
         }
     }
 
@@ -146,6 +154,18 @@ impl Matcher {
                 None => "no tenant".to_owned(),
             },
             Self::ModelRequested(_) => format!("requested as {:?}", ask.name),
+            Self::Class(wanted) => {
+                let mut parts = Vec::new();
+                for (c, labels) in wanted {
+                    let said = s.describe_class(*c);
+                    parts.push(said);
+                    let holds = s.label(*c).flatten().is_some_and(|l| labels.contains(&l));
+                    if !holds {
+                        break;
+                    }
+                }
+                parts.join("; ")
+            }
         }
     }
 }

@@ -21,6 +21,7 @@
 //! | `prefs.rs` | the request's own `models`, `provider` and TTFT target |
 //! | `explain.rs` | the trace of a decision (`switchyard route`, `/admin/route`) |
 
+pub mod classify;
 pub mod conversation;
 mod cost;
 pub mod explain;
@@ -68,6 +69,10 @@ pub enum Refusal {
         param: &'static str,
         message: String,
     },
+    /// Not a refusal: the decision needs this classifier's label, which needs a model call.
+    /// The caller runs it ([`classify::run`]), records it in its [`classify::Known`] with
+    /// [`Router::settle`] and decides again.
+    Unclassified(u16),
 }
 
 /// What a decision may know about the live pools. The gateway's runtime answers from its
@@ -109,7 +114,7 @@ pub struct Ask<'a> {
     /// The caller's tenant name (`None` on an open gateway).
     pub tenant: Option<&'a str>,
     /// Whether the caller may use a model (its tenant's allow-list).
-    pub allowed: &'a dyn Fn(usize) -> bool,
+    pub allowed: &'a (dyn Fn(usize) -> bool + Sync),
     pub prefs: &'a Prefs,
 }
 
@@ -156,6 +161,8 @@ struct ModelPlan {
     direct: u32,
     /// Stable hash of the name: the model's seed as a split arm.
     seed: u64,
+    /// `sticky: conversation`: the confidence a later turn's label needs to switch.
+    sticky: Option<f32>,
 }
 
 struct Compiled {
@@ -178,11 +185,17 @@ pub struct Router {
     models: Box<[ModelPlan]>,
     pools: Box<[PoolPlan]>,
     decisions: Box<[Decision]>,
+    /// The classifiers `class` conditions ask (`classifiers:`).
+    pub classifiers: classify::Classifiers,
 }
 
 impl Router {
     /// Compiles every virtual model's rules. Names and indices come validated.
-    pub fn build(models: &[ModelDef<'_>], pools: &[PoolDef<'_>]) -> Result<Self, BuildError> {
+    pub fn build(
+        models: &[ModelDef<'_>],
+        pools: &[PoolDef<'_>],
+        classifiers: classify::Classifiers,
+    ) -> Result<Self, BuildError> {
         let mut by_name = HashMap::new();
         let mut decisions = Vec::new();
         let mut plans = Vec::with_capacity(models.len());
@@ -281,6 +294,10 @@ impl Router {
                 shadow: m.shadow.cloned(),
                 direct,
                 seed: split::stable_hash(m.name.as_bytes()),
+                sticky: match m.serve {
+                    Serve::Route(r) => r.sticky,
+                    Serve::Pools { .. } => None,
+                },
             });
         }
         Ok(Self {
@@ -295,6 +312,7 @@ impl Router {
                 })
                 .collect(),
             decisions: decisions.into_boxed_slice(),
+            classifiers,
         })
     }
 
@@ -329,10 +347,15 @@ impl Router {
     /// Decides where a request goes. With `trace`, every step of the decision is written
     /// into it (`switchyard route`, `/admin/route`); without, nothing is allocated for a
     /// request that carries no preferences.
+    ///
+    /// `known` holds the classifications made so far for this request; a lexical one made
+    /// here is added to it. [`Refusal::Unclassified`] asks the caller for one that calls a
+    /// model.
     pub fn decide(
         &self,
         ask: &Ask<'_>,
         live: &dyn Live,
+        known: &mut classify::Known,
         mut trace: Option<&mut Trace>,
     ) -> Result<Route, Refusal> {
         let plan = self.models.get(ask.model).ok_or(Refusal::NoRule)?;
@@ -352,7 +375,7 @@ impl Router {
                 }
             }
             Some(rules) => signals::with_scratch(|scratch| {
-                let mut signals = Signals::new(ask, plan.bytes_per_token, scratch);
+                let mut signals = Signals::new(ask, plan.bytes_per_token, scratch, self, known);
                 self.by_rules(ask, rules, live, &mut signals, trace.as_deref_mut())
             })?,
         };
@@ -361,13 +384,15 @@ impl Router {
                 None => self.chain(m, ask).ok(),
                 Some(rules) => {
                     let sub = Ask { model: m, ..*ask };
-                    signals::with_scratch(|scratch| {
-                        let mut signals =
-                            Signals::new(&sub, self.models[m].bytes_per_token, scratch);
+                    let routed = signals::with_scratch(|scratch| {
+                        let bytes_per_token = self.models[m].bytes_per_token;
+                        let mut signals = Signals::new(&sub, bytes_per_token, scratch, self, known);
                         self.by_rules(&sub, rules, live, &mut signals, None)
-                    })
-                    .ok()
-                    .map(|r| r.chain)
+                    });
+                    match routed {
+                        Err(Refusal::Unclassified(c)) => return Err(Refusal::Unclassified(c)),
+                        r => r.ok().map(|r| r.chain),
+                    }
                 }
             };
             if let Some(more) = more {
@@ -397,6 +422,53 @@ impl Router {
         Ok(route)
     }
 
+    /// The text classifier `c` reads in a request (for a classification that calls a model).
+    pub fn class_text(&self, c: u16, ask: &Ask<'_>) -> String {
+        let Some(classifier) = self.classifiers.get(c) else {
+            return String::new();
+        };
+        let mut known = classify::Known::default();
+        signals::with_scratch(|scratch| {
+            let mut signals = Signals::new(ask, 4.0, scratch, self, &mut known);
+            signals.class_text(classifier.scope).to_owned()
+        })
+    }
+
+    /// Classifier `c`'s verdict for the request once its conversation's earlier label is
+    /// applied (`sticky: conversation` on the requested virtual model): the kept label stays
+    /// unless `fresh` names another with at least the switch confidence; a conversation's
+    /// first confident label is kept. Without stickiness, `fresh` as it is.
+    pub fn settle(&self, ask: &Ask<'_>, c: u16, fresh: classify::Verdict) -> classify::Verdict {
+        let Some(plan) = self.models.get(ask.model) else {
+            return fresh;
+        };
+        let Some(switch) = plan.sticky else {
+            return fresh;
+        };
+        let Some(conversation) = conversation_key(ask) else {
+            return fresh;
+        };
+        let key = conversation ^ plan.seed.rotate_left(29);
+        let memory = &self.classifiers.memory.sticky;
+        let mut labels = memory.get(&key).unwrap_or_default();
+        let kept = labels.iter().find(|(k, _)| *k == c).map(|&(_, l)| l);
+        let confident = !fresh.source.is_fallback() && fresh.confidence >= switch;
+        match (kept, fresh.label) {
+            (Some(old), new) if new != Some(old) && !confident => classify::Verdict {
+                label: Some(old),
+                source: classify::Source::Sticky,
+                ..fresh
+            },
+            (kept, Some(new)) if kept != Some(new) && !fresh.source.is_fallback() => {
+                labels.retain(|(k, _)| *k != c);
+                labels.push((c, new));
+                memory.insert(key, labels);
+                fresh
+            }
+            _ => fresh,
+        }
+    }
+
     /// The pool name, for traces and logs.
     pub fn pool_name(&self, pool: usize) -> &str {
         self.pools.get(pool).map_or("", |p| p.name.as_str())
@@ -406,6 +478,19 @@ impl Router {
     pub fn model_name(&self, model: usize) -> &str {
         self.models.get(model).map_or("", |m| m.name.as_str())
     }
+}
+
+/// What identifies a request's conversation across turns: its `x-session-id`, else its first
+/// user message (chat only).
+fn conversation_key(ask: &Ask<'_>) -> Option<u64> {
+    if let Some(id) = ask.headers.get(SESSION_HEADER).filter(|v| !v.is_empty()) {
+        return Some(split::stable_hash(id.as_bytes()));
+    }
+    if ask.endpoint != Endpoint::ChatCompletions {
+        return None;
+    }
+    let messages = ask.body.get(ask.view.prompt_span.clone())?;
+    conversation::first_user(messages).map(|m| xxhash_rust::xxh3::xxh3_64(m) | 1)
 }
 
 #[cfg(test)]

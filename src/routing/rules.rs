@@ -50,6 +50,9 @@ impl Router {
                     holds
                 }
             };
+            if let Some(c) = signals.pending {
+                return Err(Refusal::Unclassified(c));
+            }
             if !holds {
                 continue;
             }

@@ -5,15 +5,17 @@
 
 use std::cell::RefCell;
 
+use super::classify::{Known, TextScope};
 use super::conversation::{self, Outline};
 use super::spec::Scope;
-use super::Ask;
+use super::{Ask, Router};
 use crate::openai::Endpoint;
 
 /// Text buffers kept per thread between decisions.
 #[derive(Default)]
 pub struct Scratch {
-    texts: [String; 2],
+    /// By [`Scope`], then the text of a classifier reading the last N turns.
+    texts: [String; 3],
 }
 
 /// A buffer larger than this after a decision is given back (memory stays bounded by
@@ -49,10 +51,21 @@ pub struct Signals<'s, 'a> {
     outline: Option<Outline>,
     decoded: [bool; 2],
     scratch: &'s mut Scratch,
+    router: &'s Router,
+    /// Classifications made for this request so far.
+    known: &'s mut Known,
+    /// A classifier a condition needs that must call a model: the decision stops for it.
+    pub pending: Option<u16>,
 }
 
 impl<'s, 'a> Signals<'s, 'a> {
-    pub fn new(ask: &'s Ask<'a>, bytes_per_token: f64, scratch: &'s mut Scratch) -> Self {
+    pub fn new(
+        ask: &'s Ask<'a>,
+        bytes_per_token: f64,
+        scratch: &'s mut Scratch,
+        router: &'s Router,
+        known: &'s mut Known,
+    ) -> Self {
         for t in &mut scratch.texts {
             t.clear();
         }
@@ -62,6 +75,77 @@ impl<'s, 'a> Signals<'s, 'a> {
             outline: None,
             decoded: [false; 2],
             scratch,
+            router,
+            known,
+            pending: None,
+        }
+    }
+
+    /// Classifier `c`'s label for this request: `Some(None)` when it has none (a fallback
+    /// without a fallback label), `None` while it is pending (it calls a model: the proxy
+    /// runs it and decides again). A lexical classifier runs here, once per request.
+    pub fn label(&mut self, c: u16) -> Option<Option<u16>> {
+        if let Some(v) = self.known.get(c) {
+            return Some(v.label);
+        }
+        let router = self.router;
+        let Some(classifier) = router.classifiers.get(c) else {
+            return Some(None);
+        };
+        if !classifier.is_local() {
+            self.pending = Some(c);
+            return None;
+        }
+        let fresh = classifier.classify_local(self.class_text(classifier.scope));
+        let verdict = router.settle(self.ask, c, fresh);
+        self.known.insert(c, verdict);
+        Some(verdict.label)
+    }
+
+    /// What classifier `c` said, for traces.
+    pub fn describe_class(&mut self, c: u16) -> String {
+        let router = self.router;
+        let name = router.classifiers.get(c).map_or("?", |k| k.name.as_str());
+        match self.label(c) {
+            None => format!("{name}: pending"),
+            Some(_) => match (self.known.get(c), router.classifiers.get(c)) {
+                (Some(v), Some(k)) => format!(
+                    "{name}: {} ({:.2}, {})",
+                    k.label_name(v.label).unwrap_or("no label"),
+                    v.confidence,
+                    serde_json::to_value(v.source)
+                        .ok()
+                        .and_then(|s| s.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                ),
+                _ => format!("{name}: no label"),
+            },
+        }
+    }
+
+    /// The text a classifier with `scope` reads.
+    pub fn class_text(&mut self, scope: TextScope) -> &str {
+        match scope {
+            TextScope::LastUser => self.text(Scope::LastUser),
+            TextScope::Conversation { turns: 0 } => self.text(Scope::Conversation),
+            TextScope::Conversation { turns } => {
+                let messages = self.messages();
+                let out = &mut self.scratch.texts[2];
+                out.clear();
+                match self.ask.endpoint {
+                    Endpoint::ChatCompletions => {
+                        conversation::last_turns_text(messages, turns, out)
+                    }
+                    _ => conversation::push_text(
+                        self.ask
+                            .body
+                            .get(self.ask.view.prompt_span.clone())
+                            .unwrap_or_default(),
+                        out,
+                    ),
+                }
+                &self.scratch.texts[2]
+            }
         }
     }
 

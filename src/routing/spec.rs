@@ -35,6 +35,9 @@ pub struct Rules {
     pub rules: Vec<Rule>,
     /// `models.X.baseline`: the model whose prices the routed traffic is compared with.
     pub baseline: Option<usize>,
+    /// `models.X.sticky: conversation`: the switch confidence a later turn's label needs to
+    /// replace the conversation's first.
+    pub sticky: Option<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +119,9 @@ pub enum Condition {
     Tenant(Vec<String>),
     /// The client named the model by one of these (the virtual name or one of its aliases).
     ModelRequested(Vec<String>),
+    /// Each classifier (index into `Config::classifiers`) gives one of its labels (indices),
+    /// checked in order: a classifier runs only when those before it matched.
+    Class(Vec<(u16, Vec<u16>)>),
 }
 
 impl Condition {
@@ -134,6 +140,7 @@ impl Condition {
             Self::Header(_) => "header",
             Self::Tenant(_) => "tenant",
             Self::ModelRequested(_) => "model_requested",
+            Self::Class(_) => "class",
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct Sim {
     pub seed: u64,
     pub default_max_tokens: u32,
     pub embedding_dims: usize,
+    /// Labels a classifier model answers with (`--classifier-labels`).
+    pub classifier_labels: Option<Vec<(String, Vec<String>)>>,
     /// Inference requests received (any outcome), for tests and load checks.
     pub http_requests: std::sync::atomic::AtomicU64,
     /// Connections accepted (tests check the gateway reuses its upstream connections).
@@ -208,6 +210,12 @@ impl Sim {
                 "stop"
             },
             timestamps: self.event_timestamps,
+            answer: match (&self.classifier_labels, kind) {
+                (Some(labels), Kind::Chat) => {
+                    Some(super::meaning::label_for(&last_user_text(&v), labels))
+                }
+                _ => None,
+            },
         };
         let stream = v["stream"].as_bool().unwrap_or(false);
         if stream {
@@ -270,6 +278,10 @@ impl Sim {
                 None => return Err(Abort("engine stopped")),
             }
         };
+        if let Some(label) = gen.answer.take() {
+            text = label;
+            completion = 1;
+        }
         let usage = gen.usage(completion, cached);
         let choice = match gen.kind {
             Kind::Chat => {
@@ -301,11 +313,7 @@ impl Sim {
             .iter()
             .enumerate()
             .map(|(index, text)| {
-                let mut h = DefaultHasher::new();
-                text.hash(&mut h);
-                let mut rng = fastrand::Rng::with_seed(self.seed ^ h.finish());
-                let embedding: Vec<f32> =
-                    (0..self.embedding_dims).map(|_| rng.f32() - 0.5).collect();
+                let embedding = super::meaning::embed(text, self.embedding_dims);
                 tokens += text.len().div_ceil(4);
                 json!({"object": "embedding", "index": index, "embedding": embedding})
             })
@@ -413,6 +421,22 @@ fn prompt_text(v: &Value, kind: Kind) -> String {
     out
 }
 
+/// The text of the last user message of a chat request.
+fn last_user_text(v: &Value) -> String {
+    let last = v["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"));
+    match last.map(|m| &m["content"]) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
 /// What one generation needs to format its output.
 struct Generation {
     kind: Kind,
@@ -423,6 +447,8 @@ struct Generation {
     prompt_tokens: u32,
     finish_reason: &'static str,
     timestamps: bool,
+    /// A classifier model's answer, in place of generated words (whole answers only).
+    answer: Option<String>,
 }
 
 impl Generation {

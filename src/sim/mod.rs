@@ -9,6 +9,7 @@ pub mod engine;
 pub mod faults;
 pub mod http;
 pub mod kv;
+pub mod meaning;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -56,9 +57,15 @@ pub struct SimArgs {
     /// Completion length when a request sets no max_tokens.
     #[arg(long, default_value_t = 32)]
     pub default_max_tokens: u32,
-    /// Dimensions of embedding vectors.
-    #[arg(long, default_value_t = 16)]
+    /// Dimensions of embedding vectors (a hashed bag of words and trigrams: texts that share
+    /// words are near).
+    #[arg(long, default_value_t = 384)]
     pub embedding_dims: usize,
+    /// Answer chat requests as a classifier model would: with the label whose name or words
+    /// occur most in the last user message (`code:rust|python,math:integral,chat`;
+    /// `unknown` when none does).
+    #[arg(long, value_parser = meaning::parse_labels)]
+    pub classifier_labels: Option<Vec<(String, Vec<String>)>>,
     /// Seed of the token generator; equal seeds and prompts give equal answers.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -108,6 +115,7 @@ pub async fn spawn(args: SimArgs) -> std::io::Result<SocketAddr> {
         seed: args.seed,
         default_max_tokens: args.default_max_tokens.max(1),
         embedding_dims: args.embedding_dims,
+        classifier_labels: args.classifier_labels.clone(),
         http_requests: Default::default(),
         connections: Default::default(),
         event_timestamps: args.event_timestamps,

@@ -74,6 +74,7 @@ impl Runtime {
         store: &LocalStore,
         metrics: &Metrics,
         indexes: &PrefixIndexes,
+        memory: &crate::routing::classify::Memory,
     ) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let tls_cert = match &config.server.tls {
@@ -176,7 +177,7 @@ impl Runtime {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let router = router(&config).map_err(|e| {
+        let router = router(&config, memory.clone()).map_err(|e| {
             vec![ConfigError {
                 path: format!("models.{}.route[{}].when", e.model, e.rule),
                 message: e.message,
@@ -237,7 +238,10 @@ impl Runtime {
 
 /// The router of a config: names, and every virtual model's rules compiled. Opens no socket
 /// (`switchyard route` builds it alone).
-pub fn router(config: &Config) -> Result<Router, crate::routing::BuildError> {
+pub fn router(
+    config: &Config,
+    memory: crate::routing::classify::Memory,
+) -> Result<Router, crate::routing::BuildError> {
     let models: Vec<ModelDef<'_>> = config
         .models
         .iter()
@@ -259,7 +263,15 @@ pub fn router(config: &Config) -> Result<Router, crate::routing::BuildError> {
             cost: p.cost,
         })
         .collect();
-    Router::build(&models, &pools)
+    let model_name = |m: usize| {
+        config
+            .models
+            .get(m)
+            .map_or(String::new(), |m| m.name.clone())
+    };
+    let classifiers =
+        crate::routing::classify::Classifiers::build(&config.classifiers, memory, &model_name);
+    Router::build(&models, &pools, classifiers)
 }
 
 impl crate::routing::Live for Runtime {
@@ -374,6 +386,7 @@ mod tests {
             &LocalStore::default(),
             &Metrics::new().unwrap(),
             &PrefixIndexes::default(),
+            &Default::default(),
         )
         .unwrap()
     }

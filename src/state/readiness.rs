@@ -63,12 +63,18 @@ pub fn readiness(shared: &Shared) -> (bool, Value) {
         .map(|&m| name(m))
         .collect();
     let ready = !draining && missing.is_empty();
+    // Exemplar vectors of embedding classifiers: a classifier without them still answers by
+    // its other methods, so they do not make the gateway unready; they are shown.
+    let classifiers: Map<String, Value> = (runtime.router.classifiers.vector_status().into_iter())
+        .map(|(name, status)| (name.to_owned(), json!({"embedding": status})))
+        .collect();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "draining": draining,
         "missing": missing,
         "pools": pools,
         "models": models,
+        "classifiers": classifiers,
     });
     (ready, body)
 }

@@ -27,6 +27,8 @@ pub struct Shared {
     pub per_ip: PerIp,
     /// Prefix-aware pools' indices of which server holds which prefix; outlive runtimes.
     pub prefix: PrefixIndexes,
+    /// Classifiers' exemplar vectors and conversations' labels; outlive runtimes.
+    pub classify: crate::routing::classify::Memory,
     /// The file reloads read; `None` for a config that did not come from a file (the demo).
     config_path: Option<PathBuf>,
     /// Serialises reloads so that two of them cannot interleave read, build and swap.
@@ -81,7 +83,8 @@ impl Shared {
                 }])
             }
         };
-        let runtime = Runtime::build(config, &registry, &store, &metrics, &prefix)?;
+        let classify = crate::routing::classify::Memory::default();
+        let runtime = Runtime::build(config, &registry, &store, &metrics, &prefix, &classify)?;
         metrics.config_load(true);
         Ok(Self {
             runtime: ArcSwap::from_pointee(runtime),
@@ -89,6 +92,7 @@ impl Shared {
             store,
             per_ip: PerIp::default(),
             prefix,
+            classify,
             metrics,
             lifecycle: Default::default(),
             config_path,
@@ -146,6 +150,7 @@ impl Shared {
             &self.store,
             &self.metrics,
             &self.prefix,
+            &self.classify,
         )
         .map_err(|errs| ReloadError::Load(LoadError::Invalid(errs)))
     }

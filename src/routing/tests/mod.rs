@@ -133,7 +133,7 @@ struct Harness {
 impl Harness {
     fn new(extra: &str) -> Self {
         let config = config(extra);
-        let router = crate::state::router(&config).unwrap();
+        let router = crate::state::router(&config, Default::default()).unwrap();
         Self { config, router }
     }
 
@@ -167,7 +167,8 @@ impl Harness {
             allowed: &allowed,
             prefs: &prefs,
         };
-        self.router.decide(&ask, live, None)
+        self.router
+            .decide(&ask, live, &mut Default::default(), None)
     }
 
     fn decide(&self, r: &Request) -> Result<Route, Refusal> {

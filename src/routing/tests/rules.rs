@@ -185,7 +185,10 @@ fn a_trace_says_what_each_rule_saw() {
         prefs: &prefs,
     };
     let mut trace = Trace::default();
-    let route = h.router.decide(&ask, &Offline, Some(&mut trace)).unwrap();
+    let route = h
+        .router
+        .decide(&ask, &Offline, &mut Default::default(), Some(&mut trace))
+        .unwrap();
     assert_eq!(h.label(&route), "auto#3:keywords");
     assert_eq!(trace.rules.len(), 6);
     assert_eq!(trace.rules[0].outcome, "not matched");

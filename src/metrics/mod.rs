@@ -25,9 +25,15 @@ const LATENCY_BUCKETS: [f64; 17] = [
     120.0,
 ];
 
+mod classify;
+
+pub use classify::ClassifyMetrics;
+
 /// The gateway's registry and metric families.
 pub struct Metrics {
     registry: Registry,
+    /// Classifiers' decisions, latency, cache and fallbacks.
+    pub classify: ClassifyMetrics,
     requests: IntCounterVec,
     duration: HistogramVec,
     ttft: HistogramVec,
@@ -307,6 +313,7 @@ impl Metrics {
             ),
             &["model", "target", "outcome"],
         )?;
+        let classify = ClassifyMetrics::new(&registry)?;
         for c in [&route_decisions, &shadow] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -368,6 +375,7 @@ impl Metrics {
             cost,
             cost_baseline,
             shadow,
+            classify,
         })
     }
 
