@@ -130,8 +130,12 @@ fn decide_parsed(router: &Router, view: &RequestView<'_>, body: &[u8], headers: 
         tenant: None,
         allowed: &allowed,
         prefs: &prefs,
+        remember: true,
     };
-    router.decide(&ask, &Offline, &mut Default::default(), None).unwrap().decision
+    router
+        .decide(&ask, &Offline, &mut Default::default(), None)
+        .unwrap()
+        .decision
 }
 
 /// The naive router: the whole body as a `Value`, the last user message lower-cased, every

@@ -127,6 +127,72 @@ models:
     );
 }
 
+#[test]
+fn check_names_unknown_classifiers_labels_and_models_with_their_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("classifiers.yaml");
+    std::fs::write(
+        &path,
+        r#"
+pools:
+  p: {model: served, servers: [{url: "http://127.0.0.1:8001"}]}
+models:
+  plain: {pool: p}
+  auto:
+    sticky: conversation
+    switch_confidence: 1.5
+    route:
+      - when: {class: {task: code, shape: round}}
+        to: plain
+      - when: {class: {task: [math, poetry]}}
+        to: plain
+      - to: plain
+classifiers:
+  task:
+    method: ensemble
+    labels:
+      code: {examples: ["fix my loop"]}
+      math: {examples: []}
+    embedding: {model: embed-small}
+    llm: {model: auto, max_tokens: 0}
+    ensemble: {lexical: 1, llm: -2, vibes: 1}
+    fallback: chat
+    scope: last_user
+    turns: 3
+    budget: soon
+"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("models.") || l.starts_with("classifiers."))
+        .collect();
+    let expected = [
+        "models.auto.route[0].when.class.shape: no classifier named \"shape\"",
+        "models.auto.route[1].when.class.task[1]: \"poetry\" is not a label of task (code, math)",
+        "models.auto.switch_confidence: 1.5 is not within 0..=1",
+        "classifiers.task.labels.math.examples: needs at least one example",
+        "classifiers.task.embedding.model: no model or alias named \"embed-small\"",
+        "classifiers.task.llm.max_tokens: must be greater than 0",
+        "classifiers.task.llm.model: \"auto\" is a virtual model; a classifier calls a model served by a pool",
+        "classifiers.task.ensemble.llm: must be 0 or more",
+        "classifiers.task.ensemble.vibes: \"vibes\" is not one of: lexical, embedding, llm",
+        "classifiers.task.fallback: \"chat\" is not one of its labels",
+        "classifiers.task.turns: applies to `scope: conversation` only",
+    ];
+    for want in expected {
+        assert!(lines.contains(&want), "missing {want:?} in:\n{stderr}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("classifiers.task.budget: \"soon\" is not a duration")),
+        "{stderr}"
+    );
+}
+
 /// `switchyard route` with `stdin` as the request; exit code, stdout, stderr.
 fn route(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
     use std::io::Write as _;

@@ -87,13 +87,20 @@ fn a_decision_allocates_nothing() {
             tenant,
             allowed: &allowed,
             prefs: &prefs,
+            remember: true,
         };
-        let first = router.decide(&ask, &Offline, &mut Default::default(), None).unwrap();
+        let first = router
+            .decide(&ask, &Offline, &mut Default::default(), None)
+            .unwrap();
         let got = &router.decision(first.decision).unwrap().label;
         assert!(got.starts_with(label), "{got} for {label}");
         let region = Region::new(GLOBAL);
         for _ in 0..100 {
-            std::hint::black_box(router.decide(&ask, &Offline, &mut Default::default(), None).unwrap());
+            std::hint::black_box(
+                router
+                    .decide(&ask, &Offline, &mut Default::default(), None)
+                    .unwrap(),
+            );
         }
         let stats = region.change();
         assert_eq!(

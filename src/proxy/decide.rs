@@ -75,6 +75,7 @@ pub async fn route(
         tenant: caller.tenant,
         allowed: caller.allowed,
         prefs: &prefs,
+        remember: trace.is_none(),
     };
     let mut trace = trace;
     // Each classifier is run at most once: a decision that asks for one gets it next time.

@@ -116,6 +116,9 @@ pub struct Ask<'a> {
     /// Whether the caller may use a model (its tenant's allow-list).
     pub allowed: &'a (dyn Fn(usize) -> bool + Sync),
     pub prefs: &'a Prefs,
+    /// Whether the decision is remembered (a conversation's labels under `sticky:
+    /// conversation`); a dry run only reads.
+    pub remember: bool,
 }
 
 /// A model as the router is built from.
@@ -459,7 +462,9 @@ impl Router {
                 source: classify::Source::Sticky,
                 ..fresh
             },
-            (kept, Some(new)) if kept != Some(new) && !fresh.source.is_fallback() => {
+            (kept, Some(new))
+                if kept != Some(new) && !fresh.source.is_fallback() && ask.remember =>
+            {
                 labels.retain(|(k, _)| *k != c);
                 labels.push((c, new));
                 memory.insert(key, labels);

@@ -39,9 +39,13 @@ fn words(text: &str) -> impl Iterator<Item = String> + '_ {
         .map(str::to_lowercase)
 }
 
+/// Labels with the words that make a simulated classifier answer them.
+#[derive(Debug, Clone)]
+pub struct Labels(pub Vec<(String, Vec<String>)>);
+
 /// `--classifier-labels`: `code:rust|python,math,chat` → each label with its words (the
 /// label's own name always counts).
-pub fn parse_labels(spec: &str) -> Result<Vec<(String, Vec<String>)>, String> {
+pub fn parse_labels(spec: &str) -> Result<Labels, String> {
     let mut out = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, listed) = item.split_once(':').unwrap_or((item, ""));
@@ -60,7 +64,7 @@ pub fn parse_labels(spec: &str) -> Result<Vec<(String, Vec<String>)>, String> {
     if out.is_empty() {
         return Err("no label".to_owned());
     }
-    Ok(out)
+    Ok(Labels(out))
 }
 
 /// The label a simulated classifier model answers for `text`: the one whose words occur most
@@ -99,7 +103,9 @@ mod tests {
 
     #[test]
     fn labels_answer_by_their_words() {
-        let labels = parse_labels("code:rust|python|bug, math:integral|equation ,chat").unwrap();
+        let labels = parse_labels("code:rust|python|bug, math:integral|equation ,chat")
+            .unwrap()
+            .0;
         assert_eq!(label_for("a Rust bug in python", &labels), "code");
         assert_eq!(
             label_for("solve this equation and the integral", &labels),

@@ -65,7 +65,7 @@ pub struct SimArgs {
     /// occur most in the last user message (`code:rust|python,math:integral,chat`;
     /// `unknown` when none does).
     #[arg(long, value_parser = meaning::parse_labels)]
-    pub classifier_labels: Option<Vec<(String, Vec<String>)>>,
+    pub classifier_labels: Option<meaning::Labels>,
     /// Seed of the token generator; equal seeds and prompts give equal answers.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -115,7 +115,7 @@ pub async fn spawn(args: SimArgs) -> std::io::Result<SocketAddr> {
         seed: args.seed,
         default_max_tokens: args.default_max_tokens.max(1),
         embedding_dims: args.embedding_dims,
-        classifier_labels: args.classifier_labels.clone(),
+        classifier_labels: args.classifier_labels.clone().map(|l| l.0),
         http_requests: Default::default(),
         connections: Default::default(),
         event_timestamps: args.event_timestamps,

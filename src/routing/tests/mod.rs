@@ -166,6 +166,7 @@ impl Harness {
             tenant: r.tenant,
             allowed: &allowed,
             prefs: &prefs,
+            remember: true,
         };
         self.router
             .decide(&ask, live, &mut Default::default(), None)

@@ -183,6 +183,7 @@ fn a_trace_says_what_each_rule_saw() {
         tenant: r.tenant,
         allowed: &allowed,
         prefs: &prefs,
+        remember: true,
     };
     let mut trace = Trace::default();
     let route = h
