@@ -88,7 +88,9 @@ pub async fn route(
                 };
                 let text = router.class_text(c, &ask);
                 let vectors = &router.classifiers.memory.vectors;
-                let fresh = classify::run::run(classifier, vectors, &text, backend).await;
+                // Boxed: its future (the calls, their timeouts) would otherwise make every
+                // request's future larger, and Pingora moves that whole into a box per request.
+                let fresh = Box::pin(classify::run::run(classifier, vectors, &text, backend)).await;
                 known.insert(c, router.settle(&ask, c, fresh));
             }
             result => {

@@ -94,7 +94,7 @@ pub struct Verdict {
 }
 
 /// Classifications a decision holds without allocating; more spill to the heap.
-const KNOWN_INLINE: usize = 4;
+const KNOWN_INLINE: usize = 2;
 
 /// The verdicts of one decision, by classifier index.
 #[derive(Debug, Default)]
@@ -260,18 +260,17 @@ impl Classifier {
     }
 
     /// The lexical method's answer for `text`.
-    pub fn lexical(&self, text: &str) -> (MethodResult, [f32; lexical::MAX_LABELS]) {
+    pub fn lexical(&self, text: &str) -> MethodResult {
         let started = std::time::Instant::now();
         let mut scores = [0.0; lexical::MAX_LABELS];
         self.lexical.scores(text, &mut scores);
         let best = lexical::best(&scores[..self.labels.len().min(lexical::MAX_LABELS)]);
-        let result = MethodResult {
+        MethodResult {
             label: best.map(|b| b.label),
             confidence: best.map_or(0.0, |b| b.confidence),
             micros: micros(started.elapsed()),
             failure: best.is_none().then_some(Failure::NoLabel),
-        };
-        (result, scores)
+        }
     }
 
     /// The verdict of a vote (`None`: nobody answered), with `min_confidence` and the fallback
@@ -301,9 +300,15 @@ impl Classifier {
     /// The lexical-only classification of `text` (classifiers that call no model).
     pub fn classify_local(&self, text: &str) -> Verdict {
         let started = std::time::Instant::now();
-        let (result, scores) = self.lexical(text);
-        let n = self.labels.len().min(lexical::MAX_LABELS);
-        let vote = vote::tally(n, &[(self.weights[0], vote::Ballot::Scores(&scores[..n]))]);
+        let result = self.lexical(text);
+        let ballot = result.label.map(|label| {
+            let said = lexical::Scored {
+                label,
+                confidence: result.confidence,
+            };
+            (self.weights[0], said)
+        });
+        let vote = vote::tally(self.labels.len(), ballot.as_slice());
         self.conclude(vote, [Some(result), None, None], micros(started.elapsed()))
     }
 

@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
+use super::lexical::Scored;
 use super::lexical::MAX_LABELS;
-use super::vote::{tally, Ballot};
+use super::vote::tally;
 use super::{knn, llm, micros, Classifier, Failure, MethodResult, Source, Vectors, Verdict};
 
 /// How classification reaches models: the gateway sends through the model's pools (its
@@ -39,12 +40,12 @@ pub async fn run(c: &Classifier, vectors: &Vectors, text: &str, backend: &dyn Ba
     }
     let n = c.labels.len().min(MAX_LABELS);
     let deadline = tokio::time::Instant::now() + c.budget;
-    let (lexical, lexical_scores) = c.lexical(text);
+    let lexical = c.lexical(text);
     let embedding = async {
         let spec = c.embedding.as_ref().filter(|_| c.weights[1] > 0.0)?;
         let t0 = Instant::now();
         let Some(exemplars) = vectors.get(&c.name) else {
-            return Some((failed(Failure::NoVectors, t0), Vec::new()));
+            return Some(failed(Failure::NoVectors, t0));
         };
         let body = |served: &str| {
             serde_json::json!({"model": served, "input": text})
@@ -53,25 +54,24 @@ pub async fn run(c: &Classifier, vectors: &Vectors, text: &str, backend: &dyn Ba
         };
         let call = backend.post(spec.model, "/v1/embeddings", &body);
         Some(match tokio::time::timeout_at(deadline, call).await {
-            Err(_) => (failed(Failure::Timeout, t0), Vec::new()),
+            Err(_) => failed(Failure::Timeout, t0),
             Ok(Err(e)) => {
                 tracing::debug!(classifier = %c.name, error = %e, "embedding call failed");
-                (failed(Failure::Error, t0), Vec::new())
+                failed(Failure::Error, t0)
             }
             Ok(Ok(answer)) => match first_vector(&answer) {
-                None => (failed(Failure::Error, t0), Vec::new()),
+                None => failed(Failure::Error, t0),
                 Some(mut q) => {
                     knn::normalise(&mut q);
                     let mut scores = vec![0.0; n];
                     knn::scores(&exemplars, &c.labels, &q, spec.k, &mut scores);
                     let best = super::lexical::best(&scores);
-                    let result = MethodResult {
+                    MethodResult {
                         label: best.map(|b| b.label),
                         confidence: best.map_or(0.0, |b| b.confidence),
                         micros: micros(t0.elapsed()),
                         failure: best.is_none().then_some(Failure::NoLabel),
-                    };
-                    (result, scores)
+                    }
                 }
             },
         })
@@ -102,20 +102,19 @@ pub async fn run(c: &Classifier, vectors: &Vectors, text: &str, backend: &dyn Ba
         })
     };
     let (embedding, model) = tokio::join!(embedding, model);
-    let mut ballots = Vec::with_capacity(3);
     let lexical = (c.weights[0] > 0.0).then_some(lexical);
-    if lexical.is_some_and(|r| r.label.is_some()) {
-        ballots.push((c.weights[0], Ballot::Scores(&lexical_scores[..n])));
-    }
-    if let Some((r, scores)) = &embedding {
-        if r.label.is_some() {
-            ballots.push((c.weights[1], Ballot::Scores(scores)));
-        }
-    }
-    if let Some(label) = model.and_then(|r| r.label) {
-        ballots.push((c.weights[2], Ballot::Label(label)));
-    }
-    let methods = [lexical, embedding.as_ref().map(|(r, _)| *r), model];
+    let methods = [lexical, embedding, model];
+    let ballots = methods.iter().zip(c.weights).filter_map(|(m, w)| {
+        let m = m.as_ref()?;
+        Some((
+            w,
+            Scored {
+                label: m.label?,
+                confidence: m.confidence,
+            },
+        ))
+    });
+    let ballots: Vec<(f32, Scored)> = ballots.collect();
     let verdict = c.conclude(tally(n, &ballots), methods, micros(started.elapsed()));
     let degraded = methods.iter().flatten().any(|m| {
         matches!(
