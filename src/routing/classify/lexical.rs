@@ -410,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn stems_match_other_forms_of_a_word() {
+    fn trigrams_match_other_forms_of_a_word() {
         let m = Lexical::build(&[vec!["debugging sessions"], vec!["holidays abroad"]]);
         assert_eq!(m.classify("my debugger crashed").map(|s| s.label), Some(0));
     }

@@ -11,7 +11,7 @@
 //! | file | what |
 //! |---|---|
 //! | `spec.rs` | the typed config |
-//! | `lexical.rs` | TF-IDF centroids over words, stems and word pairs |
+//! | `lexical.rs` | TF-IDF centroids over words, word pairs and character trigrams |
 //! | `knn.rs` | exemplar vectors (kept across reloads) and k nearest neighbours |
 //! | `llm.rs` | the prompt listing the labels, and the lenient reading of the answer |
 //! | `vote.rs` | the weighted vote and its confidence |
