@@ -76,6 +76,42 @@ async fn sighup_reloads_the_file_and_does_not_stop_the_gateway() {
     assert_eq!(status_of(&gw, "old").await, 404);
 }
 
+#[tokio::test]
+async fn a_watched_file_is_reloaded_when_it_changes_and_a_refused_content_is_not_retried() {
+    let sim = Sim::fast(SERVED);
+    let watched = |aliases: &[&str]| {
+        format!(
+            "server: {{watch_config: 10ms}}\n{}",
+            config(&[&sim], aliases)
+        )
+    };
+    let gw = Gateway::start(&watched(&["old"]));
+    gw.rewrite_config(&watched(&["new"]));
+    gw.proc.wait_for_stderr("config reloaded", 1);
+    assert_eq!(status_of(&gw, "new").await, 200);
+    assert_eq!(status_of(&gw, "old").await, 404);
+
+    gw.rewrite_config(&watched(&["newer"]).replace("pool: p", "pool: nowhere"));
+    gw.proc.wait_for_stderr("config reload refused", 1);
+    // The old config keeps serving while the bad file stands (over several periods).
+    for _ in 0..20 {
+        assert_eq!(status_of(&gw, "new").await, 200);
+    }
+    gw.rewrite_config(&watched(&["newest"]));
+    gw.proc.wait_for_stderr("config reloaded", 2);
+    assert_eq!(status_of(&gw, "newest").await, 200);
+    let metrics = common::get_text(&gw.admin_url("/metrics")).await;
+    // The start, two changes; the bad content tried once while it stood for several periods.
+    assert_eq!(
+        common::metric_value(&metrics, r#"switchyard_config_loads_total{result="ok"}"#),
+        Some(3.0)
+    );
+    assert_eq!(
+        common::metric_value(&metrics, r#"switchyard_config_loads_total{result="error"}"#),
+        Some(1.0)
+    );
+}
+
 /// Streams and plain requests run while the config flips eleven times between two server sets
 /// and alias sets: none fails or is cut short, and afterwards new requests follow the last
 /// config (its alias, and only its servers).

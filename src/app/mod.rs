@@ -4,6 +4,7 @@ mod connection_cap;
 mod listener;
 mod monitor;
 mod shutdown;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -159,6 +160,13 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
     ));
     api.add_dependency(&reload);
     admin.add_dependency(&reload);
+    // Likewise, the file's first content is known before anyone can be told the gateway is up.
+    let watch = server.add_service(background_service(
+        "reload on file change",
+        watch::ReloadOnChange(shared.clone()),
+    ));
+    api.add_dependency(&watch);
+    admin.add_dependency(&watch);
     server.add_service(background_service(
         "access log flush",
         AccessLogFlush(gateway.access_log.clone()),

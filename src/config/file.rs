@@ -215,6 +215,9 @@ pub struct FileServer {
     /// What an answer's `model` says: `served` (default: the name the server answered with,
     /// as it said it) or `public` (the public name of the model that answered).
     pub response_model: Option<String>,
+    /// Reload the config file when its content changes, checking this often (e.g. `2s`; for
+    /// mounted ConfigMaps, whose updates come with no signal). Off by default.
+    pub watch_config: Option<String>,
     /// Models (names or aliases) `/readyz` requires to be servable, through their own pool or
     /// a fallback; by default readiness does not depend on any model's servers.
     #[serde(default)]

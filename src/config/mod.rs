@@ -134,6 +134,8 @@ pub struct ServerSettings {
     pub tls: Option<TlsFiles>,
     /// `server.response_model: public`: answers name the public model that answered.
     pub public_response_model: bool,
+    /// `server.watch_config`: how often the config file is checked for a change; `None`: not.
+    pub watch_config: Option<std::time::Duration>,
 }
 
 /// A certificate chain and its private key, PEM files.
@@ -341,6 +343,19 @@ models:
         assert_eq!(c.limits.max_body_size, 8 << 20);
         assert_eq!(c.timeouts.connect, Duration::from_secs(3));
         assert_eq!(c.server.grace_period, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn watch_config_is_off_unless_given_a_period() {
+        assert_eq!(parse(SAMPLE).unwrap().server.watch_config, None);
+        let with = |v: &str| format!("server: {{watch_config: {v}}}\n{SAMPLE}");
+        let c = parse(&with("500ms")).unwrap();
+        assert_eq!(c.server.watch_config, Some(Duration::from_millis(500)));
+        assert_eq!(parse(&with("off")).unwrap().server.watch_config, None);
+        assert_eq!(
+            errors(&with("0s")),
+            ["server.watch_config: must be greater than 0"]
+        );
     }
 
     #[test]

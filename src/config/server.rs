@@ -80,6 +80,10 @@ pub(super) fn settings(errs: &mut Errors, s: &FileServer) -> ServerSettings {
                 false
             }
         },
+        watch_config: match s.watch_config.as_deref() {
+            None | Some("off") => None,
+            every => Some(duration(errs, "server.watch_config", every, 2)),
+        },
         // Read when a runtime is built (a reload rereads them).
         tls: s.tls.as_ref().map(|t| super::TlsFiles {
             cert: t.cert.clone().into(),

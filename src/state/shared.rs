@@ -101,6 +101,11 @@ impl Shared {
         })
     }
 
+    /// The file reloads read (`None`: the config did not come from a file).
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.as_deref()
+    }
+
     /// Reads, validates and builds the config file, then swaps it in atomically: requests in
     /// flight keep the runtime they started with, new ones see the new one, none sees a mix.
     /// Per-server state survives for servers that stay. A bad file changes nothing.
