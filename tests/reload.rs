@@ -27,6 +27,16 @@ async fn status_of(gw: &Gateway, model: &str) -> u16 {
     gw.tiny_completion(model).await
 }
 
+/// `switchyard_config_loads_total` (ok, error).
+async fn config_loads(gw: &Gateway) -> (Option<f64>, Option<f64>) {
+    let metrics = common::get_text(&gw.admin_url("/metrics")).await;
+    let loads = |result: &str| {
+        let name = format!(r#"switchyard_config_loads_total{{result="{result}"}}"#);
+        common::metric_value(&metrics, &name)
+    };
+    (loads("ok"), loads("error"))
+}
+
 #[tokio::test]
 async fn admin_reload_applies_a_good_file_and_refuses_a_bad_one_with_its_errors() {
     let sim = Sim::fast(SERVED);
@@ -51,15 +61,7 @@ async fn admin_reload_applies_a_good_file_and_refuses_a_bad_one_with_its_errors(
     assert_eq!(status_of(&gw, "new").await, 200);
     assert_eq!(status_of(&gw, "newer").await, 404);
 
-    let metrics = common::get_text(&gw.admin_url("/metrics")).await;
-    assert_eq!(
-        common::metric_value(&metrics, r#"switchyard_config_loads_total{result="ok"}"#),
-        Some(2.0)
-    );
-    assert_eq!(
-        common::metric_value(&metrics, r#"switchyard_config_loads_total{result="error"}"#),
-        Some(1.0)
-    );
+    assert_eq!(config_loads(&gw).await, (Some(2.0), Some(1.0)));
     // The public port does not expose the admin API.
     let resp = client().post(gw.url("/admin/reload")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
@@ -100,16 +102,8 @@ async fn a_watched_file_is_reloaded_when_it_changes_and_a_refused_content_is_not
     gw.rewrite_config(&watched(&["newest"]));
     gw.proc.wait_for_stderr("config reloaded", 2);
     assert_eq!(status_of(&gw, "newest").await, 200);
-    let metrics = common::get_text(&gw.admin_url("/metrics")).await;
     // The start, two changes; the bad content tried once while it stood for several periods.
-    assert_eq!(
-        common::metric_value(&metrics, r#"switchyard_config_loads_total{result="ok"}"#),
-        Some(3.0)
-    );
-    assert_eq!(
-        common::metric_value(&metrics, r#"switchyard_config_loads_total{result="error"}"#),
-        Some(1.0)
-    );
+    assert_eq!(config_loads(&gw).await, (Some(3.0), Some(1.0)));
 }
 
 /// Streams and plain requests run while the config flips eleven times between two server sets
