@@ -179,7 +179,8 @@ impl Lexical {
         }
     }
 
-    /// Features the model knows (its size is this times the label count).
+    /// Features the model knows (its size is this times the label count, rounded up to
+    /// [`LANES`]).
     pub fn features(&self) -> usize {
         self.index.len
     }
@@ -328,18 +329,17 @@ const GRAM: usize = 3;
 const SEED_GRAM: u64 = 0x5157_4954_4348_4e47;
 
 /// The character n-grams of a word (of more than `GRAM` characters), each a feature. A gram
-/// is at most `4 * GRAM` bytes, hashed by a multiply-xorshift of its bytes (xxh3's setup
-/// cost as much as the rest of the classification for words this short).
+/// is at most `4 * GRAM` bytes, hashed by FNV-1a and a final mix for the table's low bits
+/// (xxh3's setup cost as much as the rest of the classification for inputs this short).
 fn grams(word: &[u8], each: &mut impl FnMut(u64)) {
     // The byte offsets where the last `GRAM` characters started, a ring: the oldest is at
     // `seen % GRAM`.
     let mut starts = [0usize; GRAM];
     let mut seen = 0usize;
     let mut gram = |from: usize, to: usize| {
-        let mut h = SEED_GRAM;
-        for &b in &word[from..to] {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3);
-        }
+        let mut fnv = fnv::FnvHasher::with_key(SEED_GRAM);
+        fnv.write(&word[from..to]);
+        let mut h = fnv.finish();
         h ^= h >> 29;
         h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
         each(h ^ (h >> 32));

@@ -40,7 +40,6 @@ pub async fn run(c: &Classifier, vectors: &Vectors, text: &str, backend: &dyn Ba
     }
     let n = c.labels.len().min(MAX_LABELS);
     let deadline = tokio::time::Instant::now() + c.budget;
-    let lexical = c.lexical(text);
     let embedding = async {
         let spec = c.embedding.as_ref().filter(|_| c.weights[1] > 0.0)?;
         let t0 = Instant::now();
@@ -102,7 +101,7 @@ pub async fn run(c: &Classifier, vectors: &Vectors, text: &str, backend: &dyn Ba
         })
     };
     let (embedding, model) = tokio::join!(embedding, model);
-    let lexical = (c.weights[0] > 0.0).then_some(lexical);
+    let lexical = (c.weights[0] > 0.0).then(|| c.lexical(text));
     let methods = [lexical, embedding, model];
     let ballots = methods.iter().zip(c.weights).filter_map(|(m, w)| {
         let m = m.as_ref()?;
