@@ -5,6 +5,7 @@ pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod config;
+pub mod fleet;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;

@@ -167,6 +167,12 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
     ));
     api.add_dependency(&watch);
     admin.add_dependency(&watch);
+    if let Some(store) = &shared.fleet {
+        server.add_service(background_service(
+            "shared store",
+            SharedStoreSupervisor(store.clone()),
+        ));
+    }
     server.add_service(background_service(
         "access log flush",
         AccessLogFlush(gateway.access_log.clone()),
@@ -204,6 +210,16 @@ impl BackgroundService for AccessLogFlush {
                 }
             }
         }
+    }
+}
+
+/// Connects to the shared store, reconnects with backoff and renews leases.
+struct SharedStoreSupervisor(Arc<crate::fleet::SharedStore>);
+
+#[async_trait]
+impl BackgroundService for SharedStoreSupervisor {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.supervise(shutdown).await;
     }
 }
 

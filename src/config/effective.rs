@@ -28,6 +28,8 @@ impl Config {
                 "cors": self.server.cors.as_ref().map(|c| c.describe()),
                 "tls": self.server.tls.as_ref().map(|t| json!({"cert": t.cert, "key": t.key})),
                 "response_model": if self.server.public_response_model { "public" } else { "served" },
+                "state_dir": self.server.state_dir,
+                "watch_config": self.server.watch_config.map(d),
                 "ready_requires": self.server.ready_requires.iter().filter_map(|&i| self.models.get(i)).map(|m| m.name.as_str()).collect::<Vec<_>>(),
             },
             "limits": {
@@ -38,6 +40,7 @@ impl Config {
                 "requests_per_second_per_ip": self.limits.requests_per_second_per_ip,
             },
             "otel": self.otel.as_ref().map(|o| o.describe()),
+            "shared": self.shared.as_ref().map(|s| s.describe()),
             "auth": self.auth.name(),
             "tenants": self.tenants.iter().map(|t| json!({
                 "name": t.name,

@@ -43,6 +43,28 @@ pub struct FileConfig {
     /// Classifiers by name: labels from what a request means (`when: {class: ...}`).
     #[serde(default)]
     pub classifiers: BTreeMap<String, FileClassifier>,
+    /// The store a fleet of gateways shares (Redis). Absent: limits live in the process.
+    pub shared: Option<FileShared>,
+}
+
+/// `shared:` (config/shared.rs).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileShared {
+    /// `redis://host:port/db`; no password here (see `password_env`).
+    pub redis: Option<String>,
+    /// Name of an environment variable holding the Redis password.
+    pub password_env: Option<String>,
+    /// Before every key (`switchyard:`).
+    pub key_prefix: Option<String>,
+    /// Longest a request waits for Redis (`5ms`).
+    pub timeout: Option<String>,
+    /// local (default) | open | closed: what a request gets when Redis does not answer.
+    pub on_error: Option<String>,
+    /// Gateways in the fleet: with `on_error: local` each takes 1/n of every limit (1).
+    pub expected_instances: Option<i64>,
+    /// Expiry of concurrency permits and budget reservations a gateway stops renewing (`30s`).
+    pub lease: Option<String>,
 }
 
 /// `classifiers.X`.
@@ -218,6 +240,9 @@ pub struct FileServer {
     /// Reload the config file when its content changes, checking this often (e.g. `2s`; for
     /// mounted ConfigMaps, whose updates come with no signal). Off by default.
     pub watch_config: Option<String>,
+    /// Where the gateway keeps what must survive a restart (budgets' spend without a shared
+    /// store), e.g. `/var/lib/switchyard`. Off by default.
+    pub state_dir: Option<String>,
     /// Models (names or aliases) `/readyz` requires to be servable, through their own pool or
     /// a fallback; by default readiness does not depend on any model's servers.
     #[serde(default)]

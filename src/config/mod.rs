@@ -10,6 +10,7 @@ mod models;
 pub mod otel;
 mod route;
 mod server;
+pub mod shared;
 mod tenants;
 pub mod validate;
 mod values;
@@ -51,6 +52,8 @@ pub struct Config {
     pub otel: Option<otel::OtelSettings>,
     /// `classifiers:`, in the file's (sorted) order: `Condition::Class` indexes into it.
     pub classifiers: Vec<crate::routing::classify::ClassifierSpec>,
+    /// `shared:`; `None`: limits, budgets and the cache live in the process.
+    pub shared: Option<shared::SharedSettings>,
 }
 
 /// Who may call the API.
@@ -136,6 +139,8 @@ pub struct ServerSettings {
     pub public_response_model: bool,
     /// `server.watch_config`: how often the config file is checked for a change; `None`: not.
     pub watch_config: Option<std::time::Duration>,
+    /// `server.state_dir`: where budgets' spend is kept across restarts; `None`: not kept.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// A certificate chain and its private key, PEM files.

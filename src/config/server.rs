@@ -84,6 +84,7 @@ pub(super) fn settings(errs: &mut Errors, s: &FileServer) -> ServerSettings {
             None | Some("off") => None,
             every => Some(duration(errs, "server.watch_config", every, 2)),
         },
+        state_dir: s.state_dir.as_ref().map(Into::into),
         // Read when a runtime is built (a reload rereads them).
         tls: s.tls.as_ref().map(|t| super::TlsFiles {
             cert: t.cert.clone().into(),

@@ -76,6 +76,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
     let (auth, tenants) = super::tenants::validate(&mut errs, &file, &models);
     let classifiers = super::classify::validate(&mut errs, &file, &models);
     let otel = super::otel::build(&mut errs, file.otel.as_ref());
+    let shared = super::shared::build(&mut errs, file.shared.as_ref());
 
     match (listen, admin, errs.0.is_empty()) {
         (Some(listen), Some(admin), true) => Ok(Config {
@@ -91,6 +92,7 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
             tenants,
             otel,
             classifiers,
+            shared,
         }),
         _ => Err(errs.0),
     }

@@ -11,8 +11,12 @@ use super::store::{Full, SpendCounter};
 #[derive(Debug)]
 pub struct Budget {
     pub period: Period,
+    /// In this process (with a shared store: this instance's share, for `on_error: local`).
     pub limit: u64,
     pub spent: Arc<SpendCounter>,
+    /// With a shared store: the budget's key there (its period is added) and its limit.
+    pub shared: Option<Arc<str>>,
+    pub shared_limit: u64,
 }
 
 impl Budget {
@@ -128,6 +132,8 @@ mod tests {
             period: Period::Day,
             limit,
             spent: Arc::default(),
+            shared: None,
+            shared_limit: limit,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod budget;
 pub mod keys;
 pub mod per_ip;
 mod refusal;
+pub mod shared;
 pub mod store;
 
 use std::sync::Arc;
@@ -35,23 +36,69 @@ pub struct Scope {
     requests: Option<(Rate, Arc<RateLimiter>)>,
     tokens: Option<(Rate, Arc<RateLimiter>)>,
     concurrency: Option<(u64, Arc<Concurrency>)>,
+    /// With a shared store: the same limits there (the local ones are then what each
+    /// instance falls back on, 1/`expected_instances` of them).
+    shared: Option<shared::SharedScope>,
+}
+
+/// A shared store's key prefix and the number of instances sharing it.
+#[derive(Debug, Clone, Copy)]
+pub struct Fleet<'a> {
+    pub prefix: &'a str,
+    pub instances: u64,
+}
+
+impl Fleet<'_> {
+    /// The share of `limit` one instance falls back on (at least 1).
+    fn share(self, limit: u64) -> u64 {
+        limit.div_ceil(self.instances).max(1)
+    }
 }
 
 impl Scope {
     /// `None` when the set has no limit.
-    pub fn build(store: &LocalStore, key: &str, set: &LimitSet) -> Option<Self> {
+    pub fn build(
+        store: &LocalStore,
+        fleet: Option<Fleet<'_>>,
+        key: &str,
+        set: &LimitSet,
+    ) -> Option<Self> {
         if set.is_empty() {
             return None;
         }
+        let local = |l: u64| fleet.map_or(l, |f| f.share(l));
         let rate = |kind: &str, limit: Option<u64>| {
-            limit.map(|l| (Rate::per_minute(l), store.rate(&format!("{key}/{kind}"))))
+            limit.map(|l| {
+                (
+                    Rate::per_minute(local(l)),
+                    store.rate(&format!("{key}/{kind}")),
+                )
+            })
         };
+        let shared = fleet.map(|f| {
+            let name = |kind: &str| Arc::<str>::from(format!("{}{key}/{kind}", f.prefix));
+            shared::SharedScope {
+                requests: set
+                    .requests_per_minute
+                    .map(|l| (Rate::per_minute(l), name("requests_per_minute"))),
+                tokens: set
+                    .tokens_per_minute
+                    .map(|l| (Rate::per_minute(l), name("tokens_per_minute"))),
+                concurrency: set
+                    .concurrent_requests
+                    .map(|l| (l, name("concurrent_requests"))),
+            }
+        });
         Some(Self {
             requests: rate("requests_per_minute", set.requests_per_minute),
             tokens: rate("tokens_per_minute", set.tokens_per_minute),
-            concurrency: set
-                .concurrent_requests
-                .map(|l| (l, store.concurrency(&format!("{key}/concurrent_requests")))),
+            concurrency: set.concurrent_requests.map(|l| {
+                (
+                    local(l),
+                    store.concurrency(&format!("{key}/concurrent_requests")),
+                )
+            }),
+            shared,
         })
     }
 }
@@ -118,6 +165,10 @@ impl Tenants {
         metrics: &Metrics,
         models_body: impl Fn(Option<&[usize]>) -> Bytes,
     ) -> Self {
+        let fleet = config.shared.as_ref().map(|s| Fleet {
+            prefix: &s.key_prefix,
+            instances: s.expected_instances,
+        });
         let mut table = keys::KeyTable::default();
         let list: Vec<Tenant> = config
             .tenants
@@ -134,16 +185,23 @@ impl Tenants {
                     if let (Some(slot), Some(model)) =
                         (per_model.get_mut(*m), config.models.get(*m))
                     {
-                        *slot = Scope::build(store, &format!("{key}/model/{}", model.name), set);
+                        *slot =
+                            Scope::build(store, fleet, &format!("{key}/model/{}", model.name), set);
                     }
                 }
                 let budgets: Vec<Budget> = t
                     .budget
                     .iter()
-                    .map(|&(period, usd)| Budget {
-                        period,
-                        limit: (usd * 1e6).round() as u64,
-                        spent: store.spend(&format!("{key}/spend/{}", period.name())),
+                    .map(|&(period, usd)| {
+                        let limit = (usd * 1e6).round() as u64;
+                        let spend = format!("{key}/spend/{}", period.name());
+                        Budget {
+                            period,
+                            limit: fleet.map_or(limit, |f| f.share(limit)),
+                            spent: store.spend(&spend),
+                            shared: fleet.map(|f| Arc::from(format!("{}{spend}", f.prefix))),
+                            shared_limit: limit,
+                        }
                     })
                     .collect();
                 Tenant {
@@ -153,7 +211,7 @@ impl Tenants {
                             .map(|m| allowed.contains(&m))
                             .collect()
                     }),
-                    scope: Scope::build(store, &key, &t.limits),
+                    scope: Scope::build(store, fleet, &key, &t.limits),
                     per_model: per_model.into_boxed_slice(),
                     budgets: budgets.into_boxed_slice(),
                     metrics: metrics.tenant(&t.name, config.models.iter().map(|m| m.name.as_str())),
@@ -164,7 +222,7 @@ impl Tenants {
         let models = config
             .models
             .iter()
-            .map(|m| Scope::build(store, &format!("model/{}", m.name), &m.limits))
+            .map(|m| Scope::build(store, fleet, &format!("model/{}", m.name), &m.limits))
             .collect();
         Self {
             auth: config.auth,
@@ -319,6 +377,21 @@ impl Tenants {
     }
 }
 
+impl Tenants {
+    /// [`Self::admit`] through the shared store: `None` when it did not answer in time.
+    pub async fn admit_shared(
+        &self,
+        store: &Arc<crate::fleet::SharedStore>,
+        tenant: Option<&Tenant>,
+        models: [usize; 2],
+        estimate: (u64, u64),
+        unix_secs: u64,
+    ) -> Option<Result<Admission, Refusal>> {
+        let scopes = self.scopes(tenant, models);
+        shared::admit(store, &scopes, tenant, estimate, unix_secs).await
+    }
+}
+
 /// Keeps the limit with the least remaining (the one a client runs into first).
 fn keep_tightest(slot: &mut Option<Snapshot>, s: Snapshot) {
     if slot.is_none_or(|cur| (s.remaining, s.limit) < (cur.remaining, cur.limit)) {
@@ -357,6 +430,8 @@ pub struct Admission {
     /// One per budget of the tenant (a day's and a month's).
     budgets: [Option<Reservation>; 2],
     pub headers: RateHeaders,
+    /// What it holds in the shared store, when it was admitted there.
+    shared: Option<Box<shared::SharedHold>>,
 }
 
 impl Admission {
@@ -365,6 +440,7 @@ impl Admission {
         self.tokens.iter().any(Option::is_some)
             || self.permits.iter().any(Option::is_some)
             || self.budgets.iter().any(Option::is_some)
+            || self.shared.is_some()
     }
 
     /// Replaces the reservations by the tokens actually used and what they cost.
@@ -374,6 +450,9 @@ impl Admission {
             limiter.adjust(*rate, delta, now_ms);
         }
         self.reserved = used;
+        if let Some(hold) = &mut self.shared {
+            hold.settle(delta, micros, unix_secs);
+        }
         for b in self.budgets.iter_mut().flatten() {
             b.settle(micros, unix_secs);
         }

@@ -26,14 +26,18 @@ const LATENCY_BUCKETS: [f64; 17] = [
 ];
 
 mod classify;
+mod fleet;
 
 pub use classify::ClassifyMetrics;
+pub use fleet::FleetMetrics;
 
 /// The gateway's registry and metric families.
 pub struct Metrics {
     registry: Registry,
     /// Classifiers' decisions, latency, cache and fallbacks.
     pub classify: ClassifyMetrics,
+    /// The shared store (`shared:`).
+    pub fleet: FleetMetrics,
     requests: IntCounterVec,
     duration: HistogramVec,
     ttft: HistogramVec,
@@ -314,6 +318,7 @@ impl Metrics {
             &["model", "target", "outcome"],
         )?;
         let classify = ClassifyMetrics::new(&registry)?;
+        let fleet = FleetMetrics::new(&registry)?;
         for c in [&route_decisions, &shadow] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -376,6 +381,7 @@ impl Metrics {
             cost_baseline,
             shadow,
             classify,
+            fleet,
         })
     }
 

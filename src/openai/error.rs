@@ -58,6 +58,9 @@ pub enum ApiError {
     StreamInterrupted,
     #[error("The gateway is shutting down; retry the request.")]
     ShuttingDown,
+    /// `shared.on_error: closed` while the shared store does not answer.
+    #[error("The gateway cannot check this request's limits right now; retry the request.")]
+    LimitsUnavailable,
     #[error("The gateway hit an internal error.")]
     Internal,
     #[error(
@@ -124,7 +127,7 @@ impl ApiError {
             Self::HeadersTooLarge => 431,
             Self::MalformedHead { .. } => 400,
             Self::InvalidRequest { .. } => 400,
-            Self::NoHealthyUpstream | Self::ShuttingDown => 503,
+            Self::NoHealthyUpstream | Self::ShuttingDown | Self::LimitsUnavailable => 503,
             Self::UpstreamUnavailable | Self::StreamInterrupted => 502,
             Self::UpstreamTimeout => 504,
             Self::Internal => 500,
@@ -156,7 +159,7 @@ impl ApiError {
             | Self::UpstreamUnavailable
             | Self::UpstreamTimeout
             | Self::StreamInterrupted => "upstream_error",
-            Self::Internal | Self::ShuttingDown => "server_error",
+            Self::Internal | Self::ShuttingDown | Self::LimitsUnavailable => "server_error",
             Self::MissingApiKey | Self::InvalidApiKey => "authentication_error",
             Self::RateLimited { kind, .. } => kind,
             Self::TooManyConnections | Self::IpRateLimited => "requests",
@@ -185,6 +188,7 @@ impl ApiError {
             Self::StreamInterrupted => Some("upstream_stream_interrupted"),
             Self::Internal => Some("internal_error"),
             Self::ShuttingDown => Some("server_shutting_down"),
+            Self::LimitsUnavailable => Some("limits_unavailable"),
             Self::MissingApiKey | Self::InvalidApiKey => Some("invalid_api_key"),
             Self::RateLimited { code, .. } => Some(code),
             Self::TooManyConnections | Self::IpRateLimited => Some("rate_limit_exceeded"),
@@ -208,6 +212,7 @@ impl ApiError {
             Self::NoHealthyUpstream
             | Self::UpstreamUnavailable
             | Self::ShuttingDown
+            | Self::LimitsUnavailable
             | Self::TooManyConnections
             | Self::IpRateLimited => Some(1),
             Self::RateLimited {

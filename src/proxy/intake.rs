@@ -14,11 +14,10 @@ use super::call::Calls;
 use super::ctx::Routed;
 use super::{decide, tenancy, Ctx};
 use crate::balance;
-use crate::metrics::Metrics;
 use crate::openai::{request, ApiError, Endpoint, RequestView};
 use crate::routing::classify::Known;
 use crate::routing::{Chain, Route};
-use crate::state::Runtime;
+use crate::state::{Runtime, Shared};
 
 /// Reads, parses and routes an inference request; the body to forward lands in `ctx`.
 pub(super) async fn admit(
@@ -27,8 +26,9 @@ pub(super) async fn admit(
     runtime: Arc<Runtime>,
     endpoint: Endpoint,
     calls: &Connector,
-    metrics: &Metrics,
+    shared: &Shared,
 ) -> Result<(), BodyError> {
+    let metrics = &shared.metrics;
     let limits = &runtime.config.limits;
     let raw = body::read(
         session,
@@ -82,7 +82,9 @@ pub(super) async fn admit(
         route,
         step: 0,
     });
-    tenancy::admit(&runtime, ctx, endpoint, &view).map_err(BodyError::Reject)?;
+    tenancy::admit(shared, &runtime, ctx, endpoint, &view)
+        .await
+        .map_err(BodyError::Reject)?;
     let pool = ctx.routed.as_ref().map_or(0, Routed::pool_index);
     ctx.request.body = request::replace_model(
         &ctx.request.raw_body,

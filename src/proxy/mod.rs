@@ -123,8 +123,8 @@ impl ProxyHttp for Proxy {
         let answer = match (target, identified) {
             (_, Err(e)) => e,
             (Target::Inference(endpoint), _) => {
-                let (calls, metrics) = (&self.calls, &self.shared.metrics);
-                match intake::admit(session, ctx, runtime, endpoint, calls, metrics).await {
+                let (calls, shared) = (&self.calls, &*self.shared);
+                match intake::admit(session, ctx, runtime, endpoint, calls, shared).await {
                     Ok(()) => {
                         let uri = &session.req_header().uri;
                         let path = uri

@@ -107,6 +107,8 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &ApiError) -> Result
         }
         if e.should_not_retry() {
             h.insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
+        } else if matches!(e, ApiError::LimitsUnavailable) {
+            h.insert(X_SHOULD_RETRY, HeaderValue::from_static("true"));
         }
         if let ApiError::MethodNotAllowed { allow, .. } = e {
             h.insert(ALLOW, HeaderValue::from_static(allow));

@@ -4,6 +4,7 @@
 use pingora_proxy::Session;
 
 use super::Ctx;
+use crate::config::shared::OnError;
 use crate::limits::budget::{self, Period};
 use crate::limits::{AuthError, Refusal, RefusalReason};
 use crate::openai::{request, ApiError, Endpoint, RequestView};
@@ -48,7 +49,8 @@ pub fn identify(
 
 /// Asks a streaming server for usage, and admits the routed request under every limit that
 /// applies: the tenant's, and those on the model it named and on the model it was routed to.
-pub fn admit(
+pub async fn admit(
+    shared: &Shared,
     runtime: &Runtime,
     ctx: &mut Ctx,
     endpoint: Endpoint,
@@ -92,13 +94,47 @@ pub fn admit(
             .unwrap_or(0),
         _ => 0,
     };
-    match runtime.tenants.admit(
-        tenant,
-        [requested, model],
-        (tokens, micros),
-        upstream::now_ms(),
-        budget::unix_secs(),
-    ) {
+    let local = || {
+        runtime.tenants.admit(
+            tenant,
+            [requested, model],
+            (tokens, micros),
+            upstream::now_ms(),
+            budget::unix_secs(),
+        )
+    };
+    let answer = match &shared.fleet {
+        None => local(),
+        Some(store) => {
+            // Boxed: the request future of a gateway without a shared store stays its size.
+            let fleet = Box::pin(runtime.tenants.admit_shared(
+                store,
+                tenant,
+                [requested, model],
+                (tokens, micros),
+                budget::unix_secs(),
+            ))
+            .await;
+            match fleet {
+                Some(answer) => answer,
+                None => {
+                    let on_error = store.settings.on_error;
+                    shared
+                        .metrics
+                        .fleet
+                        .fallbacks
+                        .with_label_values(&[on_error.name()])
+                        .inc();
+                    match on_error {
+                        OnError::Local => local(),
+                        OnError::Open => Ok(Default::default()),
+                        OnError::Closed => return Err(ApiError::LimitsUnavailable),
+                    }
+                }
+            }
+        }
+    };
+    match answer {
         Ok(admission) => {
             ctx.tenancy.rate_headers = Some(admission.headers);
             ctx.tenancy.admission = admission.holds().then(|| Box::new(admission));

@@ -23,6 +23,8 @@ pub struct Shared {
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// Limiter state (rate buckets, concurrency, spend); outlives runtimes.
     pub store: LocalStore,
+    /// The store the fleet shares (`shared:`), set up at start; a reload does not change it.
+    pub fleet: Option<Arc<crate::fleet::SharedStore>>,
     /// Per client IP counters.
     pub per_ip: PerIp,
     /// Prefix-aware pools' indices of which server holds which prefix; outlive runtimes.
@@ -83,6 +85,18 @@ impl Shared {
                 }])
             }
         };
+        let fleet = match config.shared.clone() {
+            None => None,
+            Some(settings) => match crate::fleet::SharedStore::new(settings, &metrics.fleet) {
+                Ok(store) => Some(Arc::new(store)),
+                Err(message) => {
+                    return Err(vec![ConfigError {
+                        path: "shared.redis".to_owned(),
+                        message,
+                    }])
+                }
+            },
+        };
         let classify = crate::routing::classify::Memory::default();
         let runtime = Runtime::build(config, &registry, &store, &metrics, &prefix, &classify)?;
         metrics.config_load(true);
@@ -90,6 +104,7 @@ impl Shared {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
             store,
+            fleet,
             per_ip: PerIp::default(),
             prefix,
             classify,
@@ -128,6 +143,11 @@ impl Shared {
                 }
                 if self.otel.as_ref().map(|o| &o.settings) != runtime.config.otel.as_ref() {
                     tracing::warn!("otel changed: trace export is set up only at start");
+                }
+                if self.fleet.as_ref().map(|f| &f.settings) != runtime.config.shared.as_ref() {
+                    tracing::warn!(
+                        "shared changed: the shared store is set up only at start (restart to change it)"
+                    );
                 }
                 let runtime = Arc::new(runtime);
                 self.runtime.store(runtime.clone());

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod canned;
+pub mod redis;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

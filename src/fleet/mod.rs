@@ -1,0 +1,244 @@
+//! The store a fleet of gateways shares (`shared:`): one Redis, reached over one multiplexed
+//! connection per gateway, that holds limits, budgets, leases and the response cache's
+//! shared tier. Requests never wait on a connection attempt: while the store is down they
+//! get `shared.on_error` at once, and a supervisor reconnects with backoff in the
+//! background. `switchyard_shared_store_up` says which it is.
+
+pub mod scripts;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+use redis::{FromRedisValue, Script, ScriptInvocation};
+use tokio::sync::Notify;
+
+use crate::config::shared::SharedSettings;
+use crate::lock;
+use crate::metrics::FleetMetrics;
+
+pub static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::ADMIT));
+pub static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::SETTLE));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::RENEW));
+
+/// Longest a background call (settlement, renewal, health check) waits: it delays no request.
+const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a connected store is checked.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A lease to renew: a sorted set and the member in it.
+pub type Lease = (Arc<str>, String);
+
+/// The shared store of this gateway. Built at start; a reload does not change it.
+pub struct SharedStore {
+    pub settings: SharedSettings,
+    client: redis::Client,
+    conn: ArcSwapOption<MultiplexedConnection>,
+    up: prometheus::IntGauge,
+    admission_seconds: prometheus::Histogram,
+    /// This process's id in lease members, unique across the fleet and restarts.
+    instance: String,
+    seq: AtomicU64,
+    /// Leases held by requests in flight, renewed until released: id → (set, member).
+    leases: Mutex<HashMap<u64, Vec<Lease>>>,
+    /// Wakes the supervisor when a call failed, to check the connection now.
+    suspect: Notify,
+}
+
+impl SharedStore {
+    pub fn new(settings: SharedSettings, metrics: &FleetMetrics) -> Result<Self, String> {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(settings.redis.as_str())
+            .map_err(|e| format!("shared.redis: {e}"))?;
+        if let Some(p) = &settings.password {
+            let redis = info.redis_settings().clone().set_password(&p.0);
+            info = info.set_redis_settings(redis);
+        }
+        let client = redis::Client::open(info).map_err(|e| format!("shared.redis: {e}"))?;
+        let instance = format!(
+            "{:x}{:x}",
+            std::process::id(),
+            fastrand::u64(..) ^ crate::upstream::now_ms()
+        );
+        metrics.up.set(0);
+        Ok(Self {
+            settings,
+            client,
+            conn: ArcSwapOption::empty(),
+            up: metrics.up.clone(),
+            admission_seconds: metrics.admission_seconds.clone(),
+            instance,
+            seq: AtomicU64::new(0),
+            leases: Mutex::default(),
+            suspect: Notify::new(),
+        })
+    }
+
+    /// `key_prefix` + `key`.
+    pub fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.settings.key_prefix)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.conn.load().is_some()
+    }
+
+    /// A new lease member: unique in the fleet.
+    pub fn member(&self) -> (u64, String) {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        (n, format!("{}:{n}", self.instance))
+    }
+
+    /// Runs a script within `shared.timeout`; `None` when the store is down, slow or failed
+    /// (the caller applies `on_error`).
+    pub async fn admit<T: FromRedisValue>(&self, call: &ScriptInvocation<'_>) -> Option<T> {
+        let started = Instant::now();
+        let answer = self.call(call, self.settings.timeout).await;
+        if answer.is_some() {
+            self.admission_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        answer
+    }
+
+    async fn call<T: FromRedisValue>(
+        &self,
+        call: &ScriptInvocation<'_>,
+        timeout: Duration,
+    ) -> Option<T> {
+        let mut conn = MultiplexedConnection::clone(self.conn.load().as_deref()?);
+        match tokio::time::timeout(timeout, call.invoke_async(&mut conn)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::debug!("shared store: {e}");
+                self.suspect.notify_one();
+                None
+            }
+            Err(_) => {
+                self.suspect.notify_one();
+                None
+            }
+        }
+    }
+
+    /// Runs a script off the request path (settlement, release).
+    pub fn spawn(self: &Arc<Self>, call: ScriptInvocation<'static>) {
+        let store = self.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            if store
+                .call::<redis::Value>(&call, BACKGROUND_TIMEOUT)
+                .await
+                .is_none()
+            {
+                tracing::warn!(
+                    "shared store: a settlement was lost (its leases expire on their own)"
+                );
+            }
+        });
+    }
+
+    /// Keeps `entries` renewed until [`Self::release`].
+    pub fn hold(&self, id: u64, entries: Vec<Lease>) {
+        if !entries.is_empty() {
+            lock(&self.leases).insert(id, entries);
+        }
+    }
+
+    pub fn release(&self, id: u64) {
+        lock(&self.leases).remove(&id);
+    }
+
+    /// Connects, reconnects with backoff, checks the connection every second and renews the
+    /// leases of requests in flight every third of `shared.lease`, until `shutdown`.
+    pub async fn supervise(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = BACKOFF_MIN;
+        let mut renewed = Instant::now();
+        let mut lost_logged = false;
+        loop {
+            if self.conn.load().is_none() {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(BACKGROUND_TIMEOUT))
+                    .set_response_timeout(Some(BACKGROUND_TIMEOUT));
+                match self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                {
+                    Ok(c) => {
+                        self.conn.store(Some(Arc::new(c)));
+                        self.up.set(1);
+                        backoff = BACKOFF_MIN;
+                        lost_logged = false;
+                        tracing::info!("shared store connected ({})", self.settings.redis);
+                    }
+                    Err(e) => {
+                        if !lost_logged {
+                            tracing::warn!(
+                                "shared store {} unreachable: {e}; requests get on_error: {} until it is back",
+                                self.settings.redis,
+                                self.settings.on_error.name()
+                            );
+                            lost_logged = true;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(CHECK_EVERY) => {}
+                _ = self.suspect.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            let mut ok = self.ping().await;
+            if ok && renewed.elapsed() >= self.settings.lease / 3 {
+                ok = self.renew().await;
+                renewed = Instant::now();
+            }
+            if !ok {
+                self.conn.store(None);
+                self.up.set(0);
+                tracing::warn!("shared store {} lost; reconnecting", self.settings.redis);
+                lost_logged = true;
+            }
+        }
+    }
+
+    async fn ping(&self) -> bool {
+        let Some(conn) = self.conn.load_full() else {
+            return false;
+        };
+        let mut conn = MultiplexedConnection::clone(&conn);
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        matches!(
+            tokio::time::timeout(BACKGROUND_TIMEOUT, ping).await,
+            Ok(Ok(_))
+        )
+    }
+
+    async fn renew(&self) -> bool {
+        let entries: Vec<Lease> =
+            lock(&self.leases).values().flatten().cloned().collect();
+        if entries.is_empty() {
+            return true;
+        }
+        let mut call = RENEW.prepare_invoke();
+        call.arg(self.settings.lease.as_millis() as u64);
+        for (key, member) in &entries {
+            call.key(key.as_ref()).arg(member.as_str());
+        }
+        self.call::<i64>(&call, BACKGROUND_TIMEOUT).await.is_some()
+    }
+}
