@@ -652,3 +652,47 @@ async fn requests_per_second_per_ip_are_refused_before_the_body_is_read() {
     }
     assert!(limited >= 5, "{limited} of 20 limited");
 }
+
+/// With `server.state_dir`, a budget's spend survives a restart: written at exit (and every
+/// few seconds), read at start.
+#[tokio::test]
+async fn a_budgets_spend_survives_a_restart_with_a_state_dir() {
+    let sim = Sim::fast(SERVED);
+    let state = tempfile::tempdir().unwrap();
+    let start = || {
+        gateway(
+            &sim,
+            DOLLAR_PER_TOKEN,
+            &team_a("    budget:\n      usd_per_day: 40\n"),
+            &format!("server:\n  state_dir: {}\n", state.path().display()),
+        )
+    };
+    let mut gw = start();
+    let mut spent = 0;
+    loop {
+        let resp = post(&gw, Some(KEY_A), &chat(10)).await;
+        if resp.status() != 200 {
+            break;
+        }
+        let v: Value = resp.json().await.unwrap();
+        spent += v["usage"]["total_tokens"].as_u64().unwrap();
+        assert!(spent <= 40, "admitted past the budget");
+    }
+    common::signal(gw.proc.pid(), nix::sys::signal::Signal::SIGTERM);
+    assert!(gw.proc.wait().success());
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(state.path().join("spend.json")).unwrap()).unwrap();
+    assert_eq!(
+        saved["spend"]["tenant/team-a/spend/day"][1].as_u64(),
+        Some(spent * 1_000_000),
+        "{saved}"
+    );
+    let gw = start();
+    let e = openai_error(post(&gw, Some(KEY_A), &chat(10)).await, 429).await;
+    assert_eq!(e["error"]["code"], "budget_exceeded", "the spend came back");
+    // And without the file, the same gateway starts from nothing.
+    drop(gw);
+    std::fs::remove_file(state.path().join("spend.json")).unwrap();
+    let gw = start();
+    assert_eq!(post(&gw, Some(KEY_A), &chat(10)).await.status(), 200);
+}

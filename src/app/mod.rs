@@ -4,6 +4,7 @@ mod connection_cap;
 mod listener;
 mod monitor;
 mod shutdown;
+mod state_file;
 mod watch;
 
 use std::path::PathBuf;
@@ -167,6 +168,13 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
     ));
     api.add_dependency(&watch);
     admin.add_dependency(&watch);
+    if let Some(dir) = &shared.runtime().config.server.state_dir {
+        state_file::restore(&shared, dir);
+    }
+    server.add_service(background_service(
+        "state file",
+        state_file::SaveState(shared.clone()),
+    ));
     if let Some(store) = &shared.fleet {
         server.add_service(background_service(
             "shared store",
@@ -186,6 +194,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
         }),
     });
     gateway.access_log.flush();
+    state_file::save_now(&gateway.shared);
     if let Some(otel) = &gateway.shared.otel {
         otel.shutdown();
     }

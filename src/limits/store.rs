@@ -154,7 +154,24 @@ impl SpendCounter {
     pub fn add(&self, period: u64, micros: u64) {
         self.settle(period, 0, period, micros);
     }
+
+    /// (period, spent) as kept across restarts.
+    fn saved(&self) -> (u64, u64) {
+        let s = lock(&self.state);
+        (s.period, s.spent)
+    }
+
+    /// Puts back what was spent in `period` before a restart (unless this period already
+    /// counts more).
+    fn restore(&self, period: u64, spent: u64) {
+        let mut s = lock(&self.state);
+        let s = s.at(period);
+        s.spent = s.spent.max(spent);
+    }
 }
+
+/// Budgets' spend as the state file holds it: key → (period, micro-dollars spent).
+pub type SavedSpend = std::collections::BTreeMap<String, (u64, u64)>;
 
 /// The in-process store (the default).
 #[derive(Debug, Default)]
@@ -189,6 +206,22 @@ impl LocalStore {
 
     pub fn spend(&self, key: &str) -> Arc<SpendCounter> {
         handle(&self.spend, key)
+    }
+
+    /// Every budget's spend (reservations are not kept: their requests die with the process).
+    pub fn saved_spend(&self) -> SavedSpend {
+        lock(&self.spend)
+            .iter()
+            .map(|(k, c)| (k.clone(), c.saved()))
+            .filter(|(_, (_, spent))| *spent > 0)
+            .collect()
+    }
+
+    /// Puts back spend saved before a restart.
+    pub fn restore_spend(&self, saved: &SavedSpend) {
+        for (key, &(period, spent)) in saved {
+            self.spend(key).restore(period, spent);
+        }
     }
 
     /// Drops the state of limits no runtime uses any more (after a reload removed them).
@@ -245,6 +278,21 @@ mod tests {
         assert_eq!(c.current(), 10);
         drop(held);
         assert_eq!(c.current(), 0);
+    }
+
+    #[test]
+    fn saved_spend_comes_back_into_the_same_period_only() {
+        let store = LocalStore::default();
+        let day = store.spend("tenant/t/spend/day");
+        day.add(7, 500);
+        let _idle = store.spend("tenant/u/spend/day");
+        let saved = store.saved_spend();
+        assert_eq!(saved.len(), 1, "nothing spent: nothing saved");
+        let after = LocalStore::default();
+        let counter = after.spend("tenant/t/spend/day");
+        after.restore_spend(&saved);
+        assert_eq!(counter.spent(7), 500);
+        assert_eq!(counter.spent(8), 0, "a new period starts empty");
     }
 
     #[test]
