@@ -84,6 +84,9 @@ impl Admin {
         let m = &self.shared.metrics;
         let runtime = self.shared.runtime();
         let now = crate::upstream::now_ms();
+        m.cache
+            .bytes
+            .set(i64::try_from(self.shared.cache.weighted_size()).unwrap_or(i64::MAX));
         m.upstream_inflight.reset();
         m.upstream_usable.reset();
         m.upstream_draining.reset();

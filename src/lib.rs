@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod cache;
 pub mod config;
 pub mod fleet;
 pub mod lifecycle;

@@ -169,7 +169,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
     api.add_dependency(&watch);
     admin.add_dependency(&watch);
     if let Some(dir) = &shared.runtime().config.server.state_dir {
-        state_file::restore(&shared, dir);
+        state_file::restore(shared, dir);
     }
     server.add_service(background_service(
         "state file",

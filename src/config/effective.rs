@@ -29,6 +29,7 @@ impl Config {
                 "tls": self.server.tls.as_ref().map(|t| json!({"cert": t.cert, "key": t.key})),
                 "response_model": if self.server.public_response_model { "public" } else { "served" },
                 "state_dir": self.server.state_dir,
+                "cache_size": self.server.cache_size,
                 "watch_config": self.server.watch_config.map(d),
                 "ready_requires": self.server.ready_requires.iter().filter_map(|&i| self.models.get(i)).map(|m| m.name.as_str()).collect::<Vec<_>>(),
             },
@@ -124,6 +125,12 @@ impl Config {
                 "limits": m.limits.to_json(),
                 "default_max_tokens": m.default_max_tokens,
                 "bytes_per_token": m.bytes_per_token,
+                "cache": m.cache.map(|c| json!({
+                    "ttl": d(c.ttl),
+                    "max_entry": c.max_entry,
+                    "always": c.always,
+                    "shared_across_tenants": c.shared_across_tenants,
+                })),
             })).collect::<Vec<_>>(),
         })
     }

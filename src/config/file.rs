@@ -240,6 +240,8 @@ pub struct FileServer {
     /// Reload the config file when its content changes, checking this often (e.g. `2s`; for
     /// mounted ConfigMaps, whose updates come with no signal). Off by default.
     pub watch_config: Option<String>,
+    /// Bytes the in-process response cache holds at most (`256MiB`).
+    pub cache_size: Option<String>,
     /// Where the gateway keeps what must survive a restart (budgets' spend without a shared
     /// store), e.g. `/var/lib/switchyard`. Off by default.
     pub state_dir: Option<String>,
@@ -432,6 +434,30 @@ pub struct FileModel {
     /// With `sticky: conversation`: a later turn's label replaces the kept one when it is at
     /// least this confident (0 to 1, default 0.8).
     pub switch_confidence: Option<f64>,
+    /// Response cache: `{ttl: 10m, max_entry: 256KiB}` (deterministic requests only: a
+    /// temperature of 0 or a seed), `always: true` or `cache: always` for every request.
+    pub cache: Option<FileCache>,
+}
+
+/// `models.X.cache`: a word (`always`, `deterministic`, `off`) or the settings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileCache {
+    Word(String),
+    Settings(FileCacheSettings),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCacheSettings {
+    /// How long an answer is served from the cache (`10m`).
+    pub ttl: Option<String>,
+    /// Larger answers are not stored (`256KiB`).
+    pub max_entry: Option<String>,
+    /// Cache every request, not only deterministic ones (false).
+    pub always: Option<bool>,
+    /// One tenant's answer may serve another's identical request (false).
+    pub shared_across_tenants: Option<bool>,
 }
 
 /// One entry of `models.X.route`.

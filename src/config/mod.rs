@@ -141,6 +141,8 @@ pub struct ServerSettings {
     pub watch_config: Option<std::time::Duration>,
     /// `server.state_dir`: where budgets' spend is kept across restarts; `None`: not kept.
     pub state_dir: Option<std::path::PathBuf>,
+    /// `server.cache_size`: bytes the in-process response cache holds at most.
+    pub cache_size: usize,
 }
 
 /// A certificate chain and its private key, PEM files.
@@ -277,6 +279,20 @@ pub struct Model {
     /// Prompt bytes per token for the estimate made before the server counts.
     pub bytes_per_token: f64,
     pub shadow: Option<Shadow>,
+    /// `cache`: answers of this model are served from the response cache.
+    pub cache: Option<CacheSpec>,
+}
+
+/// `models.X.cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSpec {
+    pub ttl: Duration,
+    /// Larger answers are not stored.
+    pub max_entry: usize,
+    /// Every request, not only deterministic ones (temperature 0 or a seed).
+    pub always: bool,
+    /// The key leaves out the tenant.
+    pub shared_across_tenants: bool,
 }
 
 /// One problem in a config file, at a YAML path.

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::file::FileConfig;
+use super::file::{FileCache, FileCacheSettings, FileConfig};
 use super::values::{defaults, duration_ms, fraction, limit_set, positive, Errors};
-use super::{Model, Pool};
+use super::{CacheSpec, Model, Pool};
 use crate::routing::spec::Serve;
 
 /// `models:`, every public name and alias unique, each model served by a pool (with its
@@ -118,10 +118,53 @@ pub(super) fn validate(
                 default_max_tokens,
                 bytes_per_token,
                 shadow,
+                cache: cache(errs, &at, m.cache.as_ref()),
             });
         }
     }
     out
+}
+
+/// `models.X.cache`.
+fn cache(errs: &mut Errors, at: &str, file: Option<&FileCache>) -> Option<CacheSpec> {
+    let at = format!("{at}.cache");
+    let settings = match file? {
+        FileCache::Word(w) => match w.as_str() {
+            "off" => return None,
+            "always" => &FileCacheSettings {
+                always: Some(true),
+                ..FileCacheSettings::default()
+            },
+            "deterministic" | "on" => &FileCacheSettings::default(),
+            other => {
+                errs.push(
+                    at,
+                    format!("{other:?} is not one of: always, deterministic, off (or {{ttl, max_entry, always, shared_across_tenants}})"),
+                );
+                return None;
+            }
+        },
+        FileCache::Settings(s) => s,
+    };
+    let max_entry = match settings.max_entry.as_deref() {
+        None => 256 << 10,
+        Some(v) => match super::values::parse_size(v) {
+            Some(n) if n > 0 => n,
+            _ => {
+                errs.push(
+                    format!("{at}.max_entry"),
+                    format!("{v:?} is not a size above 0 (e.g. 256KiB)"),
+                );
+                0
+            }
+        },
+    };
+    Some(CacheSpec {
+        ttl: super::values::duration(errs, &format!("{at}.ttl"), settings.ttl.as_deref(), 600),
+        max_entry,
+        always: settings.always.unwrap_or(false),
+        shared_across_tenants: settings.shared_across_tenants.unwrap_or(false),
+    })
 }
 
 /// A model's pool and its fallback pools, as indices into `pools`.

@@ -85,6 +85,16 @@ pub(super) fn settings(errs: &mut Errors, s: &FileServer) -> ServerSettings {
             every => Some(duration(errs, "server.watch_config", every, 2)),
         },
         state_dir: s.state_dir.as_ref().map(Into::into),
+        cache_size: match s.cache_size.as_deref() {
+            None => 256 << 20,
+            Some(v) => super::values::parse_size(v).unwrap_or_else(|| {
+                errs.push(
+                    "server.cache_size",
+                    format!("{v:?} is not a size (e.g. 256MiB)"),
+                );
+                0
+            }),
+        },
         // Read when a runtime is built (a reload rereads them).
         tls: s.tls.as_ref().map(|t| super::TlsFiles {
             cert: t.cert.clone().into(),

@@ -144,6 +144,49 @@ impl SharedStore {
         });
     }
 
+    /// A value and its remaining life in ms, within `shared.timeout`; `None` when absent or
+    /// the store did not answer.
+    pub async fn get(&self, key: &str) -> Option<(Vec<u8>, u64)> {
+        let mut conn = MultiplexedConnection::clone(self.conn.load().as_deref()?);
+        let mut pipe = redis::pipe();
+        pipe.get(key).pttl(key);
+        let answer = tokio::time::timeout(
+            self.settings.timeout,
+            pipe.query_async::<(Option<Vec<u8>>, i64)>(&mut conn),
+        )
+        .await;
+        match answer {
+            Ok(Ok((Some(v), ttl))) if ttl > 0 => Some((v, ttl as u64)),
+            Ok(Ok(_)) => None,
+            Ok(Err(_)) | Err(_) => {
+                self.suspect.notify_one();
+                None
+            }
+        }
+    }
+
+    /// Sets `key` to `value` for `ttl_ms`, off the request path.
+    pub fn spawn_set(self: &Arc<Self>, key: String, value: Vec<u8>, ttl_ms: u64) {
+        let Some(conn) = self.conn.load_full() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let mut conn = MultiplexedConnection::clone(&conn);
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key).arg(value).arg("PX").arg(ttl_ms.max(1));
+            let set = cmd.query_async::<()>(&mut conn);
+            if !matches!(
+                tokio::time::timeout(BACKGROUND_TIMEOUT, set).await,
+                Ok(Ok(()))
+            ) {
+                tracing::debug!("shared store: a cache entry was not stored");
+            }
+        });
+    }
+
     /// Keeps `entries` renewed until [`Self::release`].
     pub fn hold(&self, id: u64, entries: Vec<Lease>) {
         if !entries.is_empty() {
@@ -229,8 +272,7 @@ impl SharedStore {
     }
 
     async fn renew(&self) -> bool {
-        let entries: Vec<Lease> =
-            lock(&self.leases).values().flatten().cloned().collect();
+        let entries: Vec<Lease> = lock(&self.leases).values().flatten().cloned().collect();
         if entries.is_empty() {
             return true;
         }

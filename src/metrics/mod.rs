@@ -25,9 +25,11 @@ const LATENCY_BUCKETS: [f64; 17] = [
     120.0,
 ];
 
+mod cache;
 mod classify;
 mod fleet;
 
+pub use cache::CacheMetrics;
 pub use classify::ClassifyMetrics;
 pub use fleet::FleetMetrics;
 
@@ -38,6 +40,8 @@ pub struct Metrics {
     pub classify: ClassifyMetrics,
     /// The shared store (`shared:`).
     pub fleet: FleetMetrics,
+    /// The response cache (`models.X.cache`).
+    pub cache: CacheMetrics,
     requests: IntCounterVec,
     duration: HistogramVec,
     ttft: HistogramVec,
@@ -319,6 +323,7 @@ impl Metrics {
         )?;
         let classify = ClassifyMetrics::new(&registry)?;
         let fleet = FleetMetrics::new(&registry)?;
+        let cache = CacheMetrics::new(&registry)?;
         for c in [&route_decisions, &shadow] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -382,6 +387,7 @@ impl Metrics {
             shadow,
             classify,
             fleet,
+            cache,
         })
     }
 

@@ -82,6 +82,9 @@ pub(super) async fn admit(
         route,
         step: 0,
     });
+    super::cache::lookup(shared, ctx, &raw, session.req_header())
+        .await
+        .map_err(BodyError::Reject)?;
     tenancy::admit(shared, &runtime, ctx, endpoint, &view)
         .await
         .map_err(BodyError::Reject)?;

@@ -38,6 +38,9 @@ pub(super) struct Line<'a> {
     pub(super) prompt_tokens: Option<u64>,
     pub(super) completion_tokens: Option<u64>,
     pub(super) outcome: &'static str,
+    /// What the response cache did (`hit`, `miss`, `bypass`), for models with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) cache: Option<&'static str>,
     /// A mirrored request (`models.X.shadow`), whose answer no client saw.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(super) shadow: bool,
@@ -69,6 +72,7 @@ pub fn request_done(
         ctx.response.answered.or(written).unwrap_or(0)
     };
     tenancy::settle(ctx);
+    super::cache::finish(shared, ctx, status, e.is_some());
     relay::observe_decode_rate(ctx);
     let now = Instant::now();
     metrics(&shared.metrics, ctx, status, gone, now);
@@ -132,6 +136,7 @@ pub fn access(
         prompt_tokens: ctx.response.usage.prompt_tokens,
         completion_tokens: ctx.response.usage.completion_tokens,
         outcome,
+        cache: ctx.cache.as_ref().map(|c| c.result),
         shadow: false,
     };
     log.push(&line);
@@ -160,6 +165,7 @@ pub fn edge(log: &AccessLogBuffer, shared: &Shared, status: u16, waited: std::ti
         prompt_tokens: None,
         completion_tokens: None,
         outcome: "rejected",
+        cache: None,
         shadow: false,
     });
 }
@@ -308,6 +314,7 @@ mod tests {
             prompt_tokens: None,
             completion_tokens: None,
             outcome: "ok",
+            cache: None,
             shadow: false,
         }
     }

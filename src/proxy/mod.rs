@@ -17,6 +17,7 @@
 //! ```
 
 mod body;
+pub mod cache;
 pub mod call;
 mod cors;
 mod ctx;
@@ -126,6 +127,10 @@ impl ProxyHttp for Proxy {
                 let (calls, shared) = (&self.calls, &*self.shared);
                 match intake::admit(session, ctx, runtime, endpoint, calls, shared).await {
                     Ok(()) => {
+                        if let Some(entry) = ctx.cache.as_ref().and_then(|c| c.hit.clone()) {
+                            cache::answer(session, ctx, &entry).await?;
+                            return Ok(true);
+                        }
                         let uri = &session.req_header().uri;
                         let path = uri
                             .path_and_query()
@@ -395,7 +400,9 @@ impl ProxyHttp for Proxy {
             ctx.response.overhead =
                 Some(sent.duration_since(ctx.request.started) + header.elapsed());
         }
+        let status = response.status.as_u16();
         headers::edit_response(response, |h| {
+            cache::response(h, status, ctx);
             headers::strip_upstream(h);
             cors::answer(h, ctx);
             // The map was sized for the upstream's headers: one growth for all of ours
@@ -437,6 +444,7 @@ impl ProxyHttp for Proxy {
                 self.stream_malformed(ctx);
             }
         })?;
+        cache::chunk(body, ctx);
         Ok(None)
     }
 

@@ -193,6 +193,7 @@ fn log_line(
         } else {
             "upstream_error"
         },
+        cache: None,
         shadow: true,
     });
 }

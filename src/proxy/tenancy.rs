@@ -78,10 +78,16 @@ pub async fn admit(
         Endpoint::Embeddings => 0,
         _ => view.max_tokens.unwrap_or(m.default_max_tokens),
     };
-    let tokens = ctx.request.prompt_estimate.saturating_add(completion);
+    // A cached answer counts one request and no tokens.
+    let hit = super::cache::is_hit(ctx);
+    let tokens = if hit {
+        0
+    } else {
+        ctx.request.prompt_estimate.saturating_add(completion)
+    };
     // A budget reserves what the request may cost: on the dearest pool its route may reach.
     let micros = match (tenant, &ctx.routed) {
-        (Some(t), Some(routed)) if t.has_budget() => routed
+        (Some(t), Some(routed)) if t.has_budget() && !hit => routed
             .route
             .chain
             .iter()

@@ -25,6 +25,8 @@ pub struct Shared {
     pub store: LocalStore,
     /// The store the fleet shares (`shared:`), set up at start; a reload does not change it.
     pub fleet: Option<Arc<crate::fleet::SharedStore>>,
+    /// The response cache; outlives runtimes (`server.cache_size` is read at start).
+    pub cache: crate::cache::ResponseCache,
     /// Per client IP counters.
     pub per_ip: PerIp,
     /// Prefix-aware pools' indices of which server holds which prefix; outlive runtimes.
@@ -98,12 +100,14 @@ impl Shared {
             },
         };
         let classify = crate::routing::classify::Memory::default();
+        let cache_size = config.server.cache_size;
         let runtime = Runtime::build(config, &registry, &store, &metrics, &prefix, &classify)?;
         metrics.config_load(true);
         Ok(Self {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
             store,
+            cache: crate::cache::ResponseCache::new(cache_size, fleet.clone(), &metrics.cache),
             fleet,
             per_ip: PerIp::default(),
             prefix,

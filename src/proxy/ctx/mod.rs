@@ -76,4 +76,6 @@ pub struct Ctx {
     pub tenancy: Tenancy,
     /// `Some` when `otel:` is on.
     pub trace: Option<Box<Trace>>,
+    /// `Some` when the requested model has a response cache.
+    pub cache: Option<Box<super::cache::CacheState>>,
 }
