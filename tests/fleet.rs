@@ -354,3 +354,75 @@ async fn a_crashed_gateways_permits_expire() {
     );
     drop(held);
 }
+
+/// Every instance places a session alike: the split arm (weighted rendezvous over FNV-1a) and
+/// the server on the consistent-hash ring (XXH3 with a fixed seed) are functions of the key
+/// alone, not of the process. Two gateways, 1 000 sessions each, the same answers. (The ring's
+/// bounded load passes a session on from a server over `load_factor` × the mean, as each
+/// instance sees the load; a load factor no load reaches leaves the hash alone to decide.)
+#[tokio::test]
+async fn two_gateways_place_a_thousand_sessions_alike() {
+    let sims: Vec<Sim> = (0..3).map(|_| Sim::fast(SERVED)).collect();
+    let servers: String = sims
+        .iter()
+        .map(|s| format!("      - url: {}\n", s.url()))
+        .collect();
+    let yaml = format!(
+        "pools:\n  p:\n    model: {SERVED}\n    engine: vllm\n    balance: consistent_hash\n    affinity: {{load_factor: 100}}\n    servers:\n{servers}models:\n  a:\n    pool: p\n  b:\n    pool: p\n  v:\n    route:\n      - split: [{{to: a, weight: 30}}, {{to: b, weight: 70}}]\n        sticky: session\n"
+    );
+    let gateways = [Gateway::start(&yaml), Gateway::start(&yaml)];
+    let mut placements = Vec::new();
+    for gw in &gateways {
+        let mut models = Vec::with_capacity(1000);
+        for i in 0..1000 {
+            let resp = client()
+                .post(gw.url("/v1/chat/completions"))
+                .header("x-session-id", format!("session-{i}"))
+                .json(&json!({"model": "v", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            models.push(
+                resp.headers()["x-switchyard-model"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        let log = gw.access_log_lines(1000).await;
+        assert_eq!(log.len(), 1000);
+        let servers: Vec<String> = log
+            .iter()
+            .map(|l| l["server"].as_str().unwrap().to_owned())
+            .collect();
+        placements.push((models, servers));
+    }
+    let differ: Vec<usize> = (0..1000)
+        .filter(|&i| {
+            placements[0].0[i] != placements[1].0[i] || placements[0].1[i] != placements[1].1[i]
+        })
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} of 1000 sessions placed differently, e.g. session-{}: {:?} / {:?}",
+        differ.len(),
+        differ[0],
+        (&placements[0].0[differ[0]], &placements[0].1[differ[0]]),
+        (&placements[1].0[differ[0]], &placements[1].1[differ[0]]),
+    );
+    // And the placement is a real spread, not one arm or one server for everyone.
+    let (models, servers) = &placements[0];
+    let a = models.iter().filter(|m| *m == "a").count();
+    assert!(
+        (200..400).contains(&a),
+        "arm a got {a} of 1000 at weight 30"
+    );
+    for s in &sims {
+        let n = servers
+            .iter()
+            .filter(|x| x.contains(&s.addr.port().to_string()))
+            .count();
+        assert!(n > 150, "server {} got {n}", s.addr);
+    }
+}

@@ -126,11 +126,15 @@ pub fn prefix_hashes(endpoint: Endpoint, view: &RequestView<'_>, body: &[u8]) ->
     chain.out
 }
 
-/// A hash of a session key: the same in every process of the same build (fixed keys).
+/// The seed of [`session_hash`]: part of the fleet's contract, never to change.
+pub const SESSION_SEED: u64 = 0x5357_4954_4348_5944; // "SWITCHYD"
+
+/// A hash of a session key (and of a server's id on the consistent-hash ring): XXH3-64 with
+/// [`SESSION_SEED`], a specified algorithm with a fixed seed, so that every instance of every
+/// build and version places a session on the same server (std's `DefaultHasher` promised
+/// only the same build).
 pub fn session_hash(key: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
+    xxh3_64_with_seed(key, SESSION_SEED)
 }
 
 #[cfg(test)]
@@ -219,9 +223,11 @@ mod tests {
         assert!(prefix_hashes(Endpoint::Embeddings, &view, body).is_empty());
     }
 
+    /// Golden values: a change here moves every session of a running fleet.
     #[test]
-    fn session_hashes_are_stable() {
-        assert_eq!(session_hash(b"user-1"), session_hash(b"user-1"));
+    fn session_hashes_are_stable_across_builds_and_versions() {
+        assert_eq!(session_hash(b"user-1"), 0xded3_fe3f_9f1f_55bf);
+        assert_eq!(session_hash(b""), xxh3_64_with_seed(b"", SESSION_SEED));
         assert_ne!(session_hash(b"user-1"), session_hash(b"user-2"));
     }
 }
