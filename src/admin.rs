@@ -165,6 +165,8 @@ impl Admin {
                             "draining": s.state.is_draining(),
                             "cooldown_ms": s.state.cooldown_left_ms(now),
                             "prefix_blocks": prefix.as_ref().and_then(|ix| ix.held_by(&s.id)),
+                            "dns": sspec.discovered.and_then(|i| spec.discover.get(i)).map(|d| d.name()),
+                            "ramp": s.state.ramp(now, spec.slow_start),
                         })
                     })
                     .collect();

@@ -172,6 +172,10 @@ pub fn run(config: Config, config_path: Option<PathBuf>, upgrade: bool) -> Resul
         state_file::restore(shared, dir);
     }
     server.add_service(background_service(
+        "DNS discovery",
+        crate::state::discovery::Discover(shared.clone()),
+    ));
+    server.add_service(background_service(
         "state file",
         state_file::SaveState(shared.clone()),
     ));

@@ -11,7 +11,6 @@
 //! blocks. xxh3 is a specified algorithm, the same in every build and process, and hashes a
 //! 32 KB conversation in a few microseconds.
 
-
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::openai::json::{decode, elements, member, members};

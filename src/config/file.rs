@@ -240,6 +240,8 @@ pub struct FileServer {
     /// Reload the config file when its content changes, checking this often (e.g. `2s`; for
     /// mounted ConfigMaps, whose updates come with no signal). Off by default.
     pub watch_config: Option<String>,
+    /// The DNS server `servers: [{dns: ...}]` asks (`host:port`); the system's by default.
+    pub resolver: Option<String>,
     /// Bytes the in-process response cache holds at most (`256MiB`).
     pub cache_size: Option<String>,
     /// Where the gateway keeps what must survive a restart (budgets' spend without a shared
@@ -398,8 +400,13 @@ pub struct FileRetryBudget {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileServerEntry {
-    pub url: String,
+    /// `http://host:port` or `https://host:port`; or, in its place, `dns`.
+    pub url: Option<String>,
     pub weight: Option<i64>,
+    /// `host:port`: one server per address the name resolves to (A and AAAA), re-resolved
+    /// every `every` (`5s`) and when the records' TTL runs out.
+    pub dns: Option<String>,
+    pub every: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -141,6 +141,8 @@ pub struct ServerSettings {
     pub watch_config: Option<std::time::Duration>,
     /// `server.state_dir`: where budgets' spend is kept across restarts; `None`: not kept.
     pub state_dir: Option<std::path::PathBuf>,
+    /// `server.resolver`: the DNS server discovery asks; `None`: the system's.
+    pub resolver: Option<std::net::SocketAddr>,
     /// `server.cache_size`: bytes the in-process response cache holds at most.
     pub cache_size: usize,
 }
@@ -210,6 +212,8 @@ pub struct Pool {
     pub balance: Policy,
     pub policy: PolicySettings,
     pub servers: Vec<ServerSpec>,
+    /// Names whose addresses are servers of the pool too (`servers[i].dns`).
+    pub discover: Vec<DnsSource>,
     pub health: HealthSettings,
     pub breaker: BreakerSettings,
     /// Ramp-up of a server that came back; zero: none.
@@ -255,6 +259,23 @@ pub struct ServerSpec {
     pub weight: NonZeroU32,
     /// `https://`: TLS to the server, checked against the pool's CA, SNI from `host`.
     pub tls: bool,
+    /// Found by `servers[i].dns` (the index into the pool's `discover`), not written in the file.
+    pub discovered: Option<usize>,
+}
+
+/// `servers: [{dns: "host:port", every: 5s}]`: servers found by resolving a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSource {
+    pub host: String,
+    pub port: u16,
+    pub every: Duration,
+    pub weight: NonZeroU32,
+}
+
+impl DnsSource {
+    pub fn name(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
 }
 
 impl ServerSpec {

@@ -85,6 +85,16 @@ pub(super) fn settings(errs: &mut Errors, s: &FileServer) -> ServerSettings {
             every => Some(duration(errs, "server.watch_config", every, 2)),
         },
         state_dir: s.state_dir.as_ref().map(Into::into),
+        resolver: s.resolver.as_deref().and_then(|r| match r.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                errs.push(
+                    "server.resolver",
+                    format!("{r:?} is not an ip:port (e.g. 10.96.0.10:53)"),
+                );
+                None
+            }
+        }),
         cache_size: match s.cache_size.as_deref() {
             None => 256 << 20,
             Some(v) => super::values::parse_size(v).unwrap_or_else(|| {

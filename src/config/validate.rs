@@ -13,7 +13,9 @@ use super::values::{
     count, dollars, duration, duration_ms, duration_or_zero, env_secret, fraction,
     optional_positive, parse_url, positive, socket_addr, Errors,
 };
-use super::{Config, ConfigError, Limits, Pool, RetryBudget, ScrapeSettings, ServerSpec, Timeouts};
+use super::{
+    Config, ConfigError, DnsSource, Limits, Pool, RetryBudget, ScrapeSettings, ServerSpec, Timeouts,
+};
 use crate::balance::{Policy, PolicySettings, PrefixSettings};
 use crate::routing::Cost;
 use crate::upstream::breaker::BreakerSettings;
@@ -96,6 +98,28 @@ pub fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
         }),
         _ => Err(errs.0),
     }
+}
+
+/// `host:port` of a `dns` entry: a name (or an address) and a port, no scheme.
+fn dns_name(text: &str) -> Result<(String, u16), String> {
+    let example = "e.g. vllm.inference.svc.cluster.local:8000";
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} needs a port ({example})"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{port:?} is not a port ({example})"))?;
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("{text:?} is not host:port ({example}; no scheme)"));
+    }
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port,
+    ))
 }
 
 fn limits(errs: &mut Errors, l: &FileLimits) -> Limits {
@@ -306,6 +330,7 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
     }
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut servers = Vec::with_capacity(p.servers.len());
+    let mut discover = Vec::new();
     for (i, s) in p.servers.iter().enumerate() {
         let sat = format!("{at}.servers[{i}]");
         let weight = match s.weight {
@@ -323,24 +348,43 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
             }
             Some(w) => NonZeroU32::new(w as u32).unwrap_or(NonZeroU32::MIN),
         };
-        match parse_url(&s.url) {
-            Ok((host, port, tls)) => {
-                let id = format!("{host}:{port}");
-                if let Some(first) = seen.insert(id.clone(), i) {
-                    errs.push(
-                        format!("{sat}.url"),
-                        format!("{id} is already servers[{first}] of this pool"),
-                    );
+        match (&s.url, &s.dns) {
+            (Some(url), None) => match parse_url(url) {
+                Ok((host, port, tls)) => {
+                    let id = format!("{host}:{port}");
+                    if let Some(first) = seen.insert(id.clone(), i) {
+                        errs.push(
+                            format!("{sat}.url"),
+                            format!("{id} is already servers[{first}] of this pool"),
+                        );
+                    }
+                    servers.push(ServerSpec {
+                        id,
+                        host,
+                        port,
+                        weight,
+                        tls,
+                        discovered: None,
+                    });
                 }
-                servers.push(ServerSpec {
-                    id,
+                Err(reason) => errs.push(format!("{sat}.url"), reason),
+            },
+            (None, Some(name)) => match dns_name(name) {
+                Ok((host, port)) => discover.push(DnsSource {
                     host,
                     port,
+                    every: duration(errs, &format!("{sat}.every"), s.every.as_deref(), 5),
                     weight,
-                    tls,
-                });
-            }
-            Err(reason) => errs.push(format!("{sat}.url"), reason),
+                }),
+                Err(reason) => errs.push(format!("{sat}.dns"), reason),
+            },
+            _ => errs.push(
+                &sat,
+                "needs `url` (one server) or `dns` (a name whose addresses are servers), not both",
+            ),
+        }
+        if s.url.is_some() && s.every.is_some() {
+            errs.push(format!("{sat}.every"), "only a `dns` entry is re-resolved");
         }
     }
     let context_window = optional_positive(errs, &format!("{at}.context_window"), p.context_window);
@@ -351,6 +395,7 @@ fn pool(errs: &mut Errors, name: &str, p: &FilePool) -> Option<Pool> {
         balance,
         policy,
         servers,
+        discover,
         health,
         breaker,
         slow_start,

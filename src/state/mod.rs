@@ -4,6 +4,7 @@
 //! metric handles, the `/v1/models` body); the request path then only indexes into it.
 //! Per-server state comes from the [`Registry`], so it survives a rebuild.
 
+pub mod discovery;
 mod pool;
 pub mod readiness;
 mod shared;

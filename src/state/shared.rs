@@ -33,6 +33,8 @@ pub struct Shared {
     pub prefix: PrefixIndexes,
     /// Classifiers' exemplar vectors and conversations' labels; outlive runtimes.
     pub classify: crate::routing::classify::Memory,
+    /// Pools' servers found by DNS; outlive runtimes.
+    pub discovered: super::discovery::Discovered,
     /// The file reloads read; `None` for a config that did not come from a file (the demo).
     config_path: Option<PathBuf>,
     /// Serialises reloads so that two of them cannot interleave read, build and swap.
@@ -66,7 +68,7 @@ impl ReloadError {
 impl Shared {
     /// Builds the first runtime; `config_path` is where reloads read from.
     pub fn new(
-        config: Config,
+        mut config: Config,
         metrics: Metrics,
         config_path: Option<PathBuf>,
     ) -> Result<Self, Vec<ConfigError>> {
@@ -101,12 +103,15 @@ impl Shared {
         };
         let classify = crate::routing::classify::Memory::default();
         let cache_size = config.server.cache_size;
+        let discovered = super::discovery::Discovered::default();
+        discovered.expand(&mut config);
         let runtime = Runtime::build(config, &registry, &store, &metrics, &prefix, &classify)?;
         metrics.config_load(true);
         Ok(Self {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
             store,
+            discovered,
             cache: crate::cache::ResponseCache::new(cache_size, fleet.clone(), &metrics.cache),
             fleet,
             per_ip: PerIp::default(),
@@ -131,6 +136,35 @@ impl Shared {
     pub fn reload(&self) -> Result<(), ReloadError> {
         let _serial = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let result = self.build_from_file();
+        self.swap(result)
+    }
+
+    /// Rebuilds the current config with what DNS discovery found, and swaps it in as a
+    /// reload does; `appeared`: servers that joined (they ramp up over `slow_start`).
+    pub fn rediscover(&self, appeared: &[String]) -> Result<(), Vec<ConfigError>> {
+        let _serial = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let mut config = self.runtime().config.clone();
+        self.discovered.expand(&mut config);
+        let runtime = Runtime::build(
+            config,
+            &self.registry,
+            &self.store,
+            &self.metrics,
+            &self.prefix,
+            &self.classify,
+        )?;
+        let now = crate::upstream::now_ms();
+        for id in appeared {
+            self.registry.get(id).start_slow_start(now);
+        }
+        let runtime = Arc::new(runtime);
+        self.runtime.store(runtime.clone());
+        self.store.prune();
+        self.prefix.retain(&prefix_pools(&runtime));
+        Ok(())
+    }
+
+    fn swap(&self, result: Result<Runtime, ReloadError>) -> Result<(), ReloadError> {
         self.metrics.config_load(result.is_ok());
         match result {
             Ok(runtime) => {
@@ -172,7 +206,8 @@ impl Shared {
 
     fn build_from_file(&self) -> Result<Runtime, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
-        let config = crate::config::load(path)?;
+        let mut config = crate::config::load(path)?;
+        self.discovered.expand(&mut config);
         Runtime::build(
             config,
             &self.registry,

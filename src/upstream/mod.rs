@@ -230,6 +230,12 @@ impl ServerState {
         change
     }
 
+    /// A server that just joined its pool (found by DNS discovery) ramps up as one that came
+    /// back does.
+    pub fn start_slow_start(&self, now_ms: u64) {
+        self.recovered_at_ms.store(now_ms.max(1), Ordering::Relaxed);
+    }
+
     /// Share of traffic a recovering server may take at `now_ms`: ramps from 10 % to 100 %
     /// over `slow_start` after it came back; 1 when not ramping.
     pub fn ramp(&self, now_ms: u64, slow_start: Duration) -> f64 {
