@@ -45,3 +45,33 @@ start_sims() {
     SIMS+=("$(wait_listen "$WORK/sim$i.log" sim)")
   done
 }
+
+# write_post_lua FILE [BEARER_KEY]: a wrk script that POSTs $WRK_BODY as JSON (with the key as
+# Authorization: Bearer) and prints "RESULT rps=… p50=… p99=… errors=… requests=…" at the end.
+write_post_lua() {
+  {
+    echo 'wrk.method = "POST"'
+    echo 'wrk.headers["Content-Type"] = "application/json"'
+    if [ -n "${2:-}" ]; then echo "wrk.headers[\"Authorization\"] = \"Bearer $2\""; fi
+    cat <<'LUA'
+wrk.body = os.getenv("WRK_BODY")
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format("RESULT rps=%.1f p50=%.1f p99=%.1f errors=%d requests=%d\n",
+    summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99),
+    errors, summary.requests))
+end
+LUA
+  } >"$1"
+}
+
+# medians: lines of numbers in, one line out: each column's median (the lower middle value
+# for an even count, as written), the last column's sum (errors).
+medians() {
+  python3 -c '
+import sys
+cols = list(zip(*[line.split() for line in sys.stdin if line.strip()]))
+mid = [sorted(c, key=float)[(len(c) - 1) // 2] for c in cols[:-1]]
+print(" ".join(mid + [str(sum(int(float(x)) for x in cols[-1]))]))'
+}

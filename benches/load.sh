@@ -130,18 +130,7 @@ EOF
 }
 
 # --- measurement -------------------------------------------------------------------------
-cat > "$WORK/post.lua" <<'EOF'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = os.getenv("WRK_BODY")
-done = function(summary, latency, requests)
-  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
-    + summary.errors.status + summary.errors.timeout
-  io.write(string.format("RESULT rps=%.1f p50=%.1f p99=%.1f errors=%d requests=%d\n",
-    summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99),
-    errors, summary.requests))
-end
-EOF
+write_post_lua "$WORK/post.lua"
 
 # run ADDR BODY CONNECTIONS THREADS -> "rps p50_us p99_us errors"
 run() {
@@ -149,16 +138,6 @@ run() {
   line=$(WRK_BODY="$2" wrk -t"$4" -c"$3" -d"${DURATION}s" --timeout 10s -s "$WORK/post.lua" \
     "http://$1/v1/chat/completions" | grep '^RESULT')
   echo "$line" | sed -E 's/.*rps=([^ ]+) p50=([^ ]+) p99=([^ ]+) errors=([^ ]+).*/\1 \2 \3 \4/'
-}
-
-# medians: lines of numbers in, one line out: each column's median (the lower middle value
-# for an even count, as written), the last column's sum (errors).
-medians() {
-  python3 -c '
-import sys
-cols = list(zip(*[line.split() for line in sys.stdin if line.strip()]))
-mid = [sorted(c, key=float)[(len(c) - 1) // 2] for c in cols[:-1]]
-print(" ".join(mid + [str(sum(int(float(x)) for x in cols[-1]))]))'
 }
 
 # Warm up (connection pools, page cache) so the first measured target is not penalised.
