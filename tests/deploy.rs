@@ -211,8 +211,7 @@ fn the_manifests_agree_with_the_binary_and_the_config() {
     let line = |word: &str| {
         docker
             .lines()
-            .filter(|l| l.starts_with(word))
-            .last()
+            .rfind(|l| l.starts_with(word))
             .unwrap_or_else(|| panic!("no {word}"))
             .to_owned()
     };

@@ -2,9 +2,6 @@
 //! or stored in it, the answer of a hit, and the collection of a miss's answer as the client
 //! receives it. A model without `cache` costs a request one branch.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::HeaderName;
@@ -12,6 +9,7 @@ use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
+use super::ctx::{CacheState, Fill};
 use super::{headers, Ctx};
 use crate::cache::{self, Entry};
 use crate::openai::ApiError;
@@ -19,25 +17,21 @@ use crate::state::Shared;
 
 pub const X_SWITCHYARD_CACHE: HeaderName = HeaderName::from_static("x-switchyard-cache");
 
-/// A cacheable model's request: what the cache said, and its answer being collected.
-pub struct CacheState {
-    key: u128,
-    /// `hit`, `miss` or `bypass` (the `x-switchyard-cache` answer header).
-    pub result: &'static str,
-    pub hit: Option<Arc<Entry>>,
-    fill: Option<Fill>,
-}
-
-struct Fill {
-    body: BytesMut,
-    max: usize,
-    ttl: Duration,
-}
-
 fn has(value: Option<&HeaderValue>, directive: &str) -> bool {
     value.and_then(|v| v.to_str().ok()).is_some_and(|v| {
         v.split(',')
             .any(|d| d.trim().eq_ignore_ascii_case(directive))
+    })
+}
+
+/// Whether the requested model has a cache.
+pub fn applies(ctx: &Ctx) -> bool {
+    ctx.routed.as_ref().is_some_and(|r| {
+        r.runtime
+            .config
+            .models
+            .get(usize::from(r.route.requested))
+            .is_some_and(|m| m.cache.is_some())
     })
 }
 

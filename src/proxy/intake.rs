@@ -82,9 +82,17 @@ pub(super) async fn admit(
         route,
         step: 0,
     });
-    super::cache::lookup(shared, ctx, &raw, session.req_header())
+    if super::cache::applies(ctx) {
+        // Boxed: a request to a model without a cache carries no lookup in its future.
+        Box::pin(super::cache::lookup(
+            shared,
+            ctx,
+            &raw,
+            session.req_header(),
+        ))
         .await
         .map_err(BodyError::Reject)?;
+    }
     tenancy::admit(shared, &runtime, ctx, endpoint, &view)
         .await
         .map_err(BodyError::Reject)?;

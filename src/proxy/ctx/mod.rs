@@ -5,6 +5,7 @@
 //! reservations, retry budget slots) on every exit path.
 
 mod attempt;
+mod cache;
 mod request;
 mod response;
 mod tenancy;
@@ -13,6 +14,7 @@ mod trace;
 use std::sync::Arc;
 
 pub use attempt::{Attempt, RetryReason, Tried, MAX_ATTEMPTS};
+pub use cache::{CacheState, Fill};
 pub use request::Request;
 pub use response::Response;
 pub use tenancy::Tenancy;
@@ -77,5 +79,5 @@ pub struct Ctx {
     /// `Some` when `otel:` is on.
     pub trace: Option<Box<Trace>>,
     /// `Some` when the requested model has a response cache.
-    pub cache: Option<Box<super::cache::CacheState>>,
+    pub cache: Option<Box<CacheState>>,
 }
