@@ -9,8 +9,9 @@
 //! Two tiers: in process (moka, bounded by bytes, each entry living its model's `ttl`) and,
 //! with `shared:`, Redis, read when the local tier misses and written with every store.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -67,6 +68,8 @@ impl moka::Expiry<u128, Arc<Entry>> for PerEntry {
 
 /// Both tiers. Outlives runtimes (a reload keeps what is cached).
 pub struct ResponseCache {
+    /// Prompts' embeddings of stored answers (`cache.semantic`), in process.
+    pub semantic: SemanticIndex,
     local: moka::sync::Cache<u128, Arc<Entry>>,
     shared: Option<Arc<SharedStore>>,
     stores: [prometheus::IntCounter; 2],
@@ -86,6 +89,7 @@ impl ResponseCache {
             })
             .build();
         Self {
+            semantic: SemanticIndex::default(),
             local,
             shared,
             stores: [
@@ -131,6 +135,125 @@ impl ResponseCache {
         self.local.run_pending_tasks();
         self.local.weighted_size()
     }
+}
+
+/// A remembered prompt: its embedding (unit length), the exact key its answer is under.
+struct Remembered {
+    vector: Box<[f32]>,
+    key: u128,
+    until: Instant,
+}
+
+/// Sets of generation parameters (a partition: the key of the body without its messages) kept
+/// at most; the least recently used set goes first.
+const PARTITIONS: u64 = 4096;
+
+/// The semantic tier: per partition, the embeddings of the prompts whose answers are stored,
+/// searched by cosine similarity. A semantic hit is an exact key found by meaning; the answer
+/// itself comes from the tiers above (and is gone when they dropped it).
+pub struct SemanticIndex {
+    partitions: moka::sync::Cache<u128, Arc<std::sync::Mutex<VecDeque<Remembered>>>>,
+}
+
+impl Default for SemanticIndex {
+    fn default() -> Self {
+        Self {
+            partitions: moka::sync::Cache::builder()
+                .max_capacity(PARTITIONS)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+        }
+    }
+}
+
+impl SemanticIndex {
+    /// The key of the stored answer whose prompt is nearest `vector` in `partition`, and its
+    /// similarity, when it is at least `similarity`.
+    pub fn nearest(&self, partition: u128, vector: &[f32], similarity: f32) -> Option<(u128, f32)> {
+        let list = self.partitions.get(&partition)?;
+        let now = Instant::now();
+        let mut list = crate::lock(&list);
+        list.retain(|r| r.until > now);
+        list.iter()
+            .filter(|r| r.vector.len() == vector.len())
+            .map(|r| (r.key, dot(&r.vector, vector)))
+            .filter(|(_, s)| *s >= similarity)
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// Remembers `vector` for the answer stored under `key` for `ttl`; at most `entries` per
+    /// partition (the oldest go).
+    pub fn insert(
+        &self,
+        partition: u128,
+        vector: Box<[f32]>,
+        key: u128,
+        ttl: Duration,
+        entries: usize,
+    ) {
+        let list = self.partitions.get_with(partition, || {
+            Arc::new(std::sync::Mutex::new(VecDeque::new()))
+        });
+        let mut list = crate::lock(&list);
+        list.retain(|r| r.key != key);
+        while list.len() >= entries.max(1) {
+            list.pop_front();
+        }
+        list.push_back(Remembered {
+            vector,
+            key,
+            until: Instant::now() + ttl,
+        });
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// A prompt's text for its embedding: every message's text content (and a completion's
+/// `prompt`), one per line; `None` when there is none.
+pub fn prompt_text(body: &Value) -> Option<String> {
+    let mut out = String::new();
+    let mut add = |t: &str| {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(t);
+    };
+    for m in body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match m.get("content") {
+            Some(Value::String(t)) => add(t),
+            Some(Value::Array(parts)) => {
+                for p in parts {
+                    if let Some(t) = p.get("text").and_then(Value::as_str) {
+                        add(t);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(p) = body.get("prompt").and_then(Value::as_str) {
+        add(p);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The semantic tier's partition of a request: its key without the prompt (`messages`,
+/// `prompt`), so that only requests with the same generation parameters share answers.
+pub fn partition(scope: Option<&str>, model: &str, body: &Value) -> u128 {
+    let mut rest = body.clone();
+    if let Some(map) = rest.as_object_mut() {
+        map.remove("messages");
+        map.remove("prompt");
+    }
+    key(scope, model, &rest) ^ 0x5e3a_9c1d
 }
 
 /// Whether a request's answer is the same every time: a temperature of 0, or a seed.
@@ -277,6 +400,48 @@ mod tests {
             format!("{:032x}", key(Some("team"), "m", &body)),
             "d87ceb58ce63ee12f96cc3cb256b89d6"
         );
+    }
+
+    #[test]
+    fn the_nearest_remembered_prompt_above_the_similarity_wins() {
+        let index = SemanticIndex::default();
+        let unit = |v: [f32; 2]| {
+            let n = (v[0] * v[0] + v[1] * v[1]).sqrt();
+            Box::from([v[0] / n, v[1] / n])
+        };
+        let ttl = Duration::from_secs(60);
+        index.insert(1, unit([1.0, 0.0]), 10, ttl, 2);
+        index.insert(1, unit([1.0, 0.2]), 11, ttl, 2);
+        let (key, s) = index.nearest(1, &unit([1.0, 0.15]), 0.9).unwrap();
+        assert_eq!(key, 11);
+        assert!(s > 0.99);
+        assert_eq!(index.nearest(1, &unit([0.0, 1.0]), 0.9), None, "too far");
+        assert_eq!(
+            index.nearest(2, &unit([1.0, 0.0]), 0.9),
+            None,
+            "another partition"
+        );
+        index.insert(1, unit([0.0, 1.0]), 12, ttl, 2);
+        assert_eq!(
+            index.nearest(1, &unit([1.0, 0.0]), 0.999).map(|k| k.0),
+            None,
+            "the oldest went"
+        );
+        index.insert(3, unit([1.0, 0.0]), 13, Duration::ZERO, 2);
+        assert_eq!(index.nearest(3, &unit([1.0, 0.0]), 0.5), None, "expired");
+    }
+
+    #[test]
+    fn the_partition_leaves_out_the_prompt_only() {
+        let a = json!({"temperature": 0, "messages": [{"role": "user", "content": "a"}]});
+        let b = json!({"temperature": 0, "messages": [{"role": "user", "content": "b"}]});
+        let c = json!({"temperature": 0, "max_tokens": 3, "messages": [{"role": "user", "content": "a"}]});
+        assert_eq!(partition(None, "m", &a), partition(None, "m", &b));
+        assert_ne!(partition(None, "m", &a), partition(None, "m", &c));
+        assert_eq!(prompt_text(&a).as_deref(), Some("a"));
+        let parts = json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "t"}]}]});
+        assert_eq!(prompt_text(&parts).as_deref(), Some("s\nt"));
+        assert_eq!(prompt_text(&json!({})), None);
     }
 
     #[test]

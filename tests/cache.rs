@@ -317,3 +317,54 @@ async fn a_miss_through_one_gateway_is_a_hit_through_another() {
         1
     );
 }
+
+/// `cache.semantic`: a prompt that means nearly the same (here: the simulator's embeddings, a
+/// hashed bag of words and trigrams) is served the stored answer; other prompts, and the same
+/// prompt with other generation parameters, are not.
+#[tokio::test]
+async fn a_near_prompt_is_served_from_the_semantic_cache() {
+    let sim = Sim::fast(SERVED);
+    let gw = Gateway::start(&format!(
+        "pools:\n  p:\n    model: {SERVED}\n    engine: vllm\n    servers:\n      - url: {}\nmodels:\n  embedder:\n    pool: p\n  m:\n    pool: p\n    cache: {{ttl: 10m, semantic: {{model: embedder, similarity: 0.9}}}}\n",
+        sim.url()
+    ));
+    let ask = |content: &str, max_tokens: u64| json!({"model": "m", "temperature": 0, "max_tokens": max_tokens, "messages": [{"role": "user", "content": content}]});
+    let post = |body: Value| {
+        let url = gw.url("/v1/chat/completions");
+        async move {
+            let resp = client().post(url).json(&body).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let cache = resp.headers()["x-switchyard-cache"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (cache, resp.text().await.unwrap())
+        }
+    };
+    let (first, answer) = post(ask("What is the capital city of France?", 8)).await;
+    assert_eq!(first, "miss");
+    let (near, replay) = post(ask("what is the capital city of france", 8)).await;
+    assert_eq!(near, "hit", "a near prompt");
+    assert_eq!(replay, answer);
+    assert_eq!(
+        post(ask("Write a haiku about autumn leaves falling.", 8))
+            .await
+            .0,
+        "miss"
+    );
+    assert_eq!(
+        post(ask("what is the capital city of france", 9)).await.0,
+        "miss",
+        "other generation parameters"
+    );
+    // Three answers generated (the simulator counts completions, not embeddings).
+    assert_eq!(sim.metric("vllm:request_success_total").await, 3.0);
+    let text = common::get_text(&gw.admin_url("/metrics")).await;
+    assert_eq!(
+        common::metric_value(
+            &text,
+            r#"switchyard_cache_lookups_total{model="m",result="semantic_hit"}"#
+        ),
+        Some(1.0)
+    );
+}

@@ -130,6 +130,12 @@ impl Config {
                     "max_entry": c.max_entry,
                     "always": c.always,
                     "shared_across_tenants": c.shared_across_tenants,
+                    "semantic": c.semantic.map(|s| json!({
+                        "model": self.models.get(s.model).map(|m| m.name.as_str()),
+                        "similarity": s.similarity,
+                        "budget": d(s.budget),
+                        "entries": s.entries,
+                    })),
                 })),
             })).collect::<Vec<_>>(),
         })

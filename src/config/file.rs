@@ -465,6 +465,22 @@ pub struct FileCacheSettings {
     pub always: Option<bool>,
     /// One tenant's answer may serve another's identical request (false).
     pub shared_across_tenants: Option<bool>,
+    /// Also serve an answer whose prompt means nearly the same (by embedding).
+    pub semantic: Option<FileSemanticCache>,
+}
+
+/// `models.X.cache.semantic`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSemanticCache {
+    /// The embedding model (a name or alias of this config) that embeds prompts.
+    pub model: Option<String>,
+    /// Cosine similarity from which a cached answer is reused (0.95).
+    pub similarity: Option<f64>,
+    /// Longest a request waits for its prompt's embedding (`100ms`); later: no semantic lookup.
+    pub budget: Option<String>,
+    /// Prompts remembered per set of generation parameters (1000).
+    pub entries: Option<i64>,
 }
 
 /// One entry of `models.X.route`.

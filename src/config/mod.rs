@@ -305,7 +305,7 @@ pub struct Model {
 }
 
 /// `models.X.cache`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CacheSpec {
     pub ttl: Duration,
     /// Larger answers are not stored.
@@ -314,6 +314,18 @@ pub struct CacheSpec {
     pub always: bool,
     /// The key leaves out the tenant.
     pub shared_across_tenants: bool,
+    /// `semantic`: near prompts share an answer.
+    pub semantic: Option<SemanticSpec>,
+}
+
+/// `models.X.cache.semantic`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SemanticSpec {
+    /// Index into `Config::models` of the embedding model.
+    pub model: usize,
+    pub similarity: f32,
+    pub budget: Duration,
+    pub entries: usize,
 }
 
 /// One problem in a config file, at a YAML path.
@@ -398,6 +410,42 @@ models:
             errors(&with("0s")),
             ["server.watch_config: must be greater than 0"]
         );
+    }
+
+    #[test]
+    fn a_models_cache_takes_a_word_or_settings_and_names_bad_values() {
+        let with = |cache: &str| {
+            SAMPLE.replace(
+                "    aliases: [smart]\n",
+                &format!("    aliases: [smart]\n    cache: {cache}\n"),
+            )
+        };
+        let c = parse(&with("always")).unwrap();
+        let spec = c.models[1].cache.unwrap();
+        assert!(spec.always && !spec.shared_across_tenants);
+        assert_eq!(
+            (spec.ttl, spec.max_entry),
+            (Duration::from_secs(600), 256 << 10)
+        );
+        assert_eq!(parse(&with("off")).unwrap().models[1].cache, None);
+        let c = parse(&with("{ttl: 1m, semantic: {model: fast, similarity: 0.8}}")).unwrap();
+        let semantic = c.models[1].cache.unwrap().semantic.unwrap();
+        assert_eq!(
+            (semantic.model, semantic.similarity),
+            (0, 0.8),
+            "an alias names its model"
+        );
+        let errs = errors(&with(
+            "{max_entry: lots, ttl: 0s, semantic: {model: nope, similarity: 2}}",
+        ));
+        for path in ["cache.max_entry", "cache.ttl", "cache.semantic.model"] {
+            assert!(
+                errs.iter()
+                    .any(|e| e.starts_with(&format!("models.qwen-2.5-72b.{path}"))),
+                "{path}: {errs:?}"
+            );
+        }
+        assert!(errors(&with("sometimes"))[0].contains("always, deterministic, off"));
     }
 
     #[test]

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::file::{FileCache, FileCacheSettings, FileConfig};
+use super::file::{FileCache, FileCacheSettings, FileConfig, FileSemanticCache};
 use super::values::{defaults, duration_ms, fraction, limit_set, positive, Errors};
-use super::{CacheSpec, Model, Pool};
+use super::{CacheSpec, Model, Pool, SemanticSpec};
 use crate::routing::spec::Serve;
 
 /// `models:`, every public name and alias unique, each model served by a pool (with its
@@ -118,7 +118,7 @@ pub(super) fn validate(
                 default_max_tokens,
                 bytes_per_token,
                 shadow,
-                cache: cache(errs, &at, m.cache.as_ref()),
+                cache: cache(errs, &at, m.cache.as_ref(), file),
             });
         }
     }
@@ -126,9 +126,14 @@ pub(super) fn validate(
 }
 
 /// `models.X.cache`.
-fn cache(errs: &mut Errors, at: &str, file: Option<&FileCache>) -> Option<CacheSpec> {
+fn cache(
+    errs: &mut Errors,
+    at: &str,
+    spec: Option<&FileCache>,
+    file: &FileConfig,
+) -> Option<CacheSpec> {
     let at = format!("{at}.cache");
-    let settings = match file? {
+    let settings = match spec? {
         FileCache::Word(w) => match w.as_str() {
             "off" => return None,
             "always" => &FileCacheSettings {
@@ -164,6 +169,52 @@ fn cache(errs: &mut Errors, at: &str, file: Option<&FileCache>) -> Option<CacheS
         max_entry,
         always: settings.always.unwrap_or(false),
         shared_across_tenants: settings.shared_across_tenants.unwrap_or(false),
+        semantic: settings
+            .semantic
+            .as_ref()
+            .and_then(|s| semantic(errs, &format!("{at}.semantic"), s, file)),
+    })
+}
+
+/// `models.X.cache.semantic`.
+fn semantic(
+    errs: &mut Errors,
+    at: &str,
+    s: &FileSemanticCache,
+    file: &FileConfig,
+) -> Option<SemanticSpec> {
+    let Some(name) = s.model.as_deref() else {
+        errs.push(
+            format!("{at}.model"),
+            "is required (the model that embeds prompts)",
+        );
+        return None;
+    };
+    // Models are in the file's (sorted) order; an alias names its model.
+    let Some(model) = file
+        .models
+        .iter()
+        .position(|(n, m)| n == name || m.aliases.iter().any(|a| a == name))
+    else {
+        errs.push(
+            format!("{at}.model"),
+            format!("no model or alias named {name:?}"),
+        );
+        return None;
+    };
+    let similarity = s.similarity.unwrap_or(0.95);
+    if !(similarity > 0.0 && similarity <= 1.0) {
+        errs.push(format!("{at}.similarity"), "must be above 0 and at most 1");
+    }
+    let budget = match s.budget.as_deref() {
+        None => Duration::from_millis(100),
+        some => super::values::duration(errs, &format!("{at}.budget"), some, 1),
+    };
+    Some(SemanticSpec {
+        model,
+        similarity: similarity as f32,
+        budget,
+        entries: positive(errs, &format!("{at}.entries"), s.entries, 1000) as usize,
     })
 }
 

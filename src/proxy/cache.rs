@@ -43,6 +43,7 @@ pub async fn lookup(
     ctx: &mut Ctx,
     raw: &Bytes,
     req: &pingora_http::RequestHeader,
+    connector: &pingora_core::connectors::http::Connector,
 ) -> Result<(), ApiError> {
     let Some(routed) = &ctx.routed else {
         return Ok(());
@@ -86,24 +87,75 @@ pub async fn lookup(
     }
     let scope = (!spec.shared_across_tenants).then(|| ctx.tenancy.name.as_deref().unwrap_or(""));
     let key = cache::key(scope, model, &body);
-    let hit = if read {
+    let mut hit = if read {
         shared.cache.get(key).await
     } else {
         None
     };
-    let result = if hit.is_some() { "hit" } else { "miss" };
+    let mut result = if hit.is_some() { "hit" } else { "miss" };
+    // Not there as written: an answer to a prompt that means nearly the same, when the model
+    // asks for it and the prompt's embedding comes within the budget.
+    let mut semantic = None;
+    if let (None, Some(sem), Some(text)) = (&hit, spec.semantic, cache::prompt_text(&body)) {
+        let calls = super::call::Calls {
+            runtime: &routed.runtime,
+            connector,
+            request_id: ctx.request.request_id.as_ref(),
+        };
+        if let Some(vector) = embed(&calls, sem.model, &text, sem.budget).await {
+            let partition = cache::partition(scope, model, &body);
+            if read {
+                if let Some((near, _)) =
+                    shared
+                        .cache
+                        .semantic
+                        .nearest(partition, &vector, sem.similarity)
+                {
+                    hit = shared.cache.get(near).await;
+                    if hit.is_some() {
+                        result = "semantic_hit";
+                    }
+                }
+            }
+            semantic = Some((partition, vector, sem.entries));
+        }
+    }
     lookups.with_label_values(&[model, result]).inc();
     ctx.cache = Some(Box::new(CacheState {
         key,
-        result,
+        result: if hit.is_some() { "hit" } else { "miss" },
         fill: (hit.is_none() && store).then(|| Fill {
             body: BytesMut::new(),
             max: spec.max_entry,
             ttl: spec.ttl,
+            semantic,
         }),
         hit,
     }));
     Ok(())
+}
+
+/// The unit-length embedding of `text` by `model`, within `budget`; `None` when it did not
+/// come (the request then goes on without a semantic lookup).
+async fn embed(
+    calls: &super::call::Calls<'_>,
+    model: usize,
+    text: &str,
+    budget: std::time::Duration,
+) -> Option<Box<[f32]>> {
+    use crate::routing::classify::Backend as _;
+    let body = |served: &str| {
+        serde_json::json!({"model": served, "input": text})
+            .to_string()
+            .into_bytes()
+    };
+    let answer = tokio::time::timeout(budget, calls.post(model, "/v1/embeddings", &body))
+        .await
+        .ok()?
+        .ok()?;
+    let mut v = crate::routing::classify::run::first_vector(&answer)?;
+    crate::routing::classify::knn::normalise(&mut v);
+    Some(v.into_boxed_slice())
 }
 
 /// Whether the request is answered from the cache (it takes no tokens and costs nothing).
@@ -185,6 +237,12 @@ pub fn finish(shared: &Shared, ctx: &mut Ctx, status: u16, failed: bool) {
     };
     if status != 200 || !whole || ctx.response.error.is_some() || ctx.response.malformed {
         return;
+    }
+    if let Some((partition, vector, entries)) = fill.semantic {
+        shared
+            .cache
+            .semantic
+            .insert(partition, vector, key, fill.ttl, entries);
     }
     shared
         .cache

@@ -89,6 +89,7 @@ pub(super) async fn admit(
             ctx,
             &raw,
             session.req_header(),
+            calls,
         ))
         .await
         .map_err(BodyError::Reject)?;

@@ -21,4 +21,6 @@ pub struct Fill {
     pub body: BytesMut,
     pub max: usize,
     pub ttl: Duration,
+    /// With `cache.semantic`: the partition, the prompt's embedding and how many to keep.
+    pub semantic: Option<(u128, Box<[f32]>, usize)>,
 }
