@@ -38,7 +38,13 @@ pub type Lease = (Arc<str>, String);
 pub struct SharedStore {
     pub settings: SharedSettings,
     client: redis::Client,
+    /// The supervisor's connection: whether the store is up, health checks.
     conn: ArcSwapOption<MultiplexedConnection>,
+    /// The connection requests use, made from the request path's own runtime so that its
+    /// driver task runs beside the requests (a call on the supervisor's connection crosses
+    /// to the supervisor's thread and back: about 0.3 ms on this 2-core machine).
+    fast: Arc<ArcSwapOption<MultiplexedConnection>>,
+    connecting: Arc<std::sync::atomic::AtomicBool>,
     up: prometheus::IntGauge,
     admission_seconds: prometheus::Histogram,
     /// This process's id in lease members, unique across the fleet and restarts.
@@ -69,6 +75,8 @@ impl SharedStore {
             settings,
             client,
             conn: ArcSwapOption::empty(),
+            fast: Arc::default(),
+            connecting: Arc::default(),
             up: metrics.up.clone(),
             admission_seconds: metrics.admission_seconds.clone(),
             instance,
@@ -105,16 +113,59 @@ impl SharedStore {
         answer
     }
 
+    /// A connection for a call: the request path's own once made, else the supervisor's
+    /// (and the request path's is made in the background); `None` while the store is down.
+    fn connection(&self) -> Option<MultiplexedConnection> {
+        if let Some(c) = self.fast.load().as_deref() {
+            return Some(c.clone());
+        }
+        let c = MultiplexedConnection::clone(self.conn.load().as_deref()?);
+        if !self.connecting.swap(true, Ordering::AcqRel) {
+            let (client, fast, connecting) = (
+                self.client.clone(),
+                self.fast.clone(),
+                self.connecting.clone(),
+            );
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(BACKGROUND_TIMEOUT))
+                .set_response_timeout(Some(BACKGROUND_TIMEOUT));
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        if let Ok(c) = client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await
+                        {
+                            fast.store(Some(Arc::new(c)));
+                        }
+                        connecting.store(false, Ordering::Release);
+                    });
+                }
+                Err(_) => self.connecting.store(false, Ordering::Release),
+            }
+        }
+        Some(c)
+    }
+
+    /// Forgets every connection (the store was lost); the supervisor reconnects.
+    fn lost(&self) {
+        self.conn.store(None);
+        self.fast.store(None);
+        self.up.set(0);
+    }
+
     async fn call<T: FromRedisValue>(
         &self,
         call: &ScriptInvocation<'_>,
         timeout: Duration,
     ) -> Option<T> {
-        let mut conn = MultiplexedConnection::clone(self.conn.load().as_deref()?);
+        let mut conn = self.connection()?;
         match tokio::time::timeout(timeout, call.invoke_async(&mut conn)).await {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 tracing::debug!("shared store: {e}");
+                // This connection is made again on the next call.
+                self.fast.store(None);
                 self.suspect.notify_one();
                 None
             }
@@ -147,7 +198,7 @@ impl SharedStore {
     /// A value and its remaining life in ms, within `shared.timeout`; `None` when absent or
     /// the store did not answer.
     pub async fn get(&self, key: &str) -> Option<(Vec<u8>, u64)> {
-        let mut conn = MultiplexedConnection::clone(self.conn.load().as_deref()?);
+        let mut conn = self.connection()?;
         let mut pipe = redis::pipe();
         pipe.get(key).pttl(key);
         let answer = tokio::time::timeout(
@@ -167,14 +218,13 @@ impl SharedStore {
 
     /// Sets `key` to `value` for `ttl_ms`, off the request path.
     pub fn spawn_set(self: &Arc<Self>, key: String, value: Vec<u8>, ttl_ms: u64) {
-        let Some(conn) = self.conn.load_full() else {
+        let Some(mut conn) = self.connection() else {
             return;
         };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         rt.spawn(async move {
-            let mut conn = MultiplexedConnection::clone(&conn);
             let mut cmd = redis::cmd("SET");
             cmd.arg(&key).arg(value).arg("PX").arg(ttl_ms.max(1));
             let set = cmd.query_async::<()>(&mut conn);
@@ -250,8 +300,7 @@ impl SharedStore {
                 renewed = Instant::now();
             }
             if !ok {
-                self.conn.store(None);
-                self.up.set(0);
+                self.lost();
                 tracing::warn!("shared store {} lost; reconnecting", self.settings.redis);
                 lost_logged = true;
             }
