@@ -116,6 +116,9 @@ read -r SC1 SP50 SP99 SE <<<"$(medians <"$WORK/shared-c1")"
 read -r L64 _ _ LE64 <<<"$(medians <"$WORK/local-c64")"
 read -r S64 _ _ SE64 <<<"$(medians <"$WORK/shared-c64")"
 read -r AP50 AP99 AN <<<"$(quantiles)"
+# Redis's own round trip on this machine (PING, redis-cli --latency for 3 s): the floor of an
+# admission.
+PING=$(timeout 3 redis-cli -p "$REDIS_PORT" --latency --raw 2>/dev/null | tail -1 | awk '{print $3}' || true)
 {
   echo "# Fleet benchmark $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
@@ -128,5 +131,5 @@ read -r AP50 AP99 AN <<<"$(quantiles)"
   echo
   python3 -c "print(f'Shared / local: c=1 p50 {float(\"$SP50\")-float(\"$LP50\"):+.0f} µs, c=64 throughput x{float(\"$S64\")/float(\"$L64\"):.2f}.')"
   echo
-  echo "Admission round trip (one script call), over $AN admissions: p50 ${AP50} µs, p99 ${AP99} µs (interpolated in the histogram's buckets: 50, 100, 250, 500 µs, 1, 2, 5 ms…)."
+  echo "Admission round trip (one script call), over $AN admissions of both loads: p50 ${AP50} µs, p99 ${AP99} µs (interpolated in the histogram's buckets: 50, 100, 250, 500 µs, 1, 2, 5 ms…). Redis PING round trip, idle: ${PING:-?} ms on average."
 } | tee "$OUT"
