@@ -7,8 +7,10 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
 fn check(path: &std::path::Path) -> (bool, String, String) {
+    // conf/fleet.yaml names the variable holding the Redis password; check reads it.
     let out = Command::new(BIN)
         .args(["check", "-c", path.to_str().unwrap()])
+        .env("SWITCHYARD_REDIS_PASSWORD", "test")
         .output()
         .unwrap();
     (
