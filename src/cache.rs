@@ -248,12 +248,8 @@ pub fn prompt_text(body: &Value) -> Option<String> {
 /// The semantic tier's partition of a request: its key without the prompt (`messages`,
 /// `prompt`), so that only requests with the same generation parameters share answers.
 pub fn partition(scope: Option<&str>, model: &str, body: &Value) -> u128 {
-    let mut rest = body.clone();
-    if let Some(map) = rest.as_object_mut() {
-        map.remove("messages");
-        map.remove("prompt");
-    }
-    key(scope, model, &rest) ^ 0x5e3a_9c1d
+    const LEFT_OUT: [&str; 6] = ["model", "user", "metadata", "store", "messages", "prompt"];
+    keyed(scope, model, body, &LEFT_OUT) ^ 0x5e3a_9c1d
 }
 
 /// Whether a request's answer is the same every time: a temperature of 0, or a seed.
@@ -270,6 +266,11 @@ const IGNORED: [&str; 4] = ["model", "user", "metadata", "store"];
 /// The cache key of `body` sent by `scope` (a tenant; `None`: shared across tenants) to the
 /// public model `model`.
 pub fn key(scope: Option<&str>, model: &str, body: &Value) -> u128 {
+    keyed(scope, model, body, &IGNORED)
+}
+
+/// [`key`] with the body's top-level members named in `left_out` left out.
+fn keyed(scope: Option<&str>, model: &str, body: &Value, left_out: &[&str]) -> u128 {
     let mut h = Xxh3::new();
     match scope {
         Some(s) => {
@@ -283,7 +284,7 @@ pub fn key(scope: Option<&str>, model: &str, body: &Value) -> u128 {
         Some(map) => {
             let mut members: Vec<_> = map
                 .iter()
-                .filter(|(k, _)| !IGNORED.contains(&k.as_str()))
+                .filter(|(k, _)| !left_out.contains(&k.as_str()))
                 .collect();
             members.sort_unstable_by(|a, b| a.0.cmp(b.0));
             h.update(b"{");

@@ -129,13 +129,9 @@ async fn a_pools_servers_follow_the_names_addresses() {
         found[0]["ramp"], 1.0,
         "the first answer fills the pool at full weight"
     );
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat(1, false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let one_token = chat(1, false);
+    let completion = || gw.post("/v1/chat/completions", &one_token);
+    assert_eq!(completion().await.status(), 200);
 
     // A stream in flight on the first server (the only one yet): 100 tokens at 20 ms.
     let url = gw.url("/v1/chat/completions");
@@ -148,11 +144,7 @@ async fn a_pools_servers_follow_the_names_addresses() {
             .unwrap();
         resp.text().await.unwrap()
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while first.metric("vllm:num_requests_running").await < 1.0 {
-        assert!(Instant::now() < deadline, "the stream never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    first.wait_running(1.0).await;
 
     // A second address: a new server, ramping up.
     zone.lock().unwrap().a.push(Ipv4Addr::new(127, 0, 0, 3));
@@ -176,13 +168,7 @@ async fn a_pools_servers_follow_the_names_addresses() {
     assert!(!body.contains("error"), "{body}");
     let before = first.metric("vllm:request_success_total").await;
     for _ in 0..10 {
-        let resp = client()
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat(1, false))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        assert_eq!(completion().await.status(), 200);
     }
     assert_eq!(
         first.metric("vllm:request_success_total").await,
@@ -194,11 +180,5 @@ async fn a_pools_servers_follow_the_names_addresses() {
     zone.lock().unwrap().silent = true;
     gw.proc.wait_for_stderr("did not resolve", 1);
     wait_servers(&gw, std::slice::from_ref(&b)).await;
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat(1, false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(completion().await.status(), 200);
 }

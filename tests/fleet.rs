@@ -106,11 +106,7 @@ async fn token_reservations_and_settlements_are_shared() {
             .await
             .unwrap()
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sim.metric("vllm:num_requests_running").await < 1.0 {
-        assert!(Instant::now() < deadline, "A's request never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    sim.wait_running(1.0).await;
     // While it is in flight, B sees A's reservation.
     let resp = post(&b, &unbounded).await;
     let remaining: u64 = resp.headers()["x-ratelimit-remaining-tokens"]
@@ -327,11 +323,7 @@ async fn a_crashed_gateways_permits_expire() {
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sim.metric("vllm:num_requests_running").await < 2.0 {
-        assert!(Instant::now() < deadline, "A's requests never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sim.wait_running(2.0).await;
     assert_eq!(status(&b, 1).await, 429, "A holds both permits");
     // Still held after a lease period while A lives: A renews them.
     tokio::time::sleep(Duration::from_secs(4)).await;

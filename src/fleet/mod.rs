@@ -31,6 +31,14 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// How a connection is made: connecting and each answer within [`BACKGROUND_TIMEOUT`] (a
+/// request's own wait is bounded by `shared.timeout` around the call).
+fn connection_config() -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(BACKGROUND_TIMEOUT))
+        .set_response_timeout(Some(BACKGROUND_TIMEOUT))
+}
+
 /// A lease to renew: a sorted set and the member in it.
 pub type Lease = (Arc<str>, String);
 
@@ -126,9 +134,7 @@ impl SharedStore {
                 self.fast.clone(),
                 self.connecting.clone(),
             );
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(BACKGROUND_TIMEOUT))
-                .set_response_timeout(Some(BACKGROUND_TIMEOUT));
+            let config = connection_config();
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     rt.spawn(async move {
@@ -256,9 +262,7 @@ impl SharedStore {
         let mut lost_logged = false;
         loop {
             if self.conn.load().is_none() {
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(BACKGROUND_TIMEOUT))
-                    .set_response_timeout(Some(BACKGROUND_TIMEOUT));
+                let config = connection_config();
                 match self
                     .client
                     .get_multiplexed_async_connection_with_config(&config)

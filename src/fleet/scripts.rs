@@ -10,6 +10,28 @@
 //! Concurrency permits and budget reservations are leases: members of a sorted set scored by
 //! their expiry. Their holder renews them (see [`RENEW`]); a crashed holder's expire.
 
+/// What every script starts with: `now`, Redis's clock in ms, and `refill`, a bucket's
+/// level at `now` and its time of last update (as the in-process `Bucket::refill`: a level
+/// below zero is a debt; past two periods any bucket is full again).
+macro_rules! prelude {
+    () => {
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function refill(key, limit, period)
+  local cap = limit * period
+  local s = redis.call('HMGET', key, 'l', 't')
+  local level, at = tonumber(s[1]), tonumber(s[2])
+  if level == nil or at == nil then level, at = cap, now end
+  local el = now - at
+  if el < 0 then el = 0 end
+  if el > 2 * period then el = 2 * period end
+  return math.min(level + el * limit, cap), math.max(now, at), cap
+end
+"
+    };
+}
+
 /// KEYS: per budget: its spent counter, its reservations; per concurrency limit: its
 /// leases; per rate: its bucket.
 /// ARGV: member, lease ms, #budgets, #concurrency, #rates; per budget: limit, micros; per
@@ -18,9 +40,9 @@
 /// snapshots…}: kind 1 budget (detail 1: it would fit but for what is held), 2
 /// concurrency, 3 rate (detail: ms to wait), 4 larger than the whole limit. A snapshot is
 /// (remaining, ms until full) per rate: after the take when admitted, before it when not.
-pub const ADMIT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+pub const ADMIT: &str = concat!(
+    prelude!(),
+    r"
 local member, lease = ARGV[1], tonumber(ARGV[2])
 local nb, nc, nr = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local k, a = 1, 6
@@ -52,14 +74,7 @@ end
 local rates = {}
 for i = 1, nr do
   local limit, period, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local cap = limit * period
-  local s = redis.call('HMGET', KEYS[k], 'l', 't')
-  local level, at = tonumber(s[1]), tonumber(s[2])
-  if level == nil or at == nil then level, at = cap, now end
-  local el = now - at
-  if el < 0 then el = 0 end
-  if el > 2 * period then el = 2 * period end
-  level = math.min(level + el * limit, cap)
+  local level, at, cap = refill(KEYS[k], limit, period)
   local after = level
   if refused == nil then
     local need = cost * period
@@ -71,7 +86,7 @@ for i = 1, nr do
       after = level - need
     end
   end
-  rates[i] = {KEYS[k], level, after, limit, period, cap, math.max(now, at)}
+  rates[i] = {KEYS[k], level, after, limit, period, cap, at}
   k, a = k + 1, a + 3
 end
 local out
@@ -109,31 +124,25 @@ for i = 1, nr do
   end
 end
 return out
-";
+",
+);
 
 /// KEYS: per rate: its bucket; per budget: the spent counter of the period the request
 /// ended in, the reservations of the one it began in; per concurrency limit: its leases.
 /// ARGV: member, #rates, #budgets, #concurrency; per rate: limit, period ms, tokens to
 /// charge (negative: refund); per budget: micros spent, micros reserved, seconds the
 /// counter is kept.
-pub const SETTLE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+pub const SETTLE: &str = concat!(
+    prelude!(),
+    r"
 local member = ARGV[1]
 local nr, nb, nc = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local k, a = 1, 5
 for i = 1, nr do
   local limit, period, delta = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local cap = limit * period
-  local s = redis.call('HMGET', KEYS[k], 'l', 't')
-  local level, at = tonumber(s[1]), tonumber(s[2])
-  if level == nil or at == nil then level, at = cap, now end
-  local el = now - at
-  if el < 0 then el = 0 end
-  if el > 2 * period then el = 2 * period end
-  level = math.min(level + el * limit, cap) - delta * period
-  level = math.max(math.min(level, cap), -cap)
-  redis.call('HSET', KEYS[k], 'l', level, 't', math.max(now, at))
+  local level, at, cap = refill(KEYS[k], limit, period)
+  level = math.max(math.min(level - delta * period, cap), -cap)
+  redis.call('HSET', KEYS[k], 'l', level, 't', at)
   redis.call('PEXPIRE', KEYS[k], 2 * period)
   k, a = k + 1, a + 3
 end
@@ -151,17 +160,19 @@ for i = 1, nc do
   k = k + 1
 end
 return 1
-";
+",
+);
 
 /// KEYS: lease sets; ARGV: lease ms, then the member to renew in each. Members already
 /// expired (and removed) are not brought back.
-pub const RENEW: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+pub const RENEW: &str = concat!(
+    prelude!(),
+    r"
 local lease = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
   redis.call('ZADD', key, 'XX', now + lease, ARGV[i + 1])
   redis.call('PEXPIRE', key, 2 * lease)
 end
 return #KEYS
-";
+",
+);

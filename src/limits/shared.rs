@@ -213,6 +213,10 @@ impl SharedHold {
         self.open = false;
         self.store.release(self.lease);
         let tokens: &[(Rate, Arc<str>)] = if delta == 0 { &[] } else { &self.tokens };
+        if tokens.is_empty() && self.budgets.is_empty() && self.concurrency.is_empty() {
+            // Nothing to settle or give back (a request limit only): no round trip.
+            return;
+        }
         let mut call = SETTLE.prepare_invoke();
         call.arg(&self.member)
             .arg(tokens.len())

@@ -222,13 +222,16 @@ impl ApiError {
         }
     }
 
-    /// Whether a client retry cannot help right now (`x-should-retry: false`): every server is
-    /// out of rotation, so an immediate retry would only add load.
-    pub fn should_not_retry(&self) -> bool {
-        matches!(
-            self,
-            Self::NoHealthyUpstream | Self::RateLimited { retry: false, .. }
-        )
+    /// What `x-should-retry` says, when the answer says it: `false` when a client retry cannot
+    /// help right now (every server is out of rotation, so an immediate retry would only add
+    /// load); `true` when the gateway could not check the request's limits (the shared store
+    /// did not answer) and a retry may well pass.
+    pub fn should_retry(&self) -> Option<bool> {
+        match self {
+            Self::NoHealthyUpstream | Self::RateLimited { retry: false, .. } => Some(false),
+            Self::LimitsUnavailable => Some(true),
+            _ => None,
+        }
     }
 
     /// Whether the connection must be closed after answering: the request body may still be

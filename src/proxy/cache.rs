@@ -3,10 +3,9 @@
 //! receives it. A model without `cache` costs a request one branch.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderValue, CACHE_CONTROL};
 use http::HeaderName;
 use pingora_error::Result;
-use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 use super::ctx::{CacheState, Fill};
@@ -165,28 +164,17 @@ pub fn is_hit(ctx: &Ctx) -> bool {
 
 /// Writes a hit's answer.
 pub async fn answer(session: &mut Session, ctx: &mut Ctx, entry: &Entry) -> Result<()> {
-    let mut resp = ResponseHeader::build_no_case(200, Some(10))?;
+    let kind = if entry.sse {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let mut resp = super::respond::typed_header(200, kind, entry.body.len(), ctx)?;
     headers::edit_response(&mut resp, |h| {
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static(if entry.sse {
-                "text/event-stream"
-            } else {
-                "application/json"
-            }),
-        );
-        h.insert(CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
         h.insert(X_SWITCHYARD_CACHE, HeaderValue::from_static("hit"));
-        if let Some(id) = &ctx.request.request_id {
-            h.insert(headers::X_REQUEST_ID, id.clone());
-        }
         if let Some(r) = &ctx.tenancy.rate_headers {
             headers::rate_limits(h, r);
         }
-        if let Some(routed) = &ctx.routed {
-            headers::route(h, routed);
-        }
-        super::cors::answer(h, ctx);
     });
     ctx.response.answered = Some(200);
     ctx.response.bytes = entry.body.len() as u64;

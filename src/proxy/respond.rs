@@ -14,9 +14,20 @@ use super::{headers, Ctx};
 use crate::openai::ApiError;
 
 fn header(status: u16, len: usize, ctx: &Ctx) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build_no_case(status, Some(8))?;
+    typed_header(status, "application/json", len, ctx)
+}
+
+/// The head of an answer the gateway writes itself: its type and length, the request id, the
+/// route and CORS.
+pub(super) fn typed_header(
+    status: u16,
+    content_type: &'static str,
+    len: usize,
+    ctx: &Ctx,
+) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build_no_case(status, Some(10))?;
     headers::edit_response(&mut resp, |h| {
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         h.insert(CONTENT_LENGTH, HeaderValue::from(len));
         if let Some(id) = &ctx.request.request_id {
             h.insert(headers::X_REQUEST_ID, id.clone());
@@ -105,10 +116,9 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &ApiError) -> Result
         if let Some(secs) = e.retry_after() {
             h.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
-        if e.should_not_retry() {
-            h.insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
-        } else if matches!(e, ApiError::LimitsUnavailable) {
-            h.insert(X_SHOULD_RETRY, HeaderValue::from_static("true"));
+        if let Some(retry) = e.should_retry() {
+            let value = if retry { "true" } else { "false" };
+            h.insert(X_SHOULD_RETRY, HeaderValue::from_static(value));
         }
         if let ApiError::MethodNotAllowed { allow, .. } = e {
             h.insert(ALLOW, HeaderValue::from_static(allow));

@@ -143,25 +143,35 @@ impl Shared {
     /// reload does; `appeared`: servers that joined (they ramp up over `slow_start`).
     pub fn rediscover(&self, appeared: &[String]) -> Result<(), Vec<ConfigError>> {
         let _serial = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let mut config = self.runtime().config.clone();
+        let runtime = self.build(self.runtime().config.clone())?;
+        let now = crate::upstream::now_ms();
+        for id in appeared {
+            self.registry.get(id).start_slow_start(now);
+        }
+        self.install(runtime);
+        Ok(())
+    }
+
+    /// Builds a runtime of `config` with the servers DNS discovery found, on the state that
+    /// outlives runtimes.
+    fn build(&self, mut config: Config) -> Result<Runtime, Vec<ConfigError>> {
         self.discovered.expand(&mut config);
-        let runtime = Runtime::build(
+        Runtime::build(
             config,
             &self.registry,
             &self.store,
             &self.metrics,
             &self.prefix,
             &self.classify,
-        )?;
-        let now = crate::upstream::now_ms();
-        for id in appeared {
-            self.registry.get(id).start_slow_start(now);
-        }
+        )
+    }
+
+    /// Swaps `runtime` in, then lets go of the limiter and prefix state no runtime uses.
+    fn install(&self, runtime: Runtime) {
         let runtime = Arc::new(runtime);
         self.runtime.store(runtime.clone());
         self.store.prune();
         self.prefix.retain(&prefix_pools(&runtime));
-        Ok(())
     }
 
     fn swap(&self, result: Result<Runtime, ReloadError>) -> Result<(), ReloadError> {
@@ -187,11 +197,8 @@ impl Shared {
                         "shared changed: the shared store is set up only at start (restart to change it)"
                     );
                 }
-                let runtime = Arc::new(runtime);
-                self.runtime.store(runtime.clone());
                 drop(old);
-                self.store.prune();
-                self.prefix.retain(&prefix_pools(&runtime));
+                self.install(runtime);
                 tracing::info!("config reloaded");
                 Ok(())
             }
@@ -206,17 +213,9 @@ impl Shared {
 
     fn build_from_file(&self) -> Result<Runtime, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
-        let mut config = crate::config::load(path)?;
-        self.discovered.expand(&mut config);
-        Runtime::build(
-            config,
-            &self.registry,
-            &self.store,
-            &self.metrics,
-            &self.prefix,
-            &self.classify,
-        )
-        .map_err(|errs| ReloadError::Load(LoadError::Invalid(errs)))
+        let config = crate::config::load(path)?;
+        self.build(config)
+            .map_err(|errs| ReloadError::Load(LoadError::Invalid(errs)))
     }
 
     /// The current snapshot; load once per request.

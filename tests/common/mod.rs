@@ -237,6 +237,19 @@ impl Sim {
     }
 
     /// Reads one counter or gauge from the simulator's /metrics.
+    /// Waits until at least `n` requests are running on it (a request the test started
+    /// has reached the engine); panics after 10 s.
+    pub async fn wait_running(&self, n: f64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.metric("vllm:num_requests_running").await < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than {n} requests ever ran"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn metric(&self, name: &str) -> f64 {
         let text = get_text(&format!("{}/metrics", self.url())).await;
         metric_value(&text, name).unwrap_or_else(|| panic!("{name} not in sim metrics:\n{text}"))
